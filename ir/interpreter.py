@@ -1,0 +1,50 @@
+"""The reference interpreter: runs a graph node by node with each op's NumPy reference.
+
+It is the test oracle for passes and codegen, and the tool to find where two graphs (or a
+graph and a compiled module) first diverge: `observe(node, outputs)` sees every result.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from sbc.ir.dims import concretize
+from sbc.ir.graph import Graph, Node
+from sbc.ir.registry import as_list, get_op
+from sbc.ir.types import bind_symbols, numpy_dtype
+
+Observer = Callable[[Node, list[np.ndarray]], None]
+
+
+class InterpreterError(RuntimeError):
+    pass
+
+
+def run(graph: Graph, feeds: dict[str, np.ndarray], observe: Observer | None = None
+        ) -> dict[str, np.ndarray]:
+    """Evaluate `graph` on `feeds` (input name -> array); return output name -> array."""
+    env = bind_symbols([(v.name, v.type) for v in graph.inputs], feeds)
+    values: dict[int, np.ndarray] = {id(p): p.data for p in graph.params}
+    values.update({id(v): np.asarray(feeds[v.name]) for v in graph.inputs})
+    for node in graph.nodes:
+        args = [None if v is None else concretize(values[id(v)], env) for v in node.inputs]
+        outs = run_node(node, args, env)
+        values.update({id(v): o for v, o in zip(node.outputs, outs)})
+        if observe is not None:
+            observe(node, outs)
+    return {name: values[id(v)] for v, name in zip(graph.outputs, graph.output_names)}
+
+
+def run_node(node: Node, args: list, env: dict[str, int]) -> list[np.ndarray]:
+    opdef = get_op(node.op)
+    if opdef is None or opdef.ref is None:
+        raise InterpreterError(f"{node.where()}: no reference implementation")
+    attrs = {k: concretize(v, env) for k, v in node.attrs.items()}
+    outs = [np.asarray(o) for o in as_list(opdef.ref(attrs, *args))]
+    for v, o in zip(node.outputs, outs):
+        if o.dtype != numpy_dtype(v.dtype):
+            raise InterpreterError(f"{node.where()}: reference returned {o.dtype} for "
+                                   f"%{v.name}, declared {v.type}")
+    return outs

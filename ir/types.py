@@ -1,0 +1,109 @@
+"""Tensor types: an element dtype plus a shape of (possibly symbolic) dims."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sbc.errors import InputError
+from sbc.ir.dims import Dim, Sym, dims_str, is_static, prod
+
+# sbc's short dtype names, in the order the printer and the error messages list them.
+DTYPES: dict[str, np.dtype] = {
+    "f32": np.dtype("float32"), "f16": np.dtype("float16"), "f64": np.dtype("float64"),
+    "i8": np.dtype("int8"), "i16": np.dtype("int16"), "i32": np.dtype("int32"),
+    "i64": np.dtype("int64"), "u8": np.dtype("uint8"), "bool": np.dtype("bool"),
+}
+_BY_NUMPY = {v: k for k, v in DTYPES.items()}
+
+
+def dtype_of(x) -> str:
+    """sbc dtype name of a NumPy dtype, array or sbc name."""
+    if isinstance(x, str) and x in DTYPES:
+        return x
+    dt = x.dtype if hasattr(x, "dtype") else np.dtype(x)
+    if dt not in _BY_NUMPY:
+        raise TypeError(f"dtype {dt} is not supported (supported: {', '.join(DTYPES)})")
+    return _BY_NUMPY[dt]
+
+
+def numpy_dtype(name: str) -> np.dtype:
+    return DTYPES[name]
+
+
+@dataclass(frozen=True)
+class TensorType:
+    dtype: str
+    shape: tuple[Dim, ...]
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise TypeError(f"unknown dtype {self.dtype!r}")
+        object.__setattr__(self, "shape", tuple(self.shape))
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    @property
+    def is_static(self) -> bool:
+        return all(is_static(d) for d in self.shape)
+
+    @property
+    def numel(self) -> Dim:
+        return prod(self.shape)
+
+    @property
+    def symbols(self) -> set[str]:
+        return {s for d in self.shape if isinstance(d, Sym) for s in d.symbols}
+
+    def __str__(self):
+        return f"{self.dtype}{dims_str(self.shape)}"
+
+
+def type_of(array: np.ndarray) -> TensorType:
+    return TensorType(dtype_of(array), array.shape)
+
+
+class SignatureError(InputError):
+    """Arrays given for a graph's inputs do not match its signature."""
+
+
+def bind_symbols(expected: list[tuple[str, TensorType]], arrays: dict[str, np.ndarray]
+                 ) -> dict[str, int]:
+    """Check arrays against named input types; return the value of each symbolic dim.
+
+    Raises SignatureError naming the input and what was expected, for wrong names, dtypes,
+    ranks or shapes (including two inputs disagreeing on the same symbol).
+    """
+    from sbc.ir.dims import evaluate
+    names = [n for n, _ in expected]
+    missing = [n for n in names if n not in arrays]
+    extra = [n for n in arrays if n not in names]
+    if missing or extra:
+        raise SignatureError(f"inputs must be {names}; missing {missing}, unexpected {extra}")
+    env: dict[str, int] = {}
+    for name, t in expected:  # single-symbol dims bind first, then everything is checked
+        for d, n in zip(t.shape, np.shape(arrays[name])):
+            if isinstance(d, Sym) and len(d.terms) == 1 and list(d.terms.items())[0][1] == 1 \
+                    and len(next(iter(d.terms))) == 1:
+                env.setdefault(next(iter(d.terms))[0], n)
+    for name, t in expected:
+        a = arrays[name]
+        got = dtype_of(a) if hasattr(a, "dtype") else type(a).__name__
+        if got != t.dtype:
+            raise SignatureError(f"input '{name}' must have dtype {t.dtype}, got {got}")
+        if np.ndim(a) != t.rank:
+            raise SignatureError(f"input '{name}' must have rank {t.rank} {dims_str(t.shape)}, "
+                                 f"got shape {tuple(np.shape(a))}")
+        try:
+            want = [evaluate(d, env) for d in t.shape]
+        except Exception:
+            want = None
+        if want != list(np.shape(a)) or any(n < 0 for n in want):
+            binding = ", ".join(f"{k}={v}" for k, v in env.items())
+            raise SignatureError(f"input '{name}' must have shape {dims_str(t.shape)}"
+                                 f"{' with ' + binding if binding else ''}, "
+                                 f"got {tuple(np.shape(a))}")
+    return env
