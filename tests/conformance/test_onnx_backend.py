@@ -1,0 +1,132 @@
+"""The official ONNX node conformance cases (`onnx.backend.test`), compiled and run on cpu.
+
+Every case whose ops sbc supports runs through import -> passes -> TVM build -> run and is
+compared with the case's expected outputs at the case's own tolerances. Building one TVM module
+per case would take many minutes, so the cases of one op are merged into one graph (disjoint
+union, names prefixed) and compiled once; a failing batch is bisected down to the failing cases
+so a failure names them. Cases sbc deliberately does not run are listed in EXCLUDED with why.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import re
+
+import numpy as np
+import pytest
+
+import sbc
+from sbc.errors import SbcError
+from sbc.frontend import import_onnx
+from sbc.ir import Graph, all_ops
+from sbc.ir.interpreter import run as interpret
+from sbc.passes import run_passes
+
+# case name (regex, full match) -> why sbc does not run it
+EXCLUDED: dict[str, str] = {
+}
+
+EXPANDED_BATCH = 25  # function-expanded cases mix ops; they are batched by count instead
+
+
+def _excluded(name: str) -> str | None:
+    for pattern, why in EXCLUDED.items():
+        if re.fullmatch(pattern, name):
+            return why
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def supported_cases() -> dict[str, list]:
+    """Cases whose ops are all declared by sbc, grouped into batches by their op."""
+    from onnx.backend.test.loader import load_node_model_tests
+    supported = set(all_ops())
+    groups: dict[str, list] = collections.defaultdict(list)
+    expanded = []
+    for case in load_node_model_tests():
+        ops = {n.op_type for n in case.model.graph.node}
+        if not ops <= supported or _excluded(case.name):
+            continue
+        if len(case.model.graph.node) == 1:
+            groups[case.model.graph.node[0].op_type].append(case)
+        else:
+            expanded.append(case)
+    for i in range(0, len(expanded), EXPANDED_BATCH):
+        groups[f"expanded-{i // EXPANDED_BATCH}"] = expanded[i:i + EXPANDED_BATCH]
+    return dict(groups)
+
+
+def _feeds_and_expected(case, prefix: str):
+    inputs, outputs = case.data_sets[0]
+    graph_inputs = [i.name for i in case.model.graph.input
+                    if i.name not in {t.name for t in case.model.graph.initializer}]
+    feeds = {f"{prefix}{n}": np.asarray(a) for n, a in zip(graph_inputs, inputs)}
+    expected = {f"{prefix}{o.name}": np.asarray(a) for o, a in zip(case.model.graph.output, outputs)}
+    return feeds, expected
+
+
+def merge(graphs: list[tuple[str, Graph]]) -> Graph:
+    """Disjoint union of graphs; every name gets its graph's prefix."""
+    merged = Graph("conformance")
+    for prefix, g in graphs:
+        env = {id(v): merged.add_input(prefix + v.name, v.type) for v in g.inputs}
+        env.update({id(p): merged.add_param(prefix + p.name, p.data) for p in g.params})
+        for node in g.nodes:
+            new = merged.add(node.op, [None if v is None else env[id(v)] for v in node.inputs],
+                             node.attrs, name=prefix + node.name,
+                             outputs=[prefix + v.name for v in node.outputs])
+            env.update({id(a): b for a, b in zip(node.outputs, new.outputs)})
+        merged.set_outputs(merged.outputs + [env[id(v)] for v in g.outputs],
+                           merged.output_names + [prefix + n for n in g.output_names])
+    return merged
+
+
+def _compile_and_check(batch: list[tuple[str, Graph, object]]) -> dict[str, str]:
+    """Compile the merged batch and compare; returns {case name: failure} (bisecting)."""
+    try:
+        module = sbc.compile(merge([(p, g) for p, g, _ in batch]))
+        feeds, expected = {}, {}
+        for prefix, _, case in batch:
+            f, e = _feeds_and_expected(case, prefix)
+            feeds.update(f)
+            expected.update(e)
+        got = module.run(feeds)
+    except Exception as e:  # noqa: BLE001 - any failure is bisected to the cases causing it
+        if len(batch) == 1:
+            return {batch[0][2].name: f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+        half = len(batch) // 2
+        return {**_compile_and_check(batch[:half]), **_compile_and_check(batch[half:])}
+    failures = {}
+    for prefix, _, case in batch:
+        _, want = _feeds_and_expected(case, prefix)
+        for name, ref in want.items():
+            try:
+                np.testing.assert_allclose(got[name], ref, rtol=case.rtol, atol=case.atol)
+                assert got[name].dtype == ref.dtype, f"dtype {got[name].dtype} != {ref.dtype}"
+            except AssertionError as e:
+                failures[case.name] = f"output {name[len(prefix):]}: {str(e).strip()[:300]}"
+    return failures
+
+
+def _import_case(case) -> Graph:
+    graph = import_onnx(case.model)
+    feeds, expected = _feeds_and_expected(case, "")
+    ref = interpret(graph, feeds)  # the oracle agrees with ONNX before anything is compiled
+    for name, want in expected.items():
+        np.testing.assert_allclose(ref[name], want, rtol=case.rtol, atol=case.atol,
+                                   err_msg=f"sbc reference interpreter differs on {case.name}")
+    return run_passes(graph)
+
+
+@pytest.mark.parametrize("group", sorted(supported_cases()))
+def test_conformance(group):
+    failures, batch = {}, []
+    for i, case in enumerate(supported_cases()[group]):
+        try:
+            batch.append((f"c{i}.", _import_case(case), case))
+        except (SbcError, AssertionError) as e:
+            failures[case.name] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+    if batch:
+        failures.update(_compile_and_check(batch))
+    assert not failures, "\n".join(f"{k}: {v}" for k, v in sorted(failures.items()))
