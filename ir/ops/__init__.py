@@ -1,3 +1,3 @@
 """Op declarations, grouped by kind. Importing this package registers every op."""
 
-from sbc.ir.ops import elementwise, shape  # noqa: F401
+from sbc.ir.ops import elementwise, nn, reduce, shape  # noqa: F401

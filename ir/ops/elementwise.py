@@ -1,12 +1,61 @@
-"""Elementwise ops with ONNX semantics: unary math, binary arithmetic with broadcasting."""
+"""Elementwise ops with ONNX semantics: unary math, binary arithmetic and comparisons with
+broadcasting, logic, Where, Clip, Cast. Declared from tables: one line per op."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
 from sbc.ir.ops.common import broadcast_shapes, same_type
-from sbc.ir.registry import op
-from sbc.ir.types import TensorType
+from sbc.ir.registry import Attr, op
+from sbc.ir.types import TensorType, dtype_of, numpy_dtype
+
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def _f(fn):
+    """A float function evaluated in the input's dtype (no silent float64 results)."""
+    return lambda x: np.asarray(fn(x)).astype(x.dtype)
+
+
+def _gelu(attrs, x):
+    if attrs["approximate"] == "tanh":
+        inner = np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)
+        return (0.5 * x * (1 + np.tanh(inner))).astype(x.dtype)
+    return (0.5 * x * (1 + _erf(x / np.sqrt(2)))).astype(x.dtype)
+
+
+UNARY = {
+    "Abs": np.abs, "Neg": np.negative, "Sqrt": _f(np.sqrt), "Reciprocal": _f(np.reciprocal),
+    "Exp": _f(np.exp), "Log": _f(np.log), "Sin": _f(np.sin), "Cos": _f(np.cos),
+    "Tanh": _f(np.tanh), "Sigmoid": _f(lambda x: 1 / (1 + np.exp(-x))),
+    "Softplus": _f(lambda x: np.logaddexp(0, x)), "Softsign": _f(lambda x: x / (1 + np.abs(x))),
+    "Erf": _f(_erf), "Floor": np.floor, "Ceil": np.ceil, "Round": np.round, "Sign": np.sign,
+    "Relu": lambda x: np.maximum(x, np.zeros((), x.dtype)),
+    "Mish": _f(lambda x: x * np.tanh(np.logaddexp(0, x))),
+    "Identity": lambda x: x, "Not": np.logical_not,
+}
+for _name, _fn in UNARY.items():
+    op(_name, inputs=["X"])(same_type).reference(lambda attrs, x, fn=_fn: np.asarray(fn(x)))
+
+# unary ops with attributes: name -> (attrs, reference(attrs, x))
+PARAMETRIC = {
+    "LeakyRelu": ({"alpha": Attr("float", 0.01)},
+                  lambda a, x: np.where(x < 0, a["alpha"] * x, x).astype(x.dtype)),
+    "Elu": ({"alpha": Attr("float", 1.0)},
+            lambda a, x: np.where(x < 0, a["alpha"] * (np.exp(x) - 1), x).astype(x.dtype)),
+    "Selu": ({"alpha": Attr("float", 1.67326319217681884765625),
+              "gamma": Attr("float", 1.05070102214813232421875)},
+             lambda a, x: (a["gamma"] * np.where(x <= 0, a["alpha"] * (np.exp(x) - 1), x)
+                           ).astype(x.dtype)),
+    "HardSigmoid": ({"alpha": Attr("float", 0.2), "beta": Attr("float", 0.5)},
+                    lambda a, x: np.clip(a["alpha"] * x + a["beta"], 0, 1).astype(x.dtype)),
+    "HardSwish": ({}, lambda a, x: (x * np.clip(x / 6 + 0.5, 0, 1)).astype(x.dtype)),
+    "Gelu": ({"approximate": Attr("str", "none")}, _gelu),
+}
+for _name, (_attrs, _fn) in PARAMETRIC.items():
+    op(_name, inputs=["X"], attrs=_attrs)(same_type).reference(_fn)
 
 
 def _binary_infer(node):
@@ -14,27 +63,138 @@ def _binary_infer(node):
     return [TensorType(a.dtype, broadcast_shapes(a.shape, b.shape))]
 
 
-def _int_div(a, b):
+def _compare_infer(node):
+    a, b = node.inputs
+    return [TensorType("bool", broadcast_shapes(a.shape, b.shape))]
+
+
+def _div(a, b):
     """ONNX integer Div truncates toward zero; object arrays hold symbolic dims."""
     if a.dtype == object or b.dtype == object:
         return np.asarray(a // b)
-    return (np.trunc(a / b)).astype(a.dtype) if a.dtype.kind in "iu" else (a / b).astype(a.dtype)
+    if a.dtype.kind in "iu":
+        return np.trunc(a / b).astype(a.dtype)
+    return (a / b).astype(a.dtype)
 
 
-_BINARY = {
-    "Add": lambda a, b: np.asarray(a + b),
-    "Sub": lambda a, b: np.asarray(a - b),
-    "Mul": lambda a, b: np.asarray(a * b),
-    "Div": _int_div,
+def _same(a, fn):
+    result = np.asarray(fn)
+    return result if result.dtype == object else result.astype(a.dtype)
+
+
+ARITHMETIC = {
+    "Add": lambda a, b: _same(a, a + b), "Sub": lambda a, b: _same(a, a - b),
+    "Mul": lambda a, b: _same(a, a * b), "Div": _div,
+    "Pow": lambda a, b: np.power(a, b).astype(a.dtype),
 }
-
-for _name, _fn in _BINARY.items():
+for _name, _fn in ARITHMETIC.items():
     op(_name, inputs=["A", "B"], outputs=["C"])(_binary_infer).reference(
         lambda attrs, a, b, fn=_fn: fn(np.asarray(a), np.asarray(b)))
 
+COMPARE = {
+    "Equal": np.equal, "Less": np.less, "LessOrEqual": np.less_equal, "Greater": np.greater,
+    "GreaterOrEqual": np.greater_equal, "And": np.logical_and, "Or": np.logical_or,
+    "Xor": np.logical_xor,
+}
+for _name, _fn in COMPARE.items():
+    op(_name, inputs=["A", "B"], outputs=["C"])(_compare_infer).reference(
+        lambda attrs, a, b, fn=_fn: np.asarray(fn(a, b), dtype=bool))
 
-def _relu(attrs, x):
-    return np.maximum(x, np.zeros((), x.dtype))
+
+@op("Mod", inputs=["A", "B"], outputs=["C"], attrs={"fmod": Attr("int", 0)})
+def mod(node):
+    return _binary_infer(node)
 
 
-op("Relu", inputs=["X"])(same_type).reference(_relu)
+@mod.reference
+def _(attrs, a, b):
+    return (np.fmod(a, b) if attrs["fmod"] else np.mod(a, b)).astype(a.dtype)
+
+
+def _variadic_infer(node):
+    return [TensorType(node.inputs[0].dtype, broadcast_shapes(*[v.shape for v in node.inputs]))]
+
+
+VARIADIC = {
+    "Max": lambda xs: np.maximum.reduce(np.broadcast_arrays(*xs)),
+    "Min": lambda xs: np.minimum.reduce(np.broadcast_arrays(*xs)),
+    "Sum": lambda xs: sum(np.broadcast_arrays(*xs)),
+    "Mean": lambda xs: sum(np.broadcast_arrays(*xs)) / len(xs),
+}
+for _name, _fn in VARIADIC.items():
+    op(_name, inputs=["data_0*"], outputs=["out"])(_variadic_infer).reference(
+        lambda attrs, *xs, fn=_fn: np.asarray(fn(xs)).astype(xs[0].dtype))
+
+
+@op("Where", inputs=["condition", "X", "Y"], outputs=["output"])
+def where(node):
+    c, x, y = node.inputs
+    return [TensorType(x.dtype, broadcast_shapes(c.shape, x.shape, y.shape))]
+
+
+@where.reference
+def _(attrs, c, x, y):
+    out = np.where(c, x, y)
+    return out if out.dtype == object else out.astype(x.dtype)
+
+
+@op("Clip", inputs=["input", "min?", "max?"], outputs=["output"])
+def clip(node):
+    return same_type(node)
+
+
+@clip.reference
+def _(attrs, x, lo=None, hi=None):
+    if lo is not None:
+        x = np.maximum(x, lo)
+    if hi is not None:
+        x = np.minimum(x, hi)
+    return np.asarray(x)
+
+
+@op("Cast", inputs=["input"], outputs=["output"], attrs={"to": Attr("dtype"),
+                                                        "saturate": Attr("int", 1)})
+def cast(node):
+    return [TensorType(node.attrs["to"], node.inputs[0].shape)]
+
+
+@cast.reference
+def _(attrs, x):
+    return _cast(x, attrs["to"])
+
+
+def _cast(x, to: str):
+    if x.dtype == object and to.startswith(("i", "u")):
+        return x  # symbolic dims stay symbolic through integer casts
+    return np.asarray(x).astype(numpy_dtype(to))
+
+
+@op("CastLike", inputs=["input", "target_type"], outputs=["output"],
+    attrs={"saturate": Attr("int", 1)})
+def cast_like(node):
+    return [TensorType(node.inputs[1].dtype, node.inputs[0].shape)]
+
+
+@cast_like.reference
+def _(attrs, x, like):
+    return _cast(x, dtype_of(like))
+
+
+@op("IsNaN", inputs=["X"])
+def isnan(node):
+    return [TensorType("bool", node.inputs[0].shape)]
+
+
+isnan.reference(lambda attrs, x: np.isnan(x))
+
+
+@op("IsInf", inputs=["X"], attrs={"detect_negative": Attr("int", 1),
+                                  "detect_positive": Attr("int", 1)})
+def isinf(node):
+    return [TensorType("bool", node.inputs[0].shape)]
+
+
+@isinf.reference
+def _(attrs, x):
+    return (np.isposinf(x) & bool(attrs["detect_positive"])) | (
+        np.isneginf(x) & bool(attrs["detect_negative"]))

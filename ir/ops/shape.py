@@ -1,4 +1,4 @@
-"""Shape ops: Shape, Reshape, Constant. Shapes computed from shapes are known at compile time
+"""Shape, layout and indexing ops. Shapes computed from shapes are known at compile time
 (possibly symbolic), which is what lets Reshape keep symbolic dims."""
 
 from __future__ import annotations
@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from sbc.ir.dims import prod
-from sbc.ir.ops.common import known_ints
+from sbc.ir.dims import Sym
+from sbc.ir.ops.common import broadcast_shapes, known, known_ints, normalize_axis
 from sbc.ir.registry import Attr, OpError, op
 from sbc.ir.types import TensorType, dtype_of
 
@@ -74,3 +75,339 @@ def _(node):
 @constant.reference
 def _(attrs, *unused):
     return attrs["value"]
+
+
+# -- layout ------------------------------------------------------------------------------------
+
+@op("Transpose", inputs=["data"], outputs=["transposed"], attrs={"perm": Attr("ints", None)})
+def transpose(node):
+    x = node.inputs[0]
+    perm = _perm(node.attrs["perm"], x.type.rank)
+    return [TensorType(x.dtype, tuple(x.shape[p] for p in perm))]
+
+
+def _perm(perm, rank):
+    perm = list(range(rank))[::-1] if perm is None else [normalize_axis(p, rank) for p in perm]
+    if sorted(perm) != list(range(rank)):
+        raise OpError(f"Transpose: perm {perm} is not a permutation of {rank} axes")
+    return perm
+
+
+transpose.reference(lambda attrs, x: np.transpose(x, _perm(attrs["perm"], x.ndim)))
+
+
+def _axes(node, index, rank, what):
+    if len(node.inputs) <= index or node.inputs[index] is None:
+        return None
+    return sorted(normalize_axis(int(a), rank) for a in known_ints(node.inputs[index], what))
+
+
+@op("Squeeze", inputs=["data", "axes?"], outputs=["squeezed"])
+def squeeze(node):
+    x = node.inputs[0]
+    axes = _axes(node, 1, x.type.rank, "Squeeze's axes")
+    if axes is None:
+        axes = [i for i, d in enumerate(x.shape) if d == 1]
+    if any(x.shape[a] != 1 for a in axes):
+        raise OpError(f"Squeeze: axes {axes} of {x.type} are not all 1")
+    return [TensorType(x.dtype, tuple(d for i, d in enumerate(x.shape) if i not in axes))]
+
+
+@squeeze.reference
+def _(attrs, x, axes=None):
+    return np.squeeze(x, axis=None if axes is None else tuple(int(a) for a in axes))
+
+
+@op("Unsqueeze", inputs=["data", "axes"], outputs=["expanded"])
+def unsqueeze(node):
+    x = node.inputs[0]
+    rank = x.type.rank + len(known_ints(node.inputs[1], "Unsqueeze's axes"))
+    axes = _axes(node, 1, rank, "Unsqueeze's axes")
+    dims = iter(x.shape)
+    return [TensorType(x.dtype, tuple(1 if i in axes else next(dims) for i in range(rank)))]
+
+
+@unsqueeze.reference
+def _(attrs, x, axes):
+    return np.expand_dims(x, tuple(int(a) % (x.ndim + len(axes)) for a in axes))
+
+
+@op("Flatten", inputs=["input"], outputs=["output"], attrs={"axis": Attr("int", 1)})
+def flatten(node):
+    x = node.inputs[0]
+    axis = node.attrs["axis"] % (x.type.rank + 1) if x.type.rank else 0
+    return [TensorType(x.dtype, (prod(x.shape[:axis]), prod(x.shape[axis:])))]
+
+
+@flatten.reference
+def _(attrs, x):
+    axis = attrs["axis"] % (x.ndim + 1)
+    return x.reshape(int(np.prod(x.shape[:axis])), -1)
+
+
+@op("Concat", inputs=["inputs*"], outputs=["concat_result"], attrs={"axis": Attr("int")})
+def concat(node):
+    first = node.inputs[0].type
+    axis = normalize_axis(node.attrs["axis"], first.rank)
+    for v in node.inputs[1:]:
+        if v.type.rank != first.rank or v.dtype != first.dtype:
+            raise OpError(f"Concat: inputs {first} and {v.type} differ in dtype or rank")
+    size = sum((v.shape[axis] for v in node.inputs[1:]), first.shape[axis])
+    return [TensorType(first.dtype, first.shape[:axis] + (size,) + first.shape[axis + 1:])]
+
+
+concat.reference(lambda attrs, *xs: np.concatenate(xs, axis=attrs["axis"]))
+
+
+@op("Split", inputs=["input", "split?"], outputs=["outputs*"], attrs={
+    "axis": Attr("int", 0), "num_outputs": Attr("int", None)})
+def split(node):
+    x = node.inputs[0]
+    axis = normalize_axis(node.attrs["axis"], x.type.rank)
+    return [TensorType(x.dtype, x.shape[:axis] + (n,) + x.shape[axis + 1:])
+            for n in _split_sizes(node, x.shape[axis])]
+
+
+def _split_sizes(node, dim):
+    if len(node.inputs) > 1 and node.inputs[1] is not None:
+        sizes = known_ints(node.inputs[1], "Split's sizes")
+        if sum(sizes[1:], sizes[0]) != dim:
+            raise OpError(f"Split: sizes {sizes} do not add up to {dim}")
+        return sizes
+    n = node.attrs["num_outputs"]
+    if n is None:
+        raise OpError("Split needs either the split input or num_outputs")
+    chunk = -(-dim // n) if isinstance(dim, int) else dim // n
+    return [chunk] * (n - 1) + [dim - chunk * (n - 1)]
+
+
+@split.reference
+def _(attrs, x, sizes=None):
+    axis = attrs["axis"] % x.ndim
+    if sizes is None:
+        n = attrs["num_outputs"]
+        chunk = -(-x.shape[axis] // n)
+        sizes = [chunk] * (n - 1) + [x.shape[axis] - chunk * (n - 1)]
+    return tuple(np.split(x, np.cumsum([int(s) for s in sizes])[:-1], axis=axis))
+
+
+# -- indexing ----------------------------------------------------------------------------------
+
+INT64_BIG = 2 ** 31  # ONNX exporters write INT64_MAX / INT32_MAX for "to the end"
+
+
+def _slice_range(dim, start, end, step):
+    """Clamped (start, end, length) of one sliced axis, ONNX rules; dim may be symbolic."""
+    def clamp(i, lo_closed):
+        if isinstance(i, int) and i >= INT64_BIG:
+            return dim
+        if isinstance(i, int) and i <= -INT64_BIG:
+            return 0 if lo_closed or step > 0 else -1
+        if isinstance(i, int) and i < 0:
+            i = dim + i
+        if isinstance(i, int) and isinstance(dim, int):
+            return max(0, min(i, dim)) if step > 0 else max(-1, min(i, dim - 1))
+        return i
+
+    s, e = clamp(start, True), clamp(end, False)
+    if isinstance(s, int) and isinstance(e, int):
+        length = max(0, -(-(e - s) // step)) if step > 0 else max(0, -(-(s - e) // -step))
+    elif step == 1:
+        length = e - s
+    else:
+        length = (e - s + step - 1) // step
+    return s, e, length
+
+
+@op("Slice", inputs=["data", "starts", "ends", "axes?", "steps?"], outputs=["output"])
+def slice_(node):
+    x = node.inputs[0]
+    shape = list(x.shape)
+    for axis, start, end, step in _slice_args(node, x.type.rank):
+        shape[axis] = _slice_range(shape[axis], start, end, step)[2]
+    return [TensorType(x.dtype, tuple(shape))]
+
+
+def _slice_args(node, rank):
+    starts = known_ints(node.inputs[1], "Slice's starts")
+    ends = known_ints(node.inputs[2], "Slice's ends")
+    axes = (known_ints(node.inputs[3], "Slice's axes")
+            if len(node.inputs) > 3 and node.inputs[3] is not None else range(len(starts)))
+    steps = (known_ints(node.inputs[4], "Slice's steps")
+             if len(node.inputs) > 4 and node.inputs[4] is not None else [1] * len(starts))
+    if any(s == 0 for s in steps):
+        raise OpError("Slice: a step of 0 is invalid")
+    return [(normalize_axis(int(a), rank), s, e, int(st))
+            for a, s, e, st in zip(axes, starts, ends, steps)]
+
+
+@slice_.reference
+def _(attrs, x, starts, ends, axes=None, steps=None):
+    index = [slice(None)] * x.ndim
+    axes = range(len(starts)) if axes is None else axes
+    steps = [1] * len(starts) if steps is None else steps
+    for a, s, e, st in zip(axes, starts, ends, steps):
+        s, e, _ = _slice_range(x.shape[int(a)], int(s), int(e), int(st))
+        index[int(a) % x.ndim] = slice(s, None if e < 0 else e, int(st))
+    return x[tuple(index)]
+
+
+@op("Gather", inputs=["data", "indices"], outputs=["output"], attrs={"axis": Attr("int", 0)})
+def gather(node):
+    x, idx = node.inputs
+    axis = normalize_axis(node.attrs["axis"], x.type.rank)
+    return [TensorType(x.dtype, x.shape[:axis] + idx.shape + x.shape[axis + 1:])]
+
+
+@gather.reference
+def _(attrs, x, idx):
+    axis = attrs["axis"] % x.ndim
+    idx = np.where(idx < 0, idx + x.shape[axis], idx)
+    return np.take(x, idx, axis=axis)
+
+
+@op("GatherElements", inputs=["data", "indices"], outputs=["output"],
+    attrs={"axis": Attr("int", 0)})
+def gather_elements(node):
+    return [TensorType(node.inputs[0].dtype, node.inputs[1].shape)]
+
+
+@gather_elements.reference
+def _(attrs, x, idx):
+    axis = attrs["axis"] % x.ndim
+    return np.take_along_axis(x, np.where(idx < 0, idx + x.shape[axis], idx), axis=axis)
+
+
+@op("GatherND", inputs=["data", "indices"], outputs=["output"], attrs={"batch_dims": Attr("int", 0)})
+def gather_nd(node):
+    x, idx = node.inputs
+    b = node.attrs["batch_dims"]
+    last = idx.shape[-1]
+    if not isinstance(last, int):
+        raise OpError("GatherND: the last indices dim must be static")
+    return [TensorType(x.dtype, idx.shape[:-1] + x.shape[b + last:])]
+
+
+@gather_nd.reference
+def _(attrs, x, idx):
+    b = attrs["batch_dims"]
+    batch_shape = x.shape[:b]
+    xs = x.reshape((-1,) + x.shape[b:])
+    ids = idx.reshape((-1,) + idx.shape[b:])
+    out = []
+    for xb, ib in zip(xs, ids):
+        flat = ib.reshape(-1, ib.shape[-1])
+        flat = np.where(flat < 0, flat + np.array(xb.shape[:flat.shape[-1]]), flat)
+        out.append(np.stack([xb[tuple(i)] for i in flat]).reshape(ib.shape[:-1] + xb.shape[flat.shape[-1]:]))
+    return np.stack(out).reshape(batch_shape + out[0].shape)
+
+
+# -- creation and broadcasting -----------------------------------------------------------------
+
+@op("Expand", inputs=["input", "shape"], outputs=["output"])
+def expand(node):
+    x, shape = node.inputs
+    target = known_ints(shape, "Expand's shape")
+    return [TensorType(x.dtype, broadcast_shapes(x.shape, target))]
+
+
+@expand.reference
+def _(attrs, x, shape):
+    return np.broadcast_to(x, np.broadcast_shapes(x.shape, tuple(int(d) for d in shape))).copy()
+
+
+@op("Tile", inputs=["input", "repeats"], outputs=["output"])
+def tile(node):
+    x, reps = node.inputs
+    r = known_ints(reps, "Tile's repeats")
+    return [TensorType(x.dtype, tuple(d * n for d, n in zip(x.shape, r)))]
+
+
+tile.reference(lambda attrs, x, reps: np.tile(x, [int(r) for r in reps]))
+
+
+@op("Range", inputs=["start", "limit", "delta"], outputs=["output"])
+def range_(node):
+    start, limit, delta = (np.asarray(known(v, "Range's bounds")).reshape(()).item()
+                           for v in node.inputs)
+    if not any(isinstance(b, Sym) for b in (start, limit, delta)):
+        length = max(int(np.ceil((limit - start) / delta)), 0)
+    elif delta == 1:
+        length = limit - start  # a symbolic length, e.g. arange(seq)
+    else:
+        length = (limit - start + delta - 1) // delta
+    return [TensorType(node.inputs[0].dtype, (length,))]
+
+
+range_.reference(lambda attrs, s, l, d: np.arange(s, l, d, dtype=np.asarray(s).dtype))
+
+
+@op("ConstantOfShape", inputs=["input"], outputs=["output"], attrs={"value": Attr("tensor", None)})
+def constant_of_shape(node):
+    value = node.attrs["value"]
+    dtype = "f32" if value is None else dtype_of(value)
+    return [TensorType(dtype, tuple(known_ints(node.inputs[0], "ConstantOfShape's shape")))]
+
+
+@constant_of_shape.reference
+def _(attrs, shape):
+    value = attrs["value"] if attrs["value"] is not None else np.zeros(1, np.float32)
+    return np.full(tuple(int(d) for d in shape), value.reshape(-1)[0], dtype=value.dtype)
+
+
+@op("Size", inputs=["data"], outputs=["size"])
+def size(node):
+    return [TensorType("i64", ())]
+
+
+@size.value
+def _(node):
+    n = node.inputs[0].type.numel
+    return [np.array(n, dtype=np.int64 if isinstance(n, int) else object)]
+
+
+size.reference(lambda attrs, x: np.array(x.size, dtype=np.int64))
+
+
+@op("Trilu", inputs=["input", "k?"], outputs=["output"], attrs={"upper": Attr("int", 1)})
+def trilu(node):
+    return [node.inputs[0].type]
+
+
+@trilu.reference
+def _(attrs, x, k=None):
+    k = 0 if k is None else int(k)
+    return np.triu(x, k) if attrs["upper"] else np.tril(x, k)
+
+
+@op("Pad", inputs=["data", "pads", "constant_value?", "axes?"], outputs=["output"],
+    attrs={"mode": Attr("str", "constant")})
+def pad(node):
+    x = node.inputs[0]
+    shape = list(x.shape)
+    for axis, (before, after) in _pad_widths(node, x.type.rank).items():
+        shape[axis] = shape[axis] + before + after
+    return [TensorType(x.dtype, tuple(shape))]
+
+
+def _pad_widths(node, rank):
+    pads = known_ints(node.inputs[1], "Pad's pads")
+    axes = (known_ints(node.inputs[3], "Pad's axes")
+            if len(node.inputs) > 3 and node.inputs[3] is not None else range(rank))
+    axes = [normalize_axis(int(a), rank) for a in axes]
+    n = len(axes)
+    return {a: (pads[i], pads[i + n]) for i, a in enumerate(axes)}
+
+
+@pad.reference
+def _(attrs, x, pads, value=None, axes=None):
+    rank, pads = x.ndim, [int(p) for p in pads]
+    axes = range(rank) if axes is None else [int(a) % rank for a in axes]
+    widths = [(0, 0)] * rank
+    for i, a in enumerate(axes):
+        widths[a] = (pads[i], pads[i + len(axes)])
+    mode = attrs["mode"]
+    if mode == "constant":
+        cval = 0 if value is None else np.asarray(value).reshape(-1)[0]
+        return np.pad(x, widths, mode="constant", constant_values=cval)
+    return np.pad(x, widths, mode={"reflect": "reflect", "edge": "edge", "wrap": "wrap"}[mode])

@@ -1,0 +1,130 @@
+"""Reductions with ONNX semantics (axes as an optional input, opset 18+), arg-reductions,
+CumSum and (Log)Softmax."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sbc.ir.ops.common import known_ints, normalize_axis, same_type
+from sbc.ir.registry import Attr, op
+from sbc.ir.types import TensorType
+
+
+def _reduce_axes(node, rank):
+    axes_value = node.inputs[1] if len(node.inputs) > 1 else None
+    axes = [] if axes_value is None else known_ints(axes_value, f"{node.op}'s axes")
+    if not axes:
+        return [] if node.attrs["noop_with_empty_axes"] else list(range(rank))
+    return sorted({normalize_axis(int(a), rank) for a in axes})
+
+
+def _reduce_infer(node):
+    x = node.inputs[0]
+    axes = _reduce_axes(node, x.type.rank)
+    keep = node.attrs["keepdims"]
+    shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape) if keep or i not in axes)
+    return [TensorType(x.dtype, shape)]
+
+
+def _reduce_ref(fn):
+    def ref(attrs, x, axes=None):
+        axes = [] if axes is None else [int(a) % max(x.ndim, 1) for a in axes]
+        if not axes:
+            if attrs["noop_with_empty_axes"]:
+                return x
+            axes = list(range(x.ndim))
+        return np.asarray(fn(x, tuple(axes), bool(attrs["keepdims"]))).astype(x.dtype)
+    return ref
+
+
+def _logsumexp(x, axes, keep):
+    m = np.max(x, axis=axes, keepdims=True)
+    out = np.log(np.sum(np.exp(x - m), axis=axes, keepdims=True)) + m
+    return out if keep else np.squeeze(out, axis=axes)
+
+
+REDUCTIONS = {
+    "ReduceSum": lambda x, a, k: np.sum(x, axis=a, keepdims=k),
+    "ReduceMean": lambda x, a, k: np.mean(x, axis=a, keepdims=k),
+    "ReduceMax": lambda x, a, k: np.max(x, axis=a, keepdims=k),
+    "ReduceMin": lambda x, a, k: np.min(x, axis=a, keepdims=k),
+    "ReduceProd": lambda x, a, k: np.prod(x, axis=a, keepdims=k),
+    "ReduceL1": lambda x, a, k: np.sum(np.abs(x), axis=a, keepdims=k),
+    "ReduceL2": lambda x, a, k: np.sqrt(np.sum(x * x, axis=a, keepdims=k)),
+    "ReduceSumSquare": lambda x, a, k: np.sum(x * x, axis=a, keepdims=k),
+    "ReduceLogSumExp": _logsumexp,
+}
+for _name, _fn in REDUCTIONS.items():
+    op(_name, inputs=["data", "axes?"], outputs=["reduced"],
+       attrs={"keepdims": Attr("int", 1), "noop_with_empty_axes": Attr("int", 0)}
+       )(_reduce_infer).reference(_reduce_ref(_fn))
+
+
+def _arg_infer(node):
+    x = node.inputs[0]
+    axis = normalize_axis(node.attrs["axis"], x.type.rank)
+    keep = node.attrs["keepdims"]
+    shape = tuple(1 if i == axis else d for i, d in enumerate(x.shape) if keep or i != axis)
+    return [TensorType("i64", shape)]
+
+
+def _arg_ref(fn):
+    def ref(attrs, x):
+        axis = attrs["axis"] % x.ndim
+        if attrs["select_last_index"]:
+            out = x.shape[axis] - 1 - fn(np.flip(x, axis), axis=axis)
+        else:
+            out = fn(x, axis=axis)
+        out = np.asarray(out, dtype=np.int64)
+        return np.expand_dims(out, axis) if attrs["keepdims"] else out
+    return ref
+
+
+for _name, _fn in {"ArgMax": np.argmax, "ArgMin": np.argmin}.items():
+    op(_name, inputs=["data"], outputs=["reduced"], attrs={
+        "axis": Attr("int", 0), "keepdims": Attr("int", 1), "select_last_index": Attr("int", 0)},
+    )(_arg_infer).reference(_arg_ref(_fn))
+
+
+@op("CumSum", inputs=["x", "axis"], outputs=["y"], attrs={"exclusive": Attr("int", 0),
+                                                         "reverse": Attr("int", 0)})
+def cumsum(node):
+    normalize_axis(int(known_ints(node.inputs[1], "CumSum's axis")[0]), node.inputs[0].type.rank)
+    return same_type(node)
+
+
+@cumsum.reference
+def _(attrs, x, axis):
+    axis = int(np.asarray(axis).reshape(-1)[0]) % x.ndim
+    y = np.flip(x, axis) if attrs["reverse"] else x
+    out = np.cumsum(y, axis=axis, dtype=x.dtype)
+    if attrs["exclusive"]:
+        out = out - y
+    return np.flip(out, axis) if attrs["reverse"] else out
+
+
+def _softmax(x, axis):
+    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
+    return e / np.sum(e, axis=axis, keepdims=True)
+
+
+@op("Softmax", inputs=["input"], outputs=["output"], attrs={"axis": Attr("int", -1)})
+def softmax(node):
+    normalize_axis(node.attrs["axis"], node.inputs[0].type.rank)
+    return same_type(node)
+
+
+softmax.reference(lambda attrs, x: _softmax(x, attrs["axis"]).astype(x.dtype))
+
+
+@op("LogSoftmax", inputs=["input"], outputs=["output"], attrs={"axis": Attr("int", -1)})
+def log_softmax(node):
+    normalize_axis(node.attrs["axis"], node.inputs[0].type.rank)
+    return same_type(node)
+
+
+@log_softmax.reference
+def _(attrs, x):
+    shifted = x - np.max(x, axis=attrs["axis"], keepdims=True)
+    return (shifted - np.log(np.sum(np.exp(shifted), axis=attrs["axis"], keepdims=True))
+            ).astype(x.dtype)
