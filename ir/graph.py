@@ -90,7 +90,8 @@ class Graph:
 
     def add_param(self, name: str, data: np.ndarray) -> Value:
         from sbc.ir.types import type_of
-        value = Value(self.fresh_name(name), type_of(data), data=np.ascontiguousarray(data))
+        data = np.asarray(data, order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
+        value = Value(self.fresh_name(name), type_of(data), data=data)
         self.params.append(value)
         return value
 

@@ -164,8 +164,8 @@ def _(attrs, x):
 
 
 def _cast(x, to: str):
-    if x.dtype == object and to.startswith(("i", "u")):
-        return x  # symbolic dims stay symbolic through integer casts
+    if x.dtype == object and to != "bool":
+        return x  # symbolic dims stay symbolic through numeric casts (e.g. seq as a float bound)
     return np.asarray(x).astype(numpy_dtype(to))
 
 
