@@ -1,0 +1,169 @@
+"""sbc IR -> TVM Relax module -> fused, CPU-scheduled TIR -> LLVM executable.
+
+Calling convention of the compiled VM function "main": (graph inputs..., params...) in the
+order of `BuiltModule.inputs` then `BuiltModule.param_names`; it returns a tuple of the graph
+outputs. Symbolic dims become one int64 TIR variable per symbol, so one executable runs every
+batch and sequence length. Weights are run-time parameters, not constants in the library.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import tvm
+from tvm import relax, te, tirx
+
+from sbc.codegen.lower import RULES, TVM_DTYPES, Ctx, Known
+from sbc.codegen.schedule_cpu import schedule_cpu
+from sbc.codegen.target import host_cpu_features, host_cpu_target
+from sbc.errors import CompileError, UnsupportedError
+from sbc.ir import Graph, TensorType, Value
+
+SUPPORTED_TARGETS = ("cpu",)
+
+
+@dataclass
+class BuiltModule:
+    executable: object  # tvm.relax.VMExecutable
+    inputs: list[tuple[str, TensorType]]
+    outputs: list[tuple[str, TensorType]]
+    param_names: list[str]
+    params: dict[str, np.ndarray]
+    target: dict = field(default_factory=dict)
+
+
+def build(graph: Graph, target: str = "cpu") -> BuiltModule:
+    if target not in SUPPORTED_TARGETS:
+        raise UnsupportedError(f"target '{target}' is not supported by this build; "
+                               f"supported: {', '.join(SUPPORTED_TARGETS)}")
+    check_supported(graph)
+    mod = to_relax(graph)
+    tvm_target = host_cpu_target()
+    try:
+        mod = fuse(mod)
+        mod = schedule_cpu(mod, tvm_target)
+        executable = tvm.compile(mod, target=tvm_target, relax_pipeline="default_build")
+    except Exception as e:  # TVM's own errors are long C++ traces: keep them chained
+        raise CompileError(f"TVM failed to build the model: {str(e).strip().splitlines()[-1][:300]}") from e
+    return BuiltModule(
+        executable=executable,
+        inputs=[(v.name, v.type) for v in graph.inputs],
+        outputs=[(n, v.type) for n, v in zip(graph.output_names, graph.outputs)],
+        param_names=[p.name for p in graph.params],
+        params={p.name: p.data for p in graph.params},
+        target={"kind": "cpu", "tvm_target": str(tvm_target.export()), **host_cpu_features()},
+    )
+
+
+def check_supported(graph: Graph) -> None:
+    """Fail before any TVM work if an op has no lowering (there is no fallback)."""
+    for node in graph.nodes:
+        if node.op not in RULES and not all(v.data is not None for v in node.outputs):
+            raise UnsupportedError(f"no cpu lowering for op '{node.op}' at {node.where()}; "
+                                   f"supported: {', '.join(sorted(RULES))}")
+
+
+def fuse(mod: tvm.IRModule) -> tvm.IRModule:
+    return tvm.transform.Sequential([
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+        relax.transform.DeadCodeElimination(),
+    ])(mod)
+
+
+class _Lowerer:
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        symbols = sorted({s for v in graph.values() for s in v.type.symbols})
+        self.ctx = Ctx({s: tirx.Var(s, "int64") for s in symbols})
+        self.bb = relax.BlockBuilder()
+        self.env: dict[int, relax.Expr] = {}
+
+    def relax_var(self, v: Value) -> relax.Var:
+        shape = self.ctx.shape(v.shape)
+        return relax.Var(v.name, relax.TensorType(shape, TVM_DTYPES[v.dtype]))
+
+    def run(self) -> tvm.IRModule:
+        g = self.graph
+        inputs = [self.relax_var(v) for v in g.inputs]
+        params = [self.relax_var(p) for p in g.params]
+        self.env.update({id(v): r for v, r in zip(g.inputs + g.params, inputs + params)})
+        with self.bb.function("main", inputs + params):
+            with self.bb.dataflow():
+                for node in g.nodes:
+                    if all(v.data is not None for v in node.outputs):
+                        continue  # known at compile time: materialised only if used at run time
+                    self.lower(node)
+                outs = [self.value(v) for v in g.outputs]
+                result = self.bb.emit_output(relax.Tuple(outs))
+            self.bb.emit_func_output(result)
+        return self.bb.get()
+
+    def value(self, v: Value) -> relax.Expr:
+        if id(v) not in self.env:  # a compile-time value needed at run time
+            self.env[id(v)] = self.constant(v)
+        return self.env[id(v)]
+
+    def constant(self, v: Value) -> relax.Expr:
+        dtype = TVM_DTYPES[v.dtype]
+        if v.data.dtype != object:
+            return self.bb.emit(relax.const(np.asarray(v.data, dtype=dtype), dtype))
+        # symbolic entries (e.g. a shape [batch, seq, 64]) are computed from the shape variables
+        flat = [self.ctx.expr(d) for d in v.data.reshape(-1)]
+
+        def fill():
+            def body(*index):
+                linear = tirx.IntImm("int64", 0)
+                for k, n in zip(index, v.data.shape):
+                    linear = linear * n + k
+                out = tirx.const(0, dtype)
+                for pos, e in enumerate(flat):
+                    out = tirx.Select(linear == pos, tirx.Cast(dtype, e), out)
+                return out
+            return te.compute([int(n) for n in v.data.shape], body, name="shape_value")
+        return self.bb.emit_te(fill)
+
+    def lower(self, node) -> None:
+        rule = RULES[node.op]
+        self.ctx.node = node
+        args, runtime = [], []
+        for i, v in enumerate(node.inputs):
+            if v is None:
+                args.append(None)
+            elif i in rule.known:
+                if v.data is None:
+                    raise CompileError(f"{node.where()}: input {i} must be known at compile time")
+                args.append(Known(v.data))
+            else:
+                args.append(len(runtime))
+                runtime.append(self.value(v))
+
+        def compute(*tensors):
+            real = [tensors[a] if isinstance(a, int) else a for a in args]
+            while real and real[-1] is None:
+                real.pop()
+            return rule.fn(self.ctx, node, *real)
+
+        try:
+            out = self.bb.emit_te(compute, *runtime, primfunc_name_hint=_func_name(node))
+        except UnsupportedError:
+            raise
+        except Exception as e:
+            raise CompileError(f"cannot lower {node.where()}: {str(e).strip().splitlines()[-1][:200]}") from e
+        if len(node.outputs) == 1:
+            self.env[id(node.outputs[0])] = out
+        else:
+            for k, v in enumerate(node.outputs):
+                self.env[id(v)] = self.bb.emit(relax.TupleGetItem(out, k))
+
+
+def _func_name(node) -> str:
+    return node.op.lower()
+
+
+def to_relax(graph: Graph) -> tvm.IRModule:
+    return _Lowerer(graph).run()

@@ -1,0 +1,688 @@
+"""Lowering rules: sbc IR op -> TVM tensor expression (TE), one small function per op.
+
+A rule receives a `Ctx` (dims -> PrimExprs, output shapes) and the node's inputs: `te.Tensor`s
+for run-time values, or `Known` for inputs declared compile-time (`known=` indices), and returns
+the output tensor(s). Semantics follow the NumPy references in sbc.ir.ops exactly (the tests
+compare the two). Nothing here calls back into Python at run time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from tvm import te, tirx, topi
+
+from sbc.ir.dims import Sym
+
+TVM_DTYPES = {"f32": "float32", "f16": "float16", "f64": "float64", "i8": "int8", "i16": "int16",
+              "i32": "int32", "i64": "int64", "u8": "uint8", "bool": "bool"}
+
+
+@dataclass
+class Known:
+    """A compile-time input: its value as a NumPy array (object arrays hold symbolic dims)."""
+    array: np.ndarray
+
+    def ints(self, ctx: "Ctx") -> list:
+        return [ctx.expr(d) for d in self.array.reshape(-1)]
+
+    def scalar(self, ctx: "Ctx"):
+        return ctx.expr(self.array.reshape(-1)[0])
+
+
+@dataclass
+class Rule:
+    fn: Callable
+    known: tuple[int, ...]  # input indices that must be known at compile time
+
+
+RULES: dict[str, Rule] = {}
+
+
+def lowering(*ops: str, known: tuple[int, ...] = ()):
+    def register(fn):
+        for name in ops:
+            RULES[name] = Rule(fn, known)
+        return fn
+    return register
+
+
+class Ctx:
+    """What a rule may ask about: symbolic dims as PrimExprs and the node's output shapes."""
+
+    def __init__(self, sym_vars: dict[str, tirx.Var]):
+        self.sym_vars = sym_vars
+        self.node = None
+
+    def expr(self, d):
+        if isinstance(d, Sym):
+            total = None
+            for mono, coef in d.terms.items():
+                term = tirx.IntImm("int64", coef)
+                for s in mono:
+                    term = term * self.sym_vars[s]
+                total = term if total is None else total + term
+            return total
+        if isinstance(d, (float, np.floating)):
+            return float(d)
+        return tirx.IntImm("int64", int(d))
+
+    def shape(self, dims) -> list:
+        return [self.expr(d) for d in dims]
+
+    def out_shape(self, i: int = 0) -> list:
+        return self.shape(self.node.outputs[i].shape)
+
+    def out_dtype(self, i: int = 0) -> str:
+        return TVM_DTYPES[self.node.outputs[i].dtype]
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+def _index_for(t: te.Tensor, out_idx, out_rank: int):
+    """Index into t broadcast (NumPy rules) to an output of rank out_rank."""
+    offset = out_rank - len(t.shape)
+    idx = []
+    for k, dim in enumerate(t.shape):
+        i = out_idx[k + offset]
+        idx.append(tirx.IntImm("int64", 0) if _is_one(dim) else i)
+    return idx
+
+
+def _is_one(dim) -> bool:
+    return isinstance(dim, (int, tirx.IntImm)) and int(dim) == 1
+
+
+def _read(t, out_idx, out_rank):
+    return t[tuple(_index_for(t, out_idx, out_rank))] if len(t.shape) else t()
+
+
+def broadcast(ctx: Ctx, inputs, fn, name="elemwise"):
+    shape = ctx.out_shape()
+    rank = len(shape)
+    return te.compute(shape, lambda *i: fn(*[_read(t, i, rank) for t in inputs]), name=name)
+
+
+def _cast(x, dtype):
+    if dtype == "bool":
+        return x != tirx.const(0, x.dtype)
+    return x.astype(dtype)
+
+
+# -- elementwise ---------------------------------------------------------------------------------
+
+def _sigmoid(x):
+    return tirx.const(1, x.dtype) / (tirx.const(1, x.dtype) + tirx.exp(-x))
+
+
+def _softplus(x):  # log(1 + e^x) without overflow
+    zero = tirx.const(0, x.dtype)
+    return tirx.max(x, zero) + tirx.log1p(tirx.exp(-tirx.abs(x)))
+
+
+def _sign(x):
+    zero = tirx.const(0, x.dtype)
+    return tirx.Select(x > zero, tirx.const(1, x.dtype),
+                       tirx.Select(x < zero, tirx.const(-1, x.dtype), zero))
+
+
+def _erf(x):
+    return tirx.erf(x) if str(x.dtype) == "float32" else tirx.erf(x.astype("float32")).astype(x.dtype)
+
+
+UNARY: dict[str, Callable] = {
+    "Abs": tirx.abs, "Neg": lambda x: -x, "Sqrt": tirx.sqrt, "Exp": tirx.exp, "Log": tirx.log,
+    "Sin": tirx.sin, "Cos": tirx.cos, "Tanh": tirx.tanh, "Sigmoid": _sigmoid,
+    "Reciprocal": lambda x: tirx.const(1, x.dtype) / x, "Floor": tirx.floor, "Ceil": tirx.ceil,
+    # ONNX Round is half-to-even: nearbyint in the default rounding mode (tirx.round is not)
+    "Round": tirx.nearbyint, "Sign": _sign, "Relu": lambda x: tirx.max(x, tirx.const(0, x.dtype)),
+    "Softplus": _softplus, "Softsign": lambda x: x / (tirx.const(1, x.dtype) + tirx.abs(x)),
+    "Erf": _erf, "Mish": lambda x: x * tirx.tanh(_softplus(x)), "Identity": lambda x: x,
+    "Not": tirx.Not,
+    "IsNaN": tirx.isnan,
+}
+
+
+def _unary(ctx, node, x):
+    fn = UNARY[node.op]
+    return te.compute(x.shape, lambda *i: fn(x[i]), name=node.op.lower())
+
+
+lowering(*UNARY)(_unary)
+
+PARAMETRIC = {
+    "LeakyRelu": lambda a, x: tirx.Select(x < tirx.const(0, x.dtype), x * tirx.const(a["alpha"], x.dtype), x),
+    "Elu": lambda a, x: tirx.Select(x < tirx.const(0, x.dtype),
+                                    tirx.const(a["alpha"], x.dtype) * (tirx.exp(x) - tirx.const(1, x.dtype)), x),
+    "Selu": lambda a, x: tirx.const(a["gamma"], x.dtype) * tirx.Select(
+        x <= tirx.const(0, x.dtype), tirx.const(a["alpha"], x.dtype) * (tirx.exp(x) - tirx.const(1, x.dtype)), x),
+    "HardSigmoid": lambda a, x: tirx.max(tirx.const(0, x.dtype), tirx.min(
+        tirx.const(1, x.dtype), tirx.const(a["alpha"], x.dtype) * x + tirx.const(a["beta"], x.dtype))),
+    "HardSwish": lambda a, x: x * tirx.max(tirx.const(0, x.dtype), tirx.min(
+        tirx.const(1, x.dtype), x / tirx.const(6, x.dtype) + tirx.const(0.5, x.dtype))),
+    "Gelu": lambda a, x: _gelu(a["approximate"], x),
+    "IsInf": lambda a, x: tirx.Or(tirx.And(tirx.isinf(x), x > tirx.const(0, x.dtype)) if a["detect_positive"] else tirx.const(False),
+                                  tirx.And(tirx.isinf(x), x < tirx.const(0, x.dtype)) if a["detect_negative"] else tirx.const(False)),
+}
+
+
+def _gelu(approximate, x):
+    half, one = tirx.const(0.5, x.dtype), tirx.const(1, x.dtype)
+    if approximate == "tanh":
+        inner = tirx.const(float(np.sqrt(2 / np.pi)), x.dtype) * (x + tirx.const(0.044715, x.dtype) * x * x * x)
+        return half * x * (one + tirx.tanh(inner))
+    return half * x * (one + _erf(x * tirx.const(float(1 / np.sqrt(2)), x.dtype)))
+
+
+@lowering(*PARAMETRIC)
+def _parametric(ctx, node, x):
+    fn = PARAMETRIC[node.op]
+    return te.compute(x.shape, lambda *i: fn(node.attrs, x[i]), name=node.op.lower())
+
+
+def _div(a, b):
+    return tirx.truncdiv(a, b) if "int" in str(a.dtype) else a / b
+
+
+def _mod(fmod):
+    def fn(a, b):
+        if "float" in str(a.dtype):
+            return tirx.fmod(a, b)
+        if fmod:
+            return tirx.truncmod(a, b)
+        return tirx.floormod(a, b)  # integer Mod takes the divisor's sign, like Python
+    return fn
+
+
+BINARY = {
+    "Add": lambda a, b: a + b, "Sub": lambda a, b: a - b, "Mul": lambda a, b: a * b, "Div": _div,
+    "Pow": lambda a, b: tirx.power(a, b.astype(a.dtype)) if "float" in str(a.dtype)
+    else tirx.power(a.astype("float64"), b.astype("float64")).astype(a.dtype),
+    "Equal": lambda a, b: a == b, "Less": lambda a, b: a < b, "LessOrEqual": lambda a, b: a <= b,
+    "Greater": lambda a, b: a > b, "GreaterOrEqual": lambda a, b: a >= b,
+    "And": tirx.And, "Or": tirx.Or, "Xor": lambda a, b: tirx.Or(tirx.And(a, tirx.Not(b)), tirx.And(tirx.Not(a), b)),
+}
+
+
+@lowering(*BINARY)
+def _binary(ctx, node, a, b):
+    return broadcast(ctx, [a, b], BINARY[node.op], node.op.lower())
+
+
+@lowering("Mod")
+def _mod_rule(ctx, node, a, b):
+    return broadcast(ctx, [a, b], _mod(node.attrs["fmod"]), "mod")
+
+
+@lowering("Max", "Min", "Sum", "Mean")
+def _variadic(ctx, node, *xs):
+    combine = {"Max": tirx.max, "Min": tirx.min, "Sum": lambda a, b: a + b, "Mean": lambda a, b: a + b}[node.op]
+
+    def fn(*vals):
+        out = vals[0]
+        for v in vals[1:]:
+            out = combine(out, v)
+        return out / tirx.const(len(vals), out.dtype) if node.op == "Mean" else out
+    return broadcast(ctx, xs, fn, node.op.lower())
+
+
+@lowering("Where")
+def _where(ctx, node, c, x, y):
+    return broadcast(ctx, [c, x, y], lambda c_, x_, y_: tirx.Select(c_, x_, y_), "where")
+
+
+@lowering("Clip")
+def _clip(ctx, node, x, lo=None, hi=None):
+    def fn(v, *bounds):
+        it = iter(bounds)
+        if lo is not None:
+            v = tirx.max(v, next(it))
+        if hi is not None:
+            v = tirx.min(v, next(it))
+        return v
+    bounds = [t for t in (lo, hi) if t is not None]
+    return te.compute(x.shape, lambda *i: fn(x[i], *[t() if not t.shape else t[0] for t in bounds]),
+                      name="clip")
+
+
+@lowering("Cast", "CastLike")
+def _cast_rule(ctx, node, x, *like):
+    dtype = ctx.out_dtype()
+    return te.compute(x.shape, lambda *i: _cast(x[i], dtype), name="cast")
+
+
+# -- matmul ---------------------------------------------------------------------------------------
+
+@lowering("MatMul")
+def _matmul(ctx, node, a, b):
+    """C[..., i, j] = sum_k A[..., i, k] * B[..., k, j]; a 2-D B stays 2-D (a weight)."""
+    a2 = topi.expand_dims(a, 0) if len(a.shape) == 1 else a
+    b2 = topi.expand_dims(b, 1) if len(b.shape) == 1 else b
+    shape = ctx.out_shape()
+    if len(a.shape) == 1:
+        shape = shape[:-1] + [1] + shape[-1:] if len(b.shape) > 1 else [1] + shape
+    if len(b.shape) == 1:
+        shape = shape + [1]
+    rank = len(shape)
+    k = te.reduce_axis((0, a2.shape[-1]), name="k")
+
+    def body(*idx):
+        batch, i, j = idx[:-2], idx[-2], idx[-1]
+        ai = _index_for_batch(a2, batch, rank) + [i, k]
+        bi = _index_for_batch(b2, batch, rank) + [k, j]
+        return te.sum(a2[tuple(ai)] * b2[tuple(bi)], axis=k)
+
+    c = te.compute(shape, body, name="matmul")
+    out = ctx.out_shape()
+    return c if len(shape) == len(out) else topi.reshape(c, out)
+
+
+def _index_for_batch(t, batch, out_rank):
+    dims = t.shape[:-2]
+    offset = (out_rank - 2) - len(dims)
+    return [tirx.IntImm("int64", 0) if _is_one(d) else batch[n + offset] for n, d in enumerate(dims)]
+
+
+@lowering("Gemm")
+def _gemm(ctx, node, a, b, c=None):
+    at = topi.transpose(a) if node.attrs["transA"] else a
+    bt = topi.transpose(b) if node.attrs["transB"] else b
+    k = te.reduce_axis((0, at.shape[1]), name="k")
+    prod = te.compute(ctx.out_shape(), lambda i, j: te.sum(at[i, k] * bt[k, j], axis=k), name="gemm")
+    alpha, beta = node.attrs["alpha"], node.attrs["beta"]
+    dt = a.dtype
+    if c is None:
+        return te.compute(prod.shape, lambda i, j: prod[i, j] * tirx.const(alpha, dt), name="gemm_out")
+    return broadcast(ctx, [prod, c], lambda p, cv: p * tirx.const(alpha, dt) + cv * tirx.const(beta, dt),
+                     "gemm_out")
+
+
+# -- reductions -----------------------------------------------------------------------------------
+
+def _reduce_axes(node, x, axes_known):
+    rank = len(x.shape)
+    axes = [] if axes_known is None else [int(a) % max(rank, 1) for a in axes_known.array.reshape(-1)]
+    if not axes and not node.attrs.get("noop_with_empty_axes", 0):
+        axes = list(range(rank))
+    return sorted(set(axes))
+
+
+def _source_index(idx, axes, keep, rank, reduce_vars):
+    """Index into the reduced input for output index idx (keepdims or not)."""
+    full, it, ri = [], iter(idx), iter(reduce_vars)
+    for d in range(rank):
+        if d in axes:
+            if keep:
+                next(it)
+            full.append(next(ri))
+        else:
+            full.append(next(it))
+    return tuple(full)
+
+
+def _reduce(x, axes, keep, combine, finish=None, pre=None, name="reduce"):
+    raxes = [te.reduce_axis((0, x.shape[a]), name=f"r{a}") for a in axes]
+    rank = len(x.shape)
+    out_shape = [1 if d in axes else s for d, s in enumerate(x.shape) if keep or d not in axes]
+    pre = pre or (lambda v: v)
+    red = te.compute(out_shape, lambda *i: combine(pre(x[_source_index(i, axes, keep, rank, raxes)]),
+                                                   axis=raxes), name=name)
+    return te.compute(out_shape, lambda *i: finish(red[i]), name=name + "_out") if finish else red
+
+
+@lowering("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+          "ReduceSumSquare", "ReduceLogSumExp", known=(1,))
+def _reduce_rule(ctx, node, x, axes=None):
+    """Reduce* with keepdims; Mean divides by the (possibly symbolic) element count."""
+    axes = _reduce_axes(node, x, axes)
+    keep = node.attrs["keepdims"]
+    if not axes:
+        return te.compute(x.shape, lambda *i: x[i], name="noop")
+    count = 1
+    for a in axes:
+        count = count * x.shape[a]
+    op = node.op
+    if op == "ReduceLogSumExp":
+        return _logsumexp(x, axes, keep)
+    pre = {"ReduceL1": tirx.abs, "ReduceL2": lambda v: v * v, "ReduceSumSquare": lambda v: v * v}.get(op)
+    combine = {"ReduceMax": te.max, "ReduceMin": te.min, "ReduceProd": _te_prod}.get(op, te.sum)
+    finish = None
+    if op == "ReduceMean":
+        finish = lambda v: v / _as_expr(count).astype(v.dtype)  # noqa: E731
+    elif op == "ReduceL2":
+        finish = tirx.sqrt
+    return _reduce(x, axes, keep, combine, finish, pre, op.lower())
+
+
+def _as_expr(v):
+    return tirx.IntImm("int64", v) if isinstance(v, int) else v
+
+
+def _logsumexp(x, axes, keep):
+    rank = len(x.shape)
+    mx = _reduce(x, axes, True, te.max, name="lse_max")
+    zero = tirx.IntImm("int64", 0)
+
+    def mx_at(idx):
+        return mx[tuple(zero if d in axes else i for d, i in
+                        zip(range(rank), _source_index(idx, axes, keep, rank, [zero] * len(axes))))]
+
+    raxes = [te.reduce_axis((0, x.shape[a]), name=f"r{a}") for a in axes]
+    out_shape = [1 if d in axes else s for d, s in enumerate(x.shape) if keep or d not in axes]
+    total = te.compute(out_shape, lambda *i: te.sum(
+        tirx.exp(x[_source_index(i, axes, keep, rank, raxes)] - mx_at(i)), axis=raxes), name="lse_sum")
+    return te.compute(out_shape, lambda *i: tirx.log(total[i]) + mx_at(i), name="lse")
+
+
+_te_prod = te.comm_reducer(lambda a, b: a * b, lambda t: tirx.const(1, t), name="prod")
+
+
+@lowering("ArgMax", "ArgMin")
+def _argminmax(ctx, node, x):
+    axis = node.attrs["axis"] % len(x.shape)
+    keep = node.attrs["keepdims"]
+    last = node.attrs["select_last_index"]
+    is_max = node.op == "ArgMax"
+    r = te.reduce_axis((0, x.shape[axis]), name="r")
+
+    def fcombine(a, b):
+        better = (b[1] > a[1]) if is_max else (b[1] < a[1])
+        tie = b[1] == a[1]
+        pick_b = tirx.Or(better, tirx.And(tie, (b[0] > a[0]) if last else (b[0] < a[0])))
+        return tirx.Select(pick_b, b[0], a[0]), tirx.Select(pick_b, b[1], a[1])
+
+    def fidentity(t0, t1):
+        lim = tirx.min_value(t1) if is_max else tirx.max_value(t1)
+        return tirx.const(-1, t0), lim
+
+    reducer = te.comm_reducer(fcombine, fidentity, name="argreduce")
+
+    def body(*idx):
+        full, it = [], iter(idx)
+        for d in range(len(x.shape)):
+            if d == axis:
+                if keep:
+                    next(it)
+                full.append(r)
+            else:
+                full.append(next(it))
+        return reducer((r.var.astype("int64"), x[tuple(full)]), axis=r)
+
+    idx, _ = te.compute(ctx.out_shape(), body, name="arg")
+    return idx
+
+
+@lowering("CumSum", known=(1,))
+def _cumsum(ctx, node, x, axis):
+    axis = int(axis.array.reshape(-1)[0]) % len(x.shape)
+    n = x.shape[axis]
+    exclusive, reverse = node.attrs["exclusive"], node.attrs["reverse"]
+    r = te.reduce_axis((0, n), name="r")
+
+    def body(*idx):
+        src = list(idx)
+        src[axis] = r
+        t = idx[axis]
+        if reverse:
+            cond = r > t if exclusive else r >= t
+        else:
+            cond = r < t if exclusive else r <= t
+        return te.sum(tirx.Select(cond, x[tuple(src)], tirx.const(0, x.dtype)), axis=r)
+    # The masked-sum form is O(n^2) per row but fully parallel and free of serial scans;
+    # sequence-length cumsums are fused away by the linear-attention passes.
+    return te.compute(x.shape, body, name="cumsum")
+
+
+@lowering("Softmax", "LogSoftmax")
+def _softmax(ctx, node, x):
+    axis = node.attrs["axis"] % len(x.shape)
+    r1 = te.reduce_axis((0, x.shape[axis]), name="r1")
+    r2 = te.reduce_axis((0, x.shape[axis]), name="r2")
+    stat_shape = [1 if d == axis else s for d, s in enumerate(x.shape)]
+
+    def at(idx, r):
+        full = list(idx)
+        full[axis] = r
+        return tuple(full)
+
+    mx = te.compute(stat_shape, lambda *i: te.max(x[at(i, r1)], axis=r1), name="softmax_max")
+    zero = tirx.IntImm("int64", 0)
+    sm = te.compute(stat_shape, lambda *i: te.sum(tirx.exp(x[at(i, r2)] - mx[i]), axis=r2), name="softmax_sum")
+    if node.op == "LogSoftmax":
+        return te.compute(x.shape, lambda *i: x[i] - mx[at(i, zero)] - tirx.log(sm[at(i, zero)]),
+                          name="log_softmax")
+    return te.compute(x.shape, lambda *i: tirx.exp(x[i] - mx[at(i, zero)]) / sm[at(i, zero)],
+                      name="softmax")
+
+
+# -- normalisation --------------------------------------------------------------------------------
+
+def _row_stats(x, axis, fn, name):
+    axes = list(range(axis, len(x.shape)))
+    raxes = [te.reduce_axis((0, x.shape[a]), name=f"r{a}") for a in axes]
+    stat_shape = list(x.shape[:axis]) + [1] * len(axes)
+    count = 1
+    for a in axes:
+        count = count * x.shape[a]
+    total = te.compute(stat_shape, lambda *i: te.sum(fn(x[tuple(list(i[:axis]) + raxes)]), axis=raxes),
+                       name=name)
+    return total, count
+
+
+def _stat_index(idx, axis, rank):
+    return tuple(list(idx[:axis]) + [tirx.IntImm("int64", 0)] * (rank - axis))
+
+
+@lowering("RMSNormalization")
+def _rms_norm(ctx, node, x, scale):
+    axis = node.attrs["axis"] % len(x.shape)
+    rank = len(x.shape)
+    sq, count = _row_stats(x, axis, lambda v: v * v, "rms_sq")
+    eps = tirx.const(node.attrs["epsilon"], x.dtype)
+    inv = te.compute(sq.shape, lambda *i: tirx.rsqrt(sq[i] / count.astype(x.dtype) + eps), name="rms_inv")
+    return te.compute(x.shape, lambda *i: x[i] * inv[_stat_index(i, axis, rank)] * _read(scale, i, rank),
+                      name="rms_norm")
+
+
+@lowering("LayerNormalization")
+def _layer_norm(ctx, node, x, scale, bias=None):
+    axis = node.attrs["axis"] % len(x.shape)
+    rank = len(x.shape)
+    total, count = _row_stats(x, axis, lambda v: v, "ln_sum")
+    n = count.astype(x.dtype)
+    mean = te.compute(total.shape, lambda *i: total[i] / n, name="ln_mean")
+    axes = list(range(axis, rank))
+    raxes = [te.reduce_axis((0, x.shape[a]), name=f"v{a}") for a in axes]
+    var = te.compute(total.shape, lambda *i: te.sum(
+        (x[tuple(list(i[:axis]) + raxes)] - mean[i]) * (x[tuple(list(i[:axis]) + raxes)] - mean[i]),
+        axis=raxes), name="ln_var")
+    eps = tirx.const(node.attrs["epsilon"], x.dtype)
+    inv = te.compute(total.shape, lambda *i: tirx.rsqrt(var[i] / n + eps), name="ln_inv")
+
+    def body(*i):
+        y = (x[i] - mean[_stat_index(i, axis, rank)]) * inv[_stat_index(i, axis, rank)] * _read(scale, i, rank)
+        return y + _read(bias, i, rank) if bias is not None else y
+
+    y = te.compute(x.shape, body, name="layer_norm")
+    return [y, mean, inv][:node.attrs["num_outputs"]]
+
+
+# -- layout and indexing ----------------------------------------------------------------------------
+
+@lowering("Reshape", "Squeeze", "Unsqueeze", "Flatten", known=(1,))
+def _reshape(ctx, node, x, *shape_args):
+    return topi.reshape(x, ctx.out_shape())
+
+
+@lowering("Transpose")
+def _transpose(ctx, node, x):
+    perm = node.attrs["perm"]
+    perm = list(range(len(x.shape)))[::-1] if perm is None else [p % len(x.shape) for p in perm]
+    return te.compute(ctx.out_shape(), lambda *i: x[tuple(i[perm.index(d)] for d in range(len(perm)))],
+                      name="transpose")
+
+
+@lowering("Expand", known=(1,))
+def _expand(ctx, node, x, shape):
+    return broadcast(ctx, [x], lambda v: v, "expand")
+
+
+@lowering("Tile", known=(1,))
+def _tile(ctx, node, x, reps):
+    return te.compute(ctx.out_shape(), lambda *i: x[tuple(tirx.floormod(i[d], x.shape[d])
+                                                          for d in range(len(i)))], name="tile")
+
+
+@lowering("Concat")
+def _concat(ctx, node, *xs):
+    axis = node.attrs["axis"] % len(xs[0].shape)
+    offsets, total = [], tirx.IntImm("int64", 0)
+    for t in xs:
+        offsets.append(total)
+        total = total + t.shape[axis]
+
+    def body(*i):
+        out = None  # built from the last chunk backwards: chunk k wins where i < its end
+        for t, off in reversed(list(zip(xs, offsets))):
+            idx = list(i)
+            idx[axis] = i[axis] - off
+            val = t[tuple(idx)]
+            out = val if out is None else tirx.Select(i[axis] < off + t.shape[axis], val, out)
+        return out
+    return te.compute(ctx.out_shape(), body, name="concat")
+
+
+@lowering("Split", known=(1,))
+def _split(ctx, node, x, *sizes):
+    axis = node.attrs["axis"] % len(x.shape)
+    outs, offset = [], tirx.IntImm("int64", 0)
+    for k, v in enumerate(node.outputs):
+        shape = ctx.shape(v.shape)
+
+        def body(*i, off=offset):
+            idx = list(i)
+            idx[axis] = i[axis] + off
+            return x[tuple(idx)]
+        outs.append(te.compute(shape, body, name=f"split{k}"))
+        offset = offset + shape[axis]
+    return outs
+
+
+@lowering("Slice", known=(1, 2, 3, 4))
+def _slice(ctx, node, x, starts, ends, axes=None, steps=None):
+    from sbc.ir.ops.shape import _slice_range
+    rank = len(x.shape)
+    in_dims = node.inputs[0].shape
+    begin = [tirx.IntImm("int64", 0)] * rank
+    stride = [1] * rank
+    axes_l = range(len(starts.array)) if axes is None else [int(a) % rank for a in axes.array.reshape(-1)]
+    steps_l = [1] * len(starts.array) if steps is None else [int(s) for s in steps.array.reshape(-1)]
+    for a, s, e, st in zip(axes_l, starts.array.reshape(-1), ends.array.reshape(-1), steps_l):
+        s0, _, _ = _slice_range(in_dims[a], s if isinstance(s, Sym) else int(s),
+                                e if isinstance(e, Sym) else int(e), st)
+        begin[a] = ctx.expr(s0)
+        stride[a] = st
+    return te.compute(ctx.out_shape(), lambda *i: x[tuple(begin[d] + i[d] * stride[d] for d in range(rank))],
+                      name="slice")
+
+
+def _wrap(idx, dim):
+    idx = idx.astype("int64")
+    return tirx.Select(idx < tirx.IntImm("int64", 0), idx + dim, idx)
+
+
+@lowering("Gather")
+def _gather(ctx, node, x, indices):
+    axis = node.attrs["axis"] % len(x.shape)
+    q = len(indices.shape)
+
+    def body(*i):
+        idx = _wrap(indices[tuple(i[axis:axis + q])] if q else indices(), x.shape[axis])
+        return x[tuple(list(i[:axis]) + [idx] + list(i[axis + q:]))]
+    return te.compute(ctx.out_shape(), body, name="gather")
+
+
+@lowering("GatherElements")
+def _gather_elements(ctx, node, x, indices):
+    axis = node.attrs["axis"] % len(x.shape)
+
+    def body(*i):
+        idx = list(i)
+        idx[axis] = _wrap(indices[i], x.shape[axis])
+        return x[tuple(idx)]
+    return te.compute(ctx.out_shape(), body, name="gather_elements")
+
+
+@lowering("GatherND")
+def _gather_nd(ctx, node, x, indices):
+    b = node.attrs["batch_dims"]
+    last = int(indices.shape[-1])
+    q = len(indices.shape)
+
+    def body(*i):
+        lead = list(i[:q - 1])
+        picked = [_wrap(indices[tuple(lead + [tirx.IntImm("int64", k)])], x.shape[b + k]) for k in range(last)]
+        return x[tuple(list(i[:b]) + picked + list(i[q - 1:]))]
+    return te.compute(ctx.out_shape(), body, name="gather_nd")
+
+
+@lowering("Range", known=(0, 1, 2))
+def _range(ctx, node, start, limit, delta):
+    dtype = ctx.out_dtype()
+    s, d = start.scalar(ctx), delta.scalar(ctx)
+
+    def as_dtype(v):
+        return tirx.const(v, dtype) if isinstance(v, (int, float)) else v.astype(dtype)
+    return te.compute(ctx.out_shape(), lambda i: as_dtype(s) + i.astype(dtype) * as_dtype(d), name="range")
+
+
+@lowering("ConstantOfShape", known=(0,))
+def _constant_of_shape(ctx, node, shape):
+    value = node.attrs["value"]
+    v = 0 if value is None else value.reshape(-1)[0].item()
+    dtype = ctx.out_dtype()
+    return te.compute(ctx.out_shape(), lambda *i: tirx.const(v, dtype), name="fill")
+
+
+@lowering("Trilu")
+def _trilu(ctx, node, x, k=None):
+    def body(*i):
+        row, col = i[-2], i[-1]
+        kk = tirx.IntImm("int64", 0) if k is None else (k() if not k.shape else k[0]).astype("int64")
+        keep = (col - row >= kk) if node.attrs["upper"] else (col - row <= kk)
+        return tirx.Select(keep, x[i], tirx.const(0, x.dtype))
+    return te.compute(x.shape, body, name="trilu")
+
+
+@lowering("Pad", known=(1, 3))
+def _pad(ctx, node, x, pads, value=None, axes=None):
+    from sbc.ir.ops.shape import _pad_widths
+    rank = len(x.shape)
+    widths = _pad_widths(node, rank)
+    before = [ctx.expr(widths.get(d, (0, 0))[0]) for d in range(rank)]
+    mode = node.attrs["mode"]
+
+    def body(*i):
+        src = [i[d] - before[d] for d in range(rank)]
+        if mode == "edge":
+            src = [tirx.max(tirx.min(s, x.shape[d] - 1), tirx.IntImm("int64", 0)) for d, s in enumerate(src)]
+            return x[tuple(src)]
+        if mode == "reflect":
+            src = [_reflect(s, x.shape[d]) for d, s in enumerate(src)]
+            return x[tuple(src)]
+        inside = None
+        for d, s in enumerate(src):
+            cond = tirx.And(s >= tirx.IntImm("int64", 0), s < x.shape[d])
+            inside = cond if inside is None else tirx.And(inside, cond)
+        fill = tirx.const(0, x.dtype) if value is None else (value() if not value.shape else value[0])
+        clamped = [tirx.max(tirx.min(s, x.shape[d] - 1), tirx.IntImm("int64", 0)) for d, s in enumerate(src)]
+        return tirx.Select(inside, x[tuple(clamped)], fill) if inside is not None else x[tuple(clamped)]
+    return te.compute(ctx.out_shape(), body, name="pad")
+
+
+def _reflect(s, n):
+    period = 2 * n - 2
+    m = tirx.floormod(s, period)
+    return tirx.Select(m < n, m, period - m)
