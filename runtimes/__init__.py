@@ -1,0 +1,1 @@
+"""The `.sbc` artifact and the runtimes that load and run compiled models."""
