@@ -128,8 +128,11 @@ def _sign(x):
                        tirx.Select(x < zero, tirx.const(-1, x.dtype), zero))
 
 
-def _erf(x):
-    return tirx.erf(x) if str(x.dtype) == "float32" else tirx.erf(x.astype("float32")).astype(x.dtype)
+def _erf(x, dtype=None):
+    """erf in float32 (LLVM has no half/double erf intrinsic here). TVM 0.27 expressions other
+    than loads do not expose .dtype, so composite arguments pass it explicitly."""
+    dtype = dtype or str(x.dtype)
+    return tirx.erf(x) if dtype == "float32" else tirx.erf(x.astype("float32")).astype(dtype)
 
 
 UNARY: dict[str, Callable] = {
@@ -173,7 +176,7 @@ def _gelu(approximate, x):
     if approximate == "tanh":
         inner = tirx.const(float(np.sqrt(2 / np.pi)), x.dtype) * (x + tirx.const(0.044715, x.dtype) * x * x * x)
         return half * x * (one + tirx.tanh(inner))
-    return half * x * (one + _erf(x * tirx.const(float(1 / np.sqrt(2)), x.dtype)))
+    return half * x * (one + _erf(x * tirx.const(float(1 / np.sqrt(2)), x.dtype), str(x.dtype)))
 
 
 @lowering(*PARAMETRIC)
@@ -560,14 +563,18 @@ def _split(ctx, node, x, *sizes):
     outs, offset = [], tirx.IntImm("int64", 0)
     for k, v in enumerate(node.outputs):
         shape = ctx.shape(v.shape)
-
-        def body(*i, off=offset):
-            idx = list(i)
-            idx[axis] = i[axis] + off
-            return x[tuple(idx)]
-        outs.append(te.compute(shape, body, name=f"split{k}"))
+        outs.append(te.compute(shape, _shifted(x, axis, offset), name=f"split{k}"))
         offset = offset + shape[axis]
     return outs
+
+
+def _shifted(x, axis, offset):
+    """fcompute reading x at index + offset along axis (TE forbids keyword defaults)."""
+    def body(*i):
+        idx = list(i)
+        idx[axis] = i[axis] + offset
+        return x[tuple(idx)]
+    return body
 
 
 @lowering("Slice", known=(1, 2, 3, 4))

@@ -20,7 +20,7 @@ from sbc.ir.registry import OpError
 from sbc.ir.types import dtype_of
 from sbc.ir.verifier import verify
 
-MIN_OPSET, MAX_OPSET = 17, 27
+MIN_OPSET, MAX_OPSET = 13, 27  # 13: the first opset with axes/split as inputs for most ops
 CONSTANT_LIMIT = 1024  # larger Constant nodes become params
 
 ONNX_DTYPES = {
@@ -30,13 +30,16 @@ ONNX_DTYPES = {
 }
 
 
-def import_onnx(model: str | os.PathLike | onnx.ModelProto, *, input_shapes=None) -> Graph:
+def import_onnx(model: str | os.PathLike | onnx.ModelProto, *, input_shapes=None,
+                constants=None) -> Graph:
     """Import an ONNX model (path or ModelProto) as a verified sbc Graph.
 
-    input_shapes optionally overrides input dims: {"ids": [1, "seq"]}."""
+    input_shapes optionally overrides input dims: {"ids": [1, "seq"]}.
+    constants freezes graph inputs to values known at compile time: {"axes": array}
+    (for models that feed shapes or axes as inputs, which a compiler needs to know)."""
     proto = load_model(model)
     opset = check_opsets(proto)
-    graph = _Importer(proto, opset, input_shapes or {}).run()
+    graph = _Importer(proto, opset, input_shapes or {}, constants or {}).run()
     verify(graph)
     return graph
 
@@ -87,10 +90,11 @@ def _sym_name(text: str) -> str:
 
 
 class _Importer:
-    def __init__(self, proto: onnx.ModelProto, opset: int, input_shapes: dict):
+    def __init__(self, proto: onnx.ModelProto, opset: int, input_shapes: dict, constants: dict):
         self.proto = proto
         self.opset = opset
         self.input_shapes = input_shapes
+        self.constants = constants
         self.graph = Graph(_sym_name(proto.graph.name or "main"))
         self.env: dict[str, Value | None] = {"": None}
 
@@ -100,7 +104,11 @@ class _Importer:
         for t in g.initializer:
             self.env[t.name] = self.graph.add_param(t.name, self._tensor(t, f"initializer '{t.name}'"))
         for vi in g.input:
-            if vi.name not in initializers:
+            if vi.name in self.constants:
+                value = np.asarray(self.constants[vi.name])
+                self.env[vi.name] = (self.constant(value, vi.name) if value.size <= CONSTANT_LIMIT
+                                     else self.graph.add_param(vi.name, value))
+            elif vi.name not in initializers:
                 self.env[vi.name] = self.graph.add_input(vi.name, self._input_type(vi))
         for index, node in enumerate(g.node):
             self._node(node, index)

@@ -117,7 +117,7 @@ def normalize_attrs(opdef: OpDef, attrs: dict[str, Any], where: str) -> dict[str
     out = {}
     for key, spec in opdef.attrs.items():
         if key in attrs and attrs[key] is not None:
-            out[key] = attrs[key]
+            out[key] = np.asarray(attrs[key]) if spec.kind == "tensor" else attrs[key]
         elif spec.default is REQUIRED:
             raise OpError(f"{where}: missing required attribute '{key}'")
         else:

@@ -135,14 +135,21 @@ def _(attrs, x, axes):
 @op("Flatten", inputs=["input"], outputs=["output"], attrs={"axis": Attr("int", 1)})
 def flatten(node):
     x = node.inputs[0]
-    axis = node.attrs["axis"] % (x.type.rank + 1) if x.type.rank else 0
+    axis = _flatten_axis(node.attrs["axis"], x.type.rank)
     return [TensorType(x.dtype, (prod(x.shape[:axis]), prod(x.shape[axis:])))]
+
+
+def _flatten_axis(axis: int, rank: int) -> int:
+    """Flatten's axis lies in [-rank, rank]; negative counts from the end."""
+    if not -rank <= axis <= rank:
+        raise OpError(f"Flatten: axis {axis} is out of range for rank {rank}")
+    return axis + rank if axis < 0 else axis
 
 
 @flatten.reference
 def _(attrs, x):
-    axis = attrs["axis"] % (x.ndim + 1)
-    return x.reshape(int(np.prod(x.shape[:axis])), -1)
+    axis = _flatten_axis(attrs["axis"], x.ndim)
+    return x.reshape(int(np.prod(x.shape[:axis])), int(np.prod(x.shape[axis:])))
 
 
 @op("Concat", inputs=["inputs*"], outputs=["concat_result"], attrs={"axis": Attr("int")})
