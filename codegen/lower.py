@@ -185,38 +185,46 @@ def _parametric(ctx, node, x):
     return te.compute(x.shape, lambda *i: fn(node.attrs, x[i]), name=node.op.lower())
 
 
-def _div(a, b):
-    return tirx.truncdiv(a, b) if "int" in str(a.dtype) else a / b
+# Binary ops take the element dtype explicitly: TVM 0.27 exposes .dtype only on some exprs.
+def _div(a, b, dt):
+    return tirx.truncdiv(a, b) if "int" in dt else a / b
 
 
 def _mod(fmod):
-    def fn(a, b):
-        if "float" in str(a.dtype):
-            return tirx.fmod(a, b)
-        if fmod:
-            return tirx.truncmod(a, b)
-        return tirx.floormod(a, b)  # integer Mod takes the divisor's sign, like Python
+    def fn(a, b, dt):
+        if "float" in dt:  # fmod=0 on floats: Python-style, the result takes the divisor's sign
+            return tirx.fmod(a, b) if fmod else a - tirx.floor(a / b) * b
+        return tirx.truncmod(a, b) if fmod else tirx.floormod(a, b)
     return fn
 
 
+def _pow(a, b, dt):
+    if "float" in dt:
+        return tirx.power(a, b.astype(dt))
+    return tirx.power(a.astype("float64"), b.astype("float64")).astype(dt)
+
+
 BINARY = {
-    "Add": lambda a, b: a + b, "Sub": lambda a, b: a - b, "Mul": lambda a, b: a * b, "Div": _div,
-    "Pow": lambda a, b: tirx.power(a, b.astype(a.dtype)) if "float" in str(a.dtype)
-    else tirx.power(a.astype("float64"), b.astype("float64")).astype(a.dtype),
-    "Equal": lambda a, b: a == b, "Less": lambda a, b: a < b, "LessOrEqual": lambda a, b: a <= b,
-    "Greater": lambda a, b: a > b, "GreaterOrEqual": lambda a, b: a >= b,
-    "And": tirx.And, "Or": tirx.Or, "Xor": lambda a, b: tirx.Or(tirx.And(a, tirx.Not(b)), tirx.And(tirx.Not(a), b)),
+    "Add": lambda a, b, dt: a + b, "Sub": lambda a, b, dt: a - b, "Mul": lambda a, b, dt: a * b,
+    "Div": _div, "Pow": _pow,
+    "Equal": lambda a, b, dt: a == b, "Less": lambda a, b, dt: a < b,
+    "LessOrEqual": lambda a, b, dt: a <= b, "Greater": lambda a, b, dt: a > b,
+    "GreaterOrEqual": lambda a, b, dt: a >= b,
+    "And": lambda a, b, dt: tirx.And(a, b), "Or": lambda a, b, dt: tirx.Or(a, b),
+    "Xor": lambda a, b, dt: tirx.Or(tirx.And(a, tirx.Not(b)), tirx.And(tirx.Not(a), b)),
 }
 
 
 @lowering(*BINARY)
 def _binary(ctx, node, a, b):
-    return broadcast(ctx, [a, b], BINARY[node.op], node.op.lower())
+    fn, dt = BINARY[node.op], TVM_DTYPES[node.inputs[0].dtype]
+    return broadcast(ctx, [a, b], lambda x, y: fn(x, y, dt), node.op.lower())
 
 
 @lowering("Mod")
 def _mod_rule(ctx, node, a, b):
-    return broadcast(ctx, [a, b], _mod(node.attrs["fmod"]), "mod")
+    fn, dt = _mod(node.attrs["fmod"]), TVM_DTYPES[node.inputs[0].dtype]
+    return broadcast(ctx, [a, b], lambda x, y: fn(x, y, dt), "mod")
 
 
 @lowering("Max", "Min", "Sum", "Mean")
@@ -227,7 +235,7 @@ def _variadic(ctx, node, *xs):
         out = vals[0]
         for v in vals[1:]:
             out = combine(out, v)
-        return out / tirx.const(len(vals), out.dtype) if node.op == "Mean" else out
+        return out / tirx.const(len(vals), ctx.out_dtype()) if node.op == "Mean" else out
     return broadcast(ctx, xs, fn, node.op.lower())
 
 
@@ -350,10 +358,11 @@ def _reduce_rule(ctx, node, x, axes=None):
     if op == "ReduceLogSumExp":
         return _logsumexp(x, axes, keep)
     pre = {"ReduceL1": tirx.abs, "ReduceL2": lambda v: v * v, "ReduceSumSquare": lambda v: v * v}.get(op)
-    combine = {"ReduceMax": te.max, "ReduceMin": te.min, "ReduceProd": _te_prod}.get(op, te.sum)
+    combine = {"ReduceMax": _te_max, "ReduceMin": _te_min, "ReduceProd": _te_prod}.get(op, te.sum)
     finish = None
     if op == "ReduceMean":
-        finish = lambda v: v / _as_expr(count).astype(v.dtype)  # noqa: E731
+        dt = ctx.out_dtype()
+        finish = lambda v: v / _as_expr(count).astype(dt)  # noqa: E731
     elif op == "ReduceL2":
         finish = tirx.sqrt
     return _reduce(x, axes, keep, combine, finish, pre, op.lower())
@@ -365,7 +374,7 @@ def _as_expr(v):
 
 def _logsumexp(x, axes, keep):
     rank = len(x.shape)
-    mx = _reduce(x, axes, True, te.max, name="lse_max")
+    mx = _reduce(x, axes, True, _te_max, name="lse_max")
     zero = tirx.IntImm("int64", 0)
 
     def mx_at(idx):
@@ -380,6 +389,18 @@ def _logsumexp(x, axes, keep):
 
 
 _te_prod = te.comm_reducer(lambda a, b: a * b, lambda t: tirx.const(1, t), name="prod")
+
+
+def _extreme(t, sign):
+    """Identity of max (sign -1) / min (sign +1): -inf/+inf for floats, so that a row of all
+    -inf reduces to -inf as in NumPy (te.max's identity is the lowest finite float)."""
+    if "float" in str(t):
+        return tirx.const(sign * float("inf"), t)
+    return tirx.min_value(t) if sign < 0 else tirx.max_value(t)
+
+
+_te_max = te.comm_reducer(lambda a, b: tirx.max(a, b), lambda t: _extreme(t, -1), name="max")
+_te_min = te.comm_reducer(lambda a, b: tirx.min(a, b), lambda t: _extreme(t, +1), name="min")
 
 
 @lowering("ArgMax", "ArgMin")
@@ -450,7 +471,7 @@ def _softmax(ctx, node, x):
         full[axis] = r
         return tuple(full)
 
-    mx = te.compute(stat_shape, lambda *i: te.max(x[at(i, r1)], axis=r1), name="softmax_max")
+    mx = te.compute(stat_shape, lambda *i: _te_max(x[at(i, r1)], axis=r1), name="softmax_max")
     zero = tirx.IntImm("int64", 0)
     sm = te.compute(stat_shape, lambda *i: te.sum(tirx.exp(x[at(i, r2)] - mx[i]), axis=r2), name="softmax_sum")
     if node.op == "LogSoftmax":

@@ -20,7 +20,7 @@ from sbc.ir.registry import OpError
 from sbc.ir.types import dtype_of
 from sbc.ir.verifier import verify
 
-MIN_OPSET, MAX_OPSET = 13, 27  # 13: the first opset with axes/split as inputs for most ops
+MIN_OPSET, MAX_OPSET = 13, 28  # 13: the first opset with axes/split as inputs for most ops
 CONSTANT_LIMIT = 1024  # larger Constant nodes become params
 
 ONNX_DTYPES = {

@@ -38,7 +38,7 @@ def one_node_model(path, op_type, inputs=("x",), attrs=None, opset=18, domain=""
     node = helper.make_node(op_type, list(inputs), ["y"], name="the_node", domain=domain, **(attrs or {}))
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(i, TensorProto.FLOAT, [2, 3])
                                             for i in inputs],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
     opsets = [helper.make_opsetid("", opset)] + ([helper.make_opsetid(domain, 1)] if domain else [])
     model = helper.make_model(graph, opset_imports=opsets)
     model.ir_version = 10
@@ -104,13 +104,25 @@ def test_unsupported_op_names_op_node_and_what_is_supported(tmp_path):
     assert_one_line_error(["compile", path], "Hardmax", "the_node", "opset 18")
 
 
-def test_unsupported_attribute(tmp_path):
+def test_unknown_attribute(tmp_path):
     path = one_node_model(tmp_path / "m.onnx", "Relu", attrs={"not_an_attr": 1})
-    with pytest.raises(UnsupportedError, match="not_an_attr"):
+    with pytest.raises(InvalidModelError, match="not_an_attr"):
         sbc.compile(path)
 
 
-@pytest.mark.parametrize("opset", [16, 28])
+def test_unsupported_attribute_value(tmp_path):
+    node = helper.make_node("Pad", ["x", "pads"], ["y"], name="the_pad", mode="wrap")
+    pads = helper.make_tensor("pads", TensorProto.INT64, [4], [0, 1, 0, 1])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5])], initializer=[pads])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    model.ir_version = 10
+    with pytest.raises(UnsupportedError) as info:
+        sbc.compile(model)
+    assert all(s in str(info.value) for s in ("the_pad", "mode 'wrap'", "constant, edge, reflect"))
+
+
+@pytest.mark.parametrize("opset", [12, 28])
 def test_unsupported_opset(tmp_path, opset):
     path = one_node_model(tmp_path / "m.onnx", "Relu", opset=opset)
     model = onnx.load(str(path))

@@ -387,9 +387,15 @@ def _(attrs, x, k=None):
     return np.triu(x, k) if attrs["upper"] else np.tril(x, k)
 
 
+PAD_MODES = ("constant", "edge", "reflect")
+
+
 @op("Pad", inputs=["data", "pads", "constant_value?", "axes?"], outputs=["output"],
     attrs={"mode": Attr("str", "constant")})
 def pad(node):
+    if node.attrs["mode"] not in PAD_MODES:
+        raise OpError(f"{node.where()}: Pad mode '{node.attrs['mode']}' is not supported; "
+                      f"supported: {', '.join(PAD_MODES)}")
     x = node.inputs[0]
     shape = list(x.shape)
     for axis, (before, after) in _pad_widths(node, x.type.rank).items():
@@ -417,4 +423,4 @@ def _(attrs, x, pads, value=None, axes=None):
     if mode == "constant":
         cval = 0 if value is None else np.asarray(value).reshape(-1)[0]
         return np.pad(x, widths, mode="constant", constant_values=cval)
-    return np.pad(x, widths, mode={"reflect": "reflect", "edge": "edge", "wrap": "wrap"}[mode])
+    return np.pad(x, widths, mode=mode)
