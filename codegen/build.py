@@ -68,7 +68,8 @@ def fuse(mod: tvm.IRModule) -> tvm.IRModule:
     return tvm.transform.Sequential([
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
-        relax.transform.FoldConstant(),
+        # no relax FoldConstant: sbc's fold-constants pass folds, and relax's re-creates
+        # zero-size constants that the library serialiser cannot store
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
         relax.transform.DeadCodeElimination(),
@@ -110,9 +111,10 @@ class _Lowerer:
 
     def constant(self, v: Value) -> relax.Expr:
         dtype = TVM_DTYPES[v.dtype]
-        if v.data.dtype != object:
+        if v.data.dtype != object and v.data.size:
             return self.bb.emit(relax.const(np.asarray(v.data, dtype=dtype), dtype))
-        # symbolic entries (e.g. a shape [batch, seq, 64]) are computed from the shape variables
+        # symbolic or empty values are computed by a kernel (an empty constant does not
+        # survive the library's serialisation)
         flat = [self.ctx.expr(d) for d in v.data.reshape(-1)]
 
         def fill():

@@ -192,8 +192,15 @@ def _div(a, b, dt):
 
 def _mod(fmod):
     def fn(a, b, dt):
-        if "float" in dt:  # fmod=0 on floats: Python-style, the result takes the divisor's sign
-            return tirx.fmod(a, b) if fmod else a - tirx.floor(a / b) * b
+        if "float" in dt:
+            wide = "float32" if dt == "float16" else dt  # fp16 through fmodf
+            a, b = a.astype(wide), b.astype(wide)
+            rem = tirx.call_pure_extern(wide, "fmodf" if wide == "float32" else "fmod", a, b)
+            if not fmod:  # Python-style: a non-zero remainder takes the divisor's sign
+                zero = tirx.const(0, wide)
+                signs_differ = tirx.Or(tirx.And(b < zero, rem > zero), tirx.And(b > zero, rem < zero))
+                rem = tirx.Select(signs_differ, rem + b, rem)
+            return rem.astype(dt)
         return tirx.truncmod(a, b) if fmod else tirx.floormod(a, b)
     return fn
 

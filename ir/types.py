@@ -91,7 +91,10 @@ def bind_symbols(expected: list[tuple[str, TensorType]], arrays: dict[str, np.nd
                 env.setdefault(next(iter(d.terms))[0], n)
     for name, t in expected:
         a = arrays[name]
-        got = dtype_of(a) if hasattr(a, "dtype") else type(a).__name__
+        try:
+            got = dtype_of(a) if hasattr(a, "dtype") else type(a).__name__
+        except TypeError:
+            got = str(a.dtype)
         if got != t.dtype:
             raise SignatureError(f"input '{name}' must have dtype {t.dtype}, got {got}")
         if np.ndim(a) != t.rank:

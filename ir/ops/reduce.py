@@ -37,8 +37,17 @@ def _reduce_ref(fn):
     return ref
 
 
+def _lowest(dtype):
+    return -np.inf if dtype.kind == "f" else (False if dtype == bool else np.iinfo(dtype).min)
+
+
+def _highest(dtype):
+    return np.inf if dtype.kind == "f" else (True if dtype == bool else np.iinfo(dtype).max)
+
+
 def _logsumexp(x, axes, keep):
-    m = np.max(x, axis=axes, keepdims=True)
+    m = np.max(x, axis=axes, keepdims=True, initial=-np.inf)
+    m = np.where(np.isfinite(m), m, 0)  # an empty or all -inf set: log(0) = -inf, not nan
     out = np.log(np.sum(np.exp(x - m), axis=axes, keepdims=True)) + m
     return out if keep else np.squeeze(out, axis=axes)
 
@@ -46,8 +55,9 @@ def _logsumexp(x, axes, keep):
 REDUCTIONS = {
     "ReduceSum": lambda x, a, k: np.sum(x, axis=a, keepdims=k),
     "ReduceMean": lambda x, a, k: np.mean(x, axis=a, keepdims=k),
-    "ReduceMax": lambda x, a, k: np.max(x, axis=a, keepdims=k),
-    "ReduceMin": lambda x, a, k: np.min(x, axis=a, keepdims=k),
+    # over an empty set: -inf / +inf for floats (ONNX), the extreme integer otherwise
+    "ReduceMax": lambda x, a, k: np.max(x, axis=a, keepdims=k, initial=_lowest(x.dtype)),
+    "ReduceMin": lambda x, a, k: np.min(x, axis=a, keepdims=k, initial=_highest(x.dtype)),
     "ReduceProd": lambda x, a, k: np.prod(x, axis=a, keepdims=k),
     "ReduceL1": lambda x, a, k: np.sum(np.abs(x), axis=a, keepdims=k),
     "ReduceL2": lambda x, a, k: np.sqrt(np.sum(x * x, axis=a, keepdims=k)),
