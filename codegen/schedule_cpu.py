@@ -23,7 +23,7 @@ from tvm.s_tir.dlight.analysis import normalize_prim_func
 log = logging.getLogger(__name__)
 
 VECTOR = 16  # fp32 lanes per innermost chunk (2 AVX2 registers; LLVM splits as needed)
-TILE_I, TILE_J, TILE_K = 4, 32, 256  # register tile rows, vector cols, k-block
+TILE_I, TILE_K = 4, 256  # register tile rows (x 16 or 8 vector columns), k-block
 
 
 def schedule_cpu(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
@@ -93,27 +93,37 @@ def _static(extent) -> int | None:
 
 
 def _matmul(sch, info) -> bool:
+    """Register-tiled GEMM: a TILE_I x tile_j block of C lives in vector registers (a local
+    cache) across the k loop; epilogues (bias, activation, residual) are applied when the tile
+    is written back, so C goes to memory once."""
     kinds = info.dom_kind()
     if not (kinds.endswith("SSR") and set(kinds[:-3]) <= {"S"} and info.is_reduction()):
         return False
     block = sch.get(info.block_rv)
     if len(block.reads) != 2 or len(block.writes) != 1:
         return False
-    *batch, i, j, k = sch.get_loops(info.block_rv)
     n, kk = _static(info.iters[-2].dom), _static(info.iters[-1].dom)
     if n is None or kk is None or n % 8:
         return False
-    tile_j = next(t for t in (TILE_J, 16, 8) if n % t == 0)
+    tile_j = 16 if n % 16 == 0 else 8
+    local = sch.cache_write(info.block_rv, 0, "local")
+    for consumer in sch.get_consumers(local):
+        try:
+            sch.reverse_compute_inline(consumer)
+        except Exception:  # not a pure epilogue: it stays a kernel of its own
+            pass
+    *batch, i, j, k = sch.get_loops(info.block_rv)
     io, ii = sch.split(i, [None, TILE_I])
     jo, ji = sch.split(j, [None, tile_j])
-    tile_k = TILE_K if kk % TILE_K == 0 else kk
-    ko, ki = sch.split(k, [None, tile_k])
+    ko, ki = sch.split(k, [None, TILE_K if kk % TILE_K == 0 else kk])
     sch.reorder(*batch, io, jo, ko, ki, ii, ji)
+    sch.reverse_compute_at(local, jo)
     outer = sch.fuse(*batch, io, jo) if batch else sch.fuse(io, jo)
     sch.parallel(outer)
     sch.unroll(ii)
     sch.vectorize(ji)
     sch.decompose_reduction(info.block_rv, ko)
+    sch.vectorize(sch.get_loops(local)[-1])
     return True
 
 

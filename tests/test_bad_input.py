@@ -122,7 +122,7 @@ def test_unsupported_attribute_value(tmp_path):
     assert all(s in str(info.value) for s in ("the_pad", "mode 'wrap'", "constant, edge, reflect"))
 
 
-@pytest.mark.parametrize("opset", [12, 28])
+@pytest.mark.parametrize("opset", [12, 29])
 def test_unsupported_opset(tmp_path, opset):
     path = one_node_model(tmp_path / "m.onnx", "Relu", opset=opset)
     model = onnx.load(str(path))
