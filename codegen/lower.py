@@ -297,6 +297,18 @@ def _matmul(ctx, node, a, b):
     return c if len(shape) == len(out) else topi.reshape(c, out)
 
 
+@lowering("MatMulPacked")
+def _matmul_packed(ctx, node, a, bp):
+    """C[..., i, j] = sum_k A[..., i, k] * Bp[j // P, k, j % P]."""
+    p = int(bp.shape[2])
+    k = te.reduce_axis((0, a.shape[-1]), name="k")
+
+    def body(*idx):
+        j = idx[-1]
+        return te.sum(a[tuple(idx[:-1]) + (k,)] * bp[j // p, k, j % p], axis=k)
+    return te.compute(ctx.out_shape(), body, name="matmul_packed")
+
+
 def _index_for_batch(t, batch, out_rank):
     dims = t.shape[:-2]
     offset = (out_rank - 2) - len(dims)

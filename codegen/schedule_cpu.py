@@ -116,9 +116,10 @@ def _matmul(sch, info) -> bool:
     io, ii = sch.split(i, [None, TILE_I])
     jo, ji = sch.split(j, [None, tile_j])
     ko, ki = sch.split(k, [None, TILE_K if kk % TILE_K == 0 else kk])
-    sch.reorder(*batch, io, jo, ko, ki, ii, ji)
-    sch.reverse_compute_at(local, jo)
-    outer = sch.fuse(*batch, io, jo) if batch else sch.fuse(io, jo)
+    # column tiles outside row tiles: one K x tile_j panel of B stays in cache for all rows
+    sch.reorder(*batch, jo, io, ko, ki, ii, ji)
+    sch.reverse_compute_at(local, io)
+    outer = sch.fuse(*batch, jo, io) if batch else sch.fuse(jo, io)
     sch.parallel(outer)
     sch.unroll(ii)
     sch.vectorize(ji)

@@ -64,6 +64,7 @@ def _load_passes() -> None:
     import sbc.passes.dce  # noqa: F401
     import sbc.passes.fold_constants  # noqa: F401
     import sbc.passes.fold_reshape_transpose  # noqa: F401
+    import sbc.passes.pack_matmul_weights  # noqa: F401
 
 
 def available_passes() -> list[str]:

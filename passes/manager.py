@@ -14,7 +14,7 @@ from sbc.ir.printer import print_graph
 from sbc.ir.verifier import VerificationError, verify
 from sbc.passes.base import Pass, get_pass
 
-DEFAULT_PIPELINE = ["fold-constants", "fold-reshape-transpose", "cse", "dce"]
+DEFAULT_PIPELINE = ["fold-constants", "fold-reshape-transpose", "cse", "pack-matmul-weights", "dce"]
 MAX_ROUNDS = 4  # the default pipeline runs to a fixed point, bounded
 
 _SPEC = re.compile(r"^\s*([\w-]+)\s*(?:\{(.*)\})?\s*$")

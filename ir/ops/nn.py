@@ -93,3 +93,25 @@ def _(attrs, x, scale):
     xf = x.astype(np.float32)
     inv = 1 / np.sqrt((xf * xf).mean(axis=axes, keepdims=True) + attrs["epsilon"])
     return (xf * inv * scale).astype(x.dtype)
+
+
+@op("MatMulPacked", inputs=["A", "B_packed"])
+def matmul_packed(node):
+    """MatMul with a weight pre-packed in column panels: B_packed[n // P, k, n % P] = B[k, n].
+    A [..., K] x B_packed [N/P, K, P] -> [..., N]. Contiguous K x P panels keep the kernel's
+    weight reads on few pages (a [K, N] weight strides N floats between k steps)."""
+    a, bp = node.inputs
+    if bp.type.rank != 3 or a.shape[-1] != bp.shape[1]:
+        raise OpError(f"MatMulPacked: {a.type} x {bp.type} do not fit [..., K] x [N/P, K, P]")
+    return [TensorType(a.dtype, a.shape[:-1] + (bp.shape[0] * bp.shape[2],))]
+
+
+@matmul_packed.reference
+def _(attrs, a, bp):
+    panels, k, p = bp.shape
+    return np.matmul(a, bp.transpose(1, 0, 2).reshape(k, panels * p)).astype(a.dtype)
+
+
+def pack_weight(b: np.ndarray, panel: int) -> np.ndarray:
+    k, n = b.shape
+    return np.ascontiguousarray(b.reshape(k, n // panel, panel).transpose(1, 0, 2))
