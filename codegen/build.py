@@ -68,6 +68,8 @@ def fuse(mod: tvm.IRModule) -> tvm.IRModule:
     return tvm.transform.Sequential([
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
+        # reshape-like kernels become zero-copy views before fusion can hide them
+        relax.transform.RewriteDataflowReshape(),
         # no relax FoldConstant: sbc's fold-constants pass folds, and relax's re-creates
         # zero-size constants that the library serialiser cannot store
         relax.transform.FuseOps(),
@@ -130,6 +132,9 @@ class _Lowerer:
         return self.bb.emit_te(fill)
 
     def lower(self, node) -> None:
+        if node.op == "Identity":  # an alias, not a copy
+            self.env[id(node.outputs[0])] = self.value(node.inputs[0])
+            return
         rule = RULES[node.op]
         self.ctx.node = node
         args, runtime = [], []

@@ -103,9 +103,9 @@ def _matmul(sch, info) -> bool:
     if len(block.reads) != 2 or len(block.writes) != 1:
         return False
     n, kk = _static(info.iters[-2].dom), _static(info.iters[-1].dom)
-    if n is None or kk is None or n % 8:
+    if n is not None and n % 8:
         return False
-    tile_j = 16 if n % 16 == 0 else 8
+    tile_j = 8 if n is not None and n % 16 else 16  # a symbolic n gets a predicated last tile
     local = sch.cache_write(info.block_rv, 0, "local")
     for consumer in sch.get_consumers(local):
         try:
@@ -115,15 +115,16 @@ def _matmul(sch, info) -> bool:
     *batch, i, j, k = sch.get_loops(info.block_rv)
     io, ii = sch.split(i, [None, TILE_I])
     jo, ji = sch.split(j, [None, tile_j])
-    ko, ki = sch.split(k, [None, TILE_K if kk % TILE_K == 0 else kk])
+    # k-blocks only where they divide a static K; otherwise one k loop
+    k_loops = sch.split(k, [None, TILE_K]) if kk and kk > TILE_K and kk % TILE_K == 0 else [k]
     # column tiles outside row tiles: one K x tile_j panel of B stays in cache for all rows
-    sch.reorder(*batch, jo, io, ko, ki, ii, ji)
+    sch.reorder(*batch, jo, io, *k_loops, ii, ji)
     sch.reverse_compute_at(local, io)
     outer = sch.fuse(*batch, jo, io) if batch else sch.fuse(jo, io)
     sch.parallel(outer)
     sch.unroll(ii)
     sch.vectorize(ji)
-    sch.decompose_reduction(info.block_rv, ko)
+    sch.decompose_reduction(info.block_rv, k_loops[0])
     sch.vectorize(sch.get_loops(local)[-1])
     return True
 

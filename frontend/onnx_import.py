@@ -7,6 +7,7 @@ import is 1:1 — folding and cleanup are passes. Every failure is one readable 
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 
@@ -158,9 +159,7 @@ class _Importer:
         if node.op_type == "Constant":
             return self._constant(node, name)
         if get_op(node.op_type) is None:
-            raise UnsupportedError(
-                f"unsupported op '{node.op_type}' at node '{name}' (opset {self.opset}); "
-                f"sbc supports: {', '.join(all_ops())}")
+            return self._expand(node, name)
         inputs = []
         for i in node.input:
             if i not in self.env:
@@ -183,6 +182,24 @@ class _Importer:
         for out_name, value in zip(node.output, ir.outputs):
             if out_name:
                 self.env[out_name] = value
+
+    def _expand(self, node: onnx.NodeProto, name: str) -> None:
+        """An op without an sbc declaration but with an ONNX function body (e.g. Attention,
+        RotaryEmbedding) is imported as that official decomposition."""
+        body = function_body(node, self.opset, [self.env.get(i) for i in node.input])
+        if body is None:
+            raise UnsupportedError(
+                f"unsupported op '{node.op_type}' at node '{name}' (opset {self.opset}); "
+                f"sbc supports: {', '.join(all_ops())}")
+        nodes, opset = body
+        outer, self.opset = self.opset, opset
+        try:
+            for k, inner in enumerate(nodes):
+                if not inner.name:
+                    inner.name = f"{name}/{inner.op_type}_{k}"
+                self._node(inner, k)
+        finally:
+            self.opset = outer
 
     def _constant(self, node: onnx.NodeProto, name: str) -> None:
         attr = node.attribute[0] if node.attribute else None
@@ -221,6 +238,46 @@ class _Importer:
 
     def constant(self, array: np.ndarray, hint: str) -> Value:
         return self.graph.add("Constant", [], {"value": array}, name=hint).outputs[0]
+
+
+# -- function expansion ------------------------------------------------------------------------
+
+def _type_proto(v: Value | None) -> onnx.TypeProto:
+    if v is None:
+        return onnx.TypeProto()
+    elem = {name: code for code, name in ONNX_DTYPES.items()}[v.dtype]
+    dims = [d if isinstance(d, int) else str(d) for d in v.shape]
+    return onnx.helper.make_tensor_type_proto(elem, dims)
+
+
+def function_body(node: onnx.NodeProto, opset: int, inputs: list) -> tuple[list, int] | None:
+    """The nodes of the op's ONNX function body (renamed into the caller's namespace) and the
+    body's opset, or None when the op has no function for this opset."""
+    from onnx.backend.test.case.node import function_expand_helper  # onnx's own inliner
+    try:
+        schema = onnx.defs.get_schema(node.op_type, opset, node.domain or "")
+    except onnx.defs.SchemaError:
+        return None
+    protos = []
+    plain = [v for v in schema.function_opset_versions if v <= opset]
+    if plain:
+        protos.append(schema.get_function_with_opset_version(max(plain)))
+    else:
+        dependent = [v for v in schema.context_dependent_function_opset_versions if v <= opset]
+        if dependent:
+            protos.append(schema.get_context_dependent_function_with_opset_version(
+                max(dependent), node.SerializeToString(), [_type_proto(v).SerializeToString() for v in inputs]))
+    if not protos:
+        return None
+    function = onnx.FunctionProto()
+    function.ParseFromString(protos[0])
+    node = copy.deepcopy(node)
+    given = {a.name for a in node.attribute}
+    for attr_name, attr in schema.attributes.items():
+        if attr_name not in given and attr.default_value.name:
+            node.attribute.append(attr.default_value)
+    body_opset = {o.domain or "": o.version for o in function.opset_import}.get("", opset)
+    return function_expand_helper(node, function, f"{node.name}/"), body_opset
 
 
 # -- opset normalisation ----------------------------------------------------------------------
