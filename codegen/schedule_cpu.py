@@ -130,13 +130,23 @@ def _matmul(sch, info) -> bool:
 
 
 def _spatial(sch, info) -> bool:
+    """Data-parallel block. With a static innermost dim, only the outer loops are fused (index
+    math per row, not per element: fusing a symbolic extent costs an int64 div/mod per
+    element); otherwise everything is fused and split by the vector width."""
     if not info.is_injective():
         return False
     loops = sch.get_loops(info.block_rv)
+    inner = _static(info.iters[-1].dom)
+    if len(loops) > 1 and inner is not None and inner % 8 == 0:
+        outer = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
+        sch.parallel(outer)
+        _, vec = sch.split(loops[-1], [None, VECTOR if inner % VECTOR == 0 else 8])
+        sch.vectorize(vec)
+        return True
     fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-    outer, inner = sch.split(fused, [None, VECTOR])
+    outer, inner_loop = sch.split(fused, [None, VECTOR])
     sch.parallel(outer)
-    sch.vectorize(inner)
+    sch.vectorize(inner_loop)
     return True
 
 

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from sbc.errors import UnsupportedError
+from sbc.ir.dims import Sym
 from sbc.ir.types import TensorType
 
 REQUIRED = object()  # attribute default meaning "must be given"
@@ -162,9 +163,20 @@ def known_values(opdef: OpDef, node, types: list[TensorType]) -> list[np.ndarray
     if any(not t.is_static or t.numel > MAX_KNOWN_ELEMENTS for t in types):
         return nothing
     try:
-        return as_list(opdef.ref(node.attrs, *args))
+        return [_as_array(r) for r in as_list(opdef.ref(node.attrs, *args))]
     except Exception:  # e.g. symbolic values an op cannot compute with: just not known
         return nothing
+
+
+def _as_array(x) -> np.ndarray:
+    """NumPy returns elements of object arrays as bare objects (a Sym): wrap them again."""
+    if isinstance(x, np.ndarray):
+        return x
+    if isinstance(x, Sym):
+        out = np.empty((), dtype=object)
+        out[()] = x
+        return out
+    return np.asarray(x)
 
 
 def as_list(result) -> list:
