@@ -42,7 +42,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--budget-s", type=float, default=20.0, help="time budget per measurement")
-    ap.add_argument("--out", help="also write the markdown table here")
+    ap.add_argument("--out", help="also write the markdown table to this file")
     args = ap.parse_args()
 
     work = tempfile.mkdtemp(prefix="sbc-bench-")
