@@ -312,6 +312,31 @@ def _matmul_packed(ctx, node, a, bp):
     return te.compute(ctx.out_shape(), body, name="matmul_packed")
 
 
+@lowering("Einsum")
+def _einsum(ctx, node, *xs):
+    """out[o...] = sum over the letters not in the output of prod_i x_i[letters of i]."""
+    from sbc.ir.ops.nn import einsum_subscripts
+    subs, out = einsum_subscripts(node.attrs["equation"], [len(x.shape) for x in xs])
+    extents = {}
+    for s, x in zip(subs, xs):
+        for letter, d in zip(s, x.shape):
+            if letter not in extents or _is_one(extents[letter]):
+                extents[letter] = d
+    reduced = sorted({c for s in subs for c in s} - set(out))
+    raxes = {c: te.reduce_axis((0, extents[c]), name=f"r_{c}") for c in reduced}
+    zero = tirx.IntImm("int64", 0)
+
+    def body(*idx):
+        var = dict(zip(out, idx)) | raxes
+        prod = None
+        for s, x in zip(subs, xs):
+            term = x[tuple(zero if _is_one(d) and not _is_one(extents[c]) else var[c]
+                           for c, d in zip(s, x.shape))]
+            prod = term if prod is None else prod * term
+        return te.sum(prod, axis=list(raxes.values())) if raxes else prod
+    return te.compute(ctx.out_shape(), body, name="einsum")
+
+
 def _index_for_batch(t, batch, out_rank):
     dims = t.shape[:-2]
     offset = (out_rank - 2) - len(dims)

@@ -1,5 +1,5 @@
-"""Linear algebra and normalisation ops with ONNX semantics: MatMul, Gemm,
-LayerNormalization (opset 17), RMSNormalization (opset 23)."""
+"""Linear algebra and normalisation ops with ONNX semantics: MatMul, Gemm, Einsum,
+LayerNormalization (opset 17), RMSNormalization (opset 23), and sbc's MatMulPacked."""
 
 from __future__ import annotations
 
@@ -115,3 +115,42 @@ def _(attrs, a, bp):
 def pack_weight(b: np.ndarray, panel: int) -> np.ndarray:
     k, n = b.shape
     return np.ascontiguousarray(b.reshape(k, n // panel, panel).transpose(1, 0, 2))
+
+
+def einsum_subscripts(equation: str, ranks: list[int]) -> tuple[list[str], str]:
+    """Parse an Einsum equation into per-input and output letter strings; an ellipsis becomes
+    upper-case letters aligned to the right, an implicit output lists the letters that occur
+    once, in alphabetical order (after the ellipsis letters)."""
+    eq = equation.replace(" ", "")
+    lhs, _, rhs = eq.partition("->")
+    terms = lhs.split(",")
+    if len(terms) != len(ranks):
+        raise OpError(f"Einsum: '{equation}' has {len(terms)} operands, got {len(ranks)} inputs")
+    ell_rank = max((r - len(t.replace("...", "")) for t, r in zip(terms, ranks) if "..." in t), default=0)
+    ell = "".join(chr(ord("A") + i) for i in range(ell_rank))
+    subs = []
+    for t, r in zip(terms, ranks):
+        n = r - len(t.replace("...", ""))
+        subs.append(t.replace("...", ell[ell_rank - n:]) if "..." in t else t)
+        if len(subs[-1]) != r:
+            raise OpError(f"Einsum: operand '{t}' does not match an input of rank {r}")
+    if "->" in eq:
+        out = rhs.replace("...", ell)
+    else:
+        counts = {c: "".join(subs).count(c) for c in "".join(subs) if c.islower()}
+        out = ell + "".join(sorted(c for c, n in counts.items() if n == 1))
+    return subs, out
+
+
+@op("Einsum", inputs=["Inputs*"], outputs=["Output"], attrs={"equation": Attr("str")})
+def einsum(node):
+    subs, out = einsum_subscripts(node.attrs["equation"], [v.type.rank for v in node.inputs])
+    sizes: dict[str, object] = {}
+    for s, v in zip(subs, node.inputs):
+        for letter, d in zip(s, v.shape):
+            if sizes.get(letter, 1) == 1:  # broadcast (ellipsis) dims: the non-1 size wins
+                sizes[letter] = d
+    return [TensorType(node.inputs[0].dtype, tuple(sizes[c] for c in out))]
+
+
+einsum.reference(lambda attrs, *xs: np.asarray(np.einsum(attrs["equation"], *xs)).astype(xs[0].dtype))
