@@ -17,7 +17,7 @@ from tvm import relax, te, tirx
 from sbc.codegen.lower import RULES, TVM_DTYPES, Ctx, Known
 from sbc.codegen.schedule_cpu import schedule_cpu
 from sbc.codegen.target import host_cpu_features, host_cpu_target
-from sbc.errors import CompileError, UnsupportedError
+from sbc.errors import CompileError, SbcError, UnsupportedError
 from sbc.ir import Graph, TensorType, Value
 
 SUPPORTED_TARGETS = ("cpu",)
@@ -34,18 +34,23 @@ class BuiltModule:
 
 
 def build(graph: Graph, target: str = "cpu") -> BuiltModule:
+    """Compile `graph` for the host CPU; see the module docstring for the calling convention."""
     if target not in SUPPORTED_TARGETS:
         raise UnsupportedError(f"target '{target}' is not supported by this build; "
                                f"supported: {', '.join(SUPPORTED_TARGETS)}")
     check_supported(graph)
-    mod = to_relax(graph)
+    lowerer = _Lowerer(graph)
+    mod = lowerer.run()
     tvm_target = host_cpu_target()
+    kernels = dict(lowerer.kernels)
     try:
-        mod = fuse(mod)
-        mod = schedule_cpu(mod, tvm_target)
+        mod = fuse_ops(mod)
+        kernels.update(fused_kernels(mod, lowerer.kernels))
+        mod = schedule_cpu(fuse_tir(mod), tvm_target)
+        # "default_build" lowers and codegens only: no dlight, so sbc's schedules stay as they are
         executable = tvm.compile(mod, target=tvm_target, relax_pipeline="default_build")
-    except Exception as e:  # TVM's own errors are long C++ traces: keep them chained
-        raise CompileError(f"TVM failed to build the model: {str(e).strip().splitlines()[-1][:300]}") from e
+    except Exception as e:  # TVM's own errors are long C++ traces: chained, not in the message
+        raise CompileError(_describe_failure(mod, tvm_target, kernels)) from e
     return BuiltModule(
         executable=executable,
         inputs=[(v.name, v.type) for v in graph.inputs],
@@ -64,7 +69,8 @@ def check_supported(graph: Graph) -> None:
                                    f"supported: {', '.join(sorted(RULES))}")
 
 
-def fuse(mod: tvm.IRModule) -> tvm.IRModule:
+def fuse_ops(mod: tvm.IRModule) -> tvm.IRModule:
+    """Group kernels: afterwards each group is a relax function marked "Primitive"."""
     return tvm.transform.Sequential([
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
@@ -73,9 +79,45 @@ def fuse(mod: tvm.IRModule) -> tvm.IRModule:
         # no relax FoldConstant: sbc's fold-constants pass folds, and relax's re-creates
         # zero-size constants that the library serialiser cannot store
         relax.transform.FuseOps(),
+    ])(mod)
+
+
+def fuse_tir(mod: tvm.IRModule) -> tvm.IRModule:
+    """Merge each group into one PrimFunc (named like the group) and drop the leftovers."""
+    return tvm.transform.Sequential([
         relax.transform.FuseTIR(),
         relax.transform.DeadCodeElimination(),
     ])(mod)
+
+
+def fuse(mod: tvm.IRModule) -> tvm.IRModule:
+    return fuse_tir(fuse_ops(mod))
+
+
+def fused_kernels(mod: tvm.IRModule, kernels: dict[str, list]) -> dict[str, list]:
+    """Fused group name -> the sbc nodes inside it (for error messages)."""
+    groups = {}
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function) and func.attrs is not None and "Primitive" in func.attrs:
+            groups[gv.name_hint] = [n for callee in relax.analysis.all_global_vars(func)
+                                    for n in kernels.get(callee.name_hint, [])]
+    return groups
+
+
+def _describe_failure(mod: tvm.IRModule, target, kernels: dict[str, list]) -> str:
+    """One line naming the kernel (and its sbc nodes) that TVM could not compile, if one can
+    be singled out by compiling the kernels one at a time."""
+    for gv, func in mod.functions_items():
+        if not isinstance(func, tirx.PrimFunc):
+            continue
+        try:
+            # a public symbol, or TVM skips the packed-API lowering that codegen expects
+            tvm.compile(tvm.IRModule({gv: func.with_attr("global_symbol", gv.name_hint)}), target=target)
+        except Exception:
+            nodes = ", ".join(n.where() for n in kernels.get(gv.name_hint, [])) or "unknown nodes"
+            return (f"TVM could not compile kernel '{gv.name_hint}' ({nodes}) for cpu; "
+                    f"the TVM error is chained below")
+    return "TVM failed to build the model for cpu; the TVM error is chained below"
 
 
 class _Lowerer:
@@ -85,6 +127,7 @@ class _Lowerer:
         self.ctx = Ctx({s: tirx.Var(s, "int64") for s in symbols})
         self.bb = relax.BlockBuilder()
         self.env: dict[int, relax.Expr] = {}
+        self.kernels: dict[str, list] = {}  # PrimFunc name -> the sbc nodes it lowers
 
     def relax_var(self, v: Value) -> relax.Var:
         shape = self.ctx.shape(v.shape)
@@ -119,7 +162,7 @@ class _Lowerer:
         # survive the library's serialisation)
         flat = [self.ctx.expr(d) for d in v.data.reshape(-1)]
 
-        def fill():
+        def fill(flat):  # emit_te turns the shape vars in `flat` into kernel parameters
             def body(*index):
                 linear = tirx.IntImm("int64", 0)
                 for k, n in zip(index, v.data.shape):
@@ -129,7 +172,7 @@ class _Lowerer:
                     out = tirx.Select(linear == pos, tirx.Cast(dtype, e), out)
                 return out
             return te.compute([int(n) for n in v.data.shape], body, name="shape_value")
-        return self.bb.emit_te(fill)
+        return self.bb.emit_te(fill, flat)
 
     def lower(self, node) -> None:
         if node.op == "Identity":  # an alias, not a copy
@@ -153,14 +196,22 @@ class _Lowerer:
             real = [tensors[a] if isinstance(a, int) else a for a in args]
             while real and real[-1] is None:
                 real.pop()
-            return rule.fn(self.ctx, node, *real)
+            self.ctx.bind_inputs(tensors)
+            try:
+                return rule.fn(self.ctx, node, *real)
+            finally:
+                self.ctx.bind_inputs([])
 
         try:
             out = self.bb.emit_te(compute, *runtime, primfunc_name_hint=_func_name(node))
-        except UnsupportedError:
+        except SbcError:  # already one readable line (e.g. a symbolic dim that must be known)
             raise
-        except Exception as e:
-            raise CompileError(f"cannot lower {node.where()}: {str(e).strip().splitlines()[-1][:200]}") from e
+        except Exception as e:  # a rule's or TE's error: the message names the node, TVM's text is chained
+            raise CompileError(f"cannot lower {node.where()} for cpu ({type(e).__name__}); "
+                               f"the cause is chained below") from e
+        call = self.bb.lookup_binding(out)
+        if isinstance(call, relax.Call) and call.args and isinstance(call.args[0], relax.GlobalVar):
+            self.kernels.setdefault(call.args[0].name_hint, []).append(node)  # relax may share one
         if len(node.outputs) == 1:
             self.env[id(node.outputs[0])] = out
         else:

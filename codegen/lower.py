@@ -54,7 +54,22 @@ class Ctx:
 
     def __init__(self, sym_vars: dict[str, tirx.Var]):
         self.sym_vars = sym_vars
+        self.local: dict[str, tirx.Var] = {}
         self.node = None
+
+    def bind_inputs(self, tensors) -> None:
+        """Use the kernel's own shape vars. emit_te gives each PrimFunc fresh copies (same
+        names) of the caller's vars in its input placeholders; output shapes and indices built
+        from the caller's vars would be unrelated to the input shapes inside the kernel (and
+        can end up undefined there)."""
+        self.local = {}
+        for t in tensors:
+            for dim in t.shape:
+                for var in tirx.analysis.undefined_vars(dim):
+                    self.local[var.name] = var
+
+    def var(self, name: str) -> tirx.Var:
+        return self.local[name] if name in self.local else self.sym_vars[name]
 
     def expr(self, d):
         if isinstance(d, Sym):
@@ -62,7 +77,7 @@ class Ctx:
             for mono, coef in d.terms.items():
                 term = tirx.IntImm("int64", coef)
                 for s in mono:
-                    term = term * self.sym_vars[s]
+                    term = term * self.var(s)
                 total = term if total is None else total + term
             return total
         if isinstance(d, (float, np.floating)):
@@ -106,9 +121,33 @@ def broadcast(ctx: Ctx, inputs, fn, name="elemwise"):
 
 
 def _cast(x, dtype):
-    if dtype == "bool":
-        return x != tirx.const(0, x.dtype)
+    if dtype == "bool":  # NaN is truthy (NumPy); LLVM's ordered != would say False
+        nonzero = x != tirx.const(0, x.dtype)
+        return tirx.Or(nonzero, tirx.isnan(x)) if _is_float(x) else nonzero
     return x.astype(dtype)
+
+
+def _dtype_of(e) -> str:
+    """Element dtype of an expression: TVM 0.27 gives PrimExprs `.ty`, tensor loads `.dtype`."""
+    return str(e.dtype) if isinstance(e, te.tensor.TensorSlice) else str(e.ty)
+
+
+def _is_float(e) -> bool:
+    return "float" in _dtype_of(e)
+
+
+def _fmax(a, b):
+    """max as np.maximum: a NaN on either side wins (tirx.max drops a NaN first operand)."""
+    if not _is_float(a):
+        return tirx.max(a, b)
+    return tirx.Select(tirx.Or(a > b, tirx.isnan(a)), a, b)
+
+
+def _fmin(a, b):
+    """min as np.minimum (NaN-propagating)."""
+    if not _is_float(a):
+        return tirx.min(a, b)
+    return tirx.Select(tirx.Or(a < b, tirx.isnan(a)), a, b)
 
 
 # -- elementwise ---------------------------------------------------------------------------------
@@ -123,9 +162,10 @@ def _softplus(x):  # log(1 + e^x) without overflow
 
 
 def _sign(x):
+    """1, -1, else x itself: keeps 0 as 0 and NaN as NaN (np.sign(nan) is nan)."""
     zero = tirx.const(0, x.dtype)
     return tirx.Select(x > zero, tirx.const(1, x.dtype),
-                       tirx.Select(x < zero, tirx.const(-1, x.dtype), zero))
+                       tirx.Select(x < zero, tirx.const(-1, x.dtype), x))
 
 
 def _erf(x, dtype=None):
@@ -140,7 +180,7 @@ UNARY: dict[str, Callable] = {
     "Sin": tirx.sin, "Cos": tirx.cos, "Tanh": tirx.tanh, "Sigmoid": _sigmoid,
     "Reciprocal": lambda x: tirx.const(1, x.dtype) / x, "Floor": tirx.floor, "Ceil": tirx.ceil,
     # ONNX Round is half-to-even: nearbyint in the default rounding mode (tirx.round is not)
-    "Round": tirx.nearbyint, "Sign": _sign, "Relu": lambda x: tirx.max(x, tirx.const(0, x.dtype)),
+    "Round": tirx.nearbyint, "Sign": _sign, "Relu": lambda x: tirx.Select(x < tirx.const(0, x.dtype), tirx.const(0, x.dtype), x),  # NaN stays
     "Softplus": _softplus, "Softsign": lambda x: x / (tirx.const(1, x.dtype) + tirx.abs(x)),
     "Erf": _erf, "Mish": lambda x: x * tirx.tanh(_softplus(x)), "Identity": lambda x: x,
     "Not": tirx.Not,
@@ -217,6 +257,9 @@ BINARY = {
     "Equal": lambda a, b, dt: a == b, "Less": lambda a, b, dt: a < b,
     "LessOrEqual": lambda a, b, dt: a <= b, "Greater": lambda a, b, dt: a > b,
     "GreaterOrEqual": lambda a, b, dt: a >= b,
+}
+COMPARISONS = set(BINARY) - {"Add", "Sub", "Mul", "Div", "Pow"}
+BINARY |= {
     "And": lambda a, b, dt: tirx.And(a, b), "Or": lambda a, b, dt: tirx.Or(a, b),
     "Xor": lambda a, b, dt: tirx.Or(tirx.And(a, tirx.Not(b)), tirx.And(tirx.Not(a), b)),
 }
@@ -225,6 +268,9 @@ BINARY = {
 @lowering(*BINARY)
 def _binary(ctx, node, a, b):
     fn, dt = BINARY[node.op], TVM_DTYPES[node.inputs[0].dtype]
+    if dt == "bool" and node.op in COMPARISONS:  # TVM's LLVM codegen emits fcmp for bool operands
+        compare = fn
+        fn = lambda x, y, dt: compare(x.astype("int8"), y.astype("int8"), "int8")  # noqa: E731
     exponent = node.inputs[1].data
     if node.op == "Pow" and exponent is not None and exponent.size == 1 and float(exponent) == 2.0:
         fn = lambda x, y, dt: x * x  # noqa: E731  (RMSNorm's x^2: a multiply, not powf)
@@ -239,7 +285,7 @@ def _mod_rule(ctx, node, a, b):
 
 @lowering("Max", "Min", "Sum", "Mean")
 def _variadic(ctx, node, *xs):
-    combine = {"Max": tirx.max, "Min": tirx.min, "Sum": lambda a, b: a + b, "Mean": lambda a, b: a + b}[node.op]
+    combine = {"Max": _fmax, "Min": _fmin, "Sum": lambda a, b: a + b, "Mean": lambda a, b: a + b}[node.op]
 
     def fn(*vals):
         out = vals[0]
@@ -259,9 +305,9 @@ def _clip(ctx, node, x, lo=None, hi=None):
     def fn(v, *bounds):
         it = iter(bounds)
         if lo is not None:
-            v = tirx.max(v, next(it))
+            v = _fmax(v, next(it))
         if hi is not None:
-            v = tirx.min(v, next(it))
+            v = _fmin(v, next(it))
         return v
     bounds = [t for t in (lo, hi) if t is not None]
     return te.compute(x.shape, lambda *i: fn(x[i], *[t() if not t.shape else t[0] for t in bounds]),
@@ -405,7 +451,7 @@ def _reduce_rule(ctx, node, x, axes=None):
     if op == "ReduceLogSumExp":
         return _logsumexp(x, axes, keep)
     pre = {"ReduceL1": tirx.abs, "ReduceL2": lambda v: v * v, "ReduceSumSquare": lambda v: v * v}.get(op)
-    combine = {"ReduceMax": _te_max, "ReduceMin": _te_min, "ReduceProd": _te_prod}.get(op, te.sum)
+    combine = {"ReduceMax": _te_nanmax, "ReduceMin": _te_nanmin, "ReduceProd": _te_prod}.get(op, te.sum)
     finish = None
     if op == "ReduceMean":
         dt = ctx.out_dtype()
@@ -448,6 +494,9 @@ def _extreme(t, sign):
 
 _te_max = te.comm_reducer(lambda a, b: tirx.max(a, b), lambda t: _extreme(t, -1), name="max")
 _te_min = te.comm_reducer(lambda a, b: tirx.min(a, b), lambda t: _extreme(t, +1), name="min")
+# ReduceMax/Min propagate NaN like np.max; softmax's internal max need not (NaN spreads anyway)
+_te_nanmax = te.comm_reducer(_fmax, lambda t: _extreme(t, -1), name="nanmax")
+_te_nanmin = te.comm_reducer(_fmin, lambda t: _extreme(t, +1), name="nanmin")
 
 
 @lowering("ArgMax", "ArgMin")
@@ -646,6 +695,8 @@ def _slice(ctx, node, x, starts, ends, axes=None, steps=None):
     for a, s, e, st in zip(axes_l, starts.array.reshape(-1), ends.array.reshape(-1), steps_l):
         s0, _, _ = _slice_range(in_dims[a], s if isinstance(s, Sym) else int(s),
                                 e if isinstance(e, Sym) else int(e), st)
+        if st < 0 and s0 == in_dims[a]:  # "from the end" going backwards starts at dim - 1
+            s0 = in_dims[a] - 1
         begin[a] = ctx.expr(s0)
         stride[a] = st
     return te.compute(ctx.out_shape(), lambda *i: x[tuple(begin[d] + i[d] * stride[d] for d in range(rank))],

@@ -1,4 +1,4 @@
-"""The `sbc` command line: compile, run, inspect, export, demo.
+"""The `sbc` command line: compile, run, inspect, export, debug, demo.
 
 Any sbc error prints one line `sbc: error: ...` on stderr and exits 2 (a failed comparison in
 `demo` exits 1). Output files are written atomically, so an interrupted command leaves nothing.
@@ -68,6 +68,13 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--output", required=True)
     e.set_defaults(command=cmd_export)
 
+    g = sub.add_parser("debug", help="find the first node where the compiled model diverges")
+    g.add_argument("model")
+    g.add_argument("--inputs", required=True, help=".npz whose keys are the input names")
+    g.add_argument("--rtol", type=float, default=1e-4)
+    g.add_argument("--atol", type=float, default=1e-4)
+    g.set_defaults(command=cmd_debug)
+
     d = sub.add_parser("demo", help="export, compile for cpu, run and compare with onnxruntime")
     d.add_argument("--config", default="tiny")
     d.add_argument("--batch", type=int, default=2)
@@ -94,12 +101,7 @@ def cmd_compile(args) -> None:
 def cmd_run(args) -> None:
     import sbc
     module = sbc.load(args.artifact)
-    try:
-        with np.load(args.inputs) as data:
-            feeds = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as e:
-        raise SbcError(f"{args.inputs}: cannot read inputs ({e})") from e
-    outputs = module.run(feeds)
+    outputs = module.run(_read_npz(args.inputs))
     for name, value in outputs.items():
         print(f"{name}: {value.dtype}{list(value.shape)}")
     if args.outputs:
@@ -163,6 +165,27 @@ def _inspect_artifact(path: str) -> dict:
         "files": {k: f"{v['size']:,} bytes, sha256 {v['sha256'][:16]}…" for k, v in m["files"].items()},
         "source": m["source"],
     }
+
+
+def _read_npz(path: str) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path) as data:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError) as e:
+        raise SbcError(f"{path}: cannot read inputs ({e})") from e
+
+
+def cmd_debug(args) -> int:
+    from sbc.debug import first_divergence
+    from sbc.frontend import import_onnx
+    found = first_divergence(import_onnx(args.model), _read_npz(args.inputs), rtol=args.rtol, atol=args.atol)
+    if found is None:
+        print("no divergence: every intermediate value matches the reference interpreter")
+        return 0
+    print(found)
+    print(f"  compiled  {found.compiled.reshape(-1)[:6]}")
+    print(f"  reference {found.reference.reshape(-1)[:6]}")
+    return 1
 
 
 def cmd_export(args) -> None:

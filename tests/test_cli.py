@@ -39,3 +39,10 @@ def test_export_and_demo(tmp_path):
     code, out, err = run_cli("demo", "--seq", "16", "--workdir", tmp_path)
     assert code == 0, err
     assert "MATCH" in out and (tmp_path / "tiny.onnx").exists() and (tmp_path / "tiny.sbc").exists()
+
+
+def test_debug_reports_no_divergence(tmp_path, mlp_onnx):
+    np.savez(tmp_path / "in.npz", x=np.ones((2, 8), np.float32))
+    code, out, err = run_cli("debug", mlp_onnx, "--inputs", tmp_path / "in.npz")
+    assert code == 0, err
+    assert "no divergence" in out
