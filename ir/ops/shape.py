@@ -204,25 +204,25 @@ INT64_BIG = 2 ** 31  # ONNX exporters write INT64_MAX / INT32_MAX for "to the en
 
 
 def _slice_range(dim, start, end, step):
-    """Clamped (start, end, length) of one sliced axis, ONNX rules; dim may be symbolic."""
-    def clamp(i, lo_closed):
+    """Clamped (start, end, length) of one sliced axis, ONNX rules; dim may be symbolic.
+    Positive steps clamp indices to [0, dim], negative steps to [-1, dim - 1]."""
+    def clamp(i):
         if isinstance(i, int) and i >= INT64_BIG:
-            return dim
+            return dim if step > 0 else dim - 1
         if isinstance(i, int) and i <= -INT64_BIG:
-            return 0 if lo_closed or step > 0 else -1
+            return 0 if step > 0 else -1
         if isinstance(i, int) and i < 0:
             i = dim + i
         if isinstance(i, int) and isinstance(dim, int):
             return max(0, min(i, dim)) if step > 0 else max(-1, min(i, dim - 1))
         return i
 
-    s, e = clamp(start, True), clamp(end, False)
-    if isinstance(s, int) and isinstance(e, int):
-        length = max(0, -(-(e - s) // step)) if step > 0 else max(0, -(-(s - e) // -step))
-    elif step == 1:
-        length = e - s
-    else:
-        length = (e - s + step - 1) // step
+    s, e = clamp(start), clamp(end)
+    span, stride = (e - s, step) if step > 0 else (s - e, -step)
+    if isinstance(span, int):
+        length = max(0, -(-span // stride))
+    else:  # symbolic: exact when the stride is 1 (ceil division otherwise)
+        length = span if stride == 1 else (span + stride - 1) // stride
     return s, e, length
 
 
