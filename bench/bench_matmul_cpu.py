@@ -1,7 +1,7 @@
-"""fp32 matmul y = x @ W + b at the `small` model's shapes: sbc (symbolic and static row count)
-vs onnxruntime vs PyTorch vs NumPy, medians in one process, GFLOP/s and ratios.
+"""fp32 matmul y = x @ w: sbc-scheduled TVM (symbolic and static row count) vs unscheduled TVM
+vs NumPy vs onnxruntime vs PyTorch; medians in one process, GFLOP/s and ratios, markdown table.
 
-    .venv/bin/python bench/bench_matmul_cpu.py --out docs/bench_matmul_cpu.md
+    .venv/bin/python bench/bench_matmul_cpu.py [--repeats 10] [--no-unscheduled] [--out FILE]
 """
 
 from __future__ import annotations
@@ -14,15 +14,21 @@ import time
 import numpy as np
 import onnxruntime as ort
 import torch
+import tvm
 from onnx import TensorProto, helper, numpy_helper
+from tvm import relax, tirx, topi
 
-import sbc
-from sbc.ir import Graph, Sym, TensorType
+from sbc.codegen.schedule_cpu import schedule_cpu
+from sbc.codegen.target import host_cpu_features, host_cpu_target
 
-SHAPES = [(128, 512, 512), (128, 512, 1536), (128, 512, 8192), (2048, 512, 1536), (128, 4096, 4096)]
+SHAPES = [(128, 512, 512), (2048, 512, 512), (128, 512, 1536), (2048, 512, 1536), (128, 4096, 4096)]
+TARGET = host_cpu_target()
 
 
-def median_s(fn, repeats=10) -> float:
+def median_s(fn, repeats) -> float:
+    """Median wall time of `fn` after one warm-up call. The pause first lets other runtimes'
+    worker threads (TVM's spin-wait) go idle, so they do not steal cores from this one."""
+    time.sleep(0.2)
     fn()
     times = []
     for _ in range(repeats):
@@ -32,46 +38,77 @@ def median_s(fn, repeats=10) -> float:
     return statistics.median(times)
 
 
-def sbc_module(w, b, rows):
-    g = Graph()
-    x = g.add_input("x", TensorType("f32", (rows, w.shape[0])))
-    g.set_outputs([g.add1("Add", g.add1("MatMul", x, g.add_param("w", w)), g.add_param("b", b))], ["y"])
-    return sbc.compile(g)
+def tvm_matmul(rows, k, n, scheduled: bool):
+    """A VM function (x, w) -> x @ w; `rows` an int or None (symbolic)."""
+    m = tirx.Var("m", "int64") if rows is None else rows
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((m, k), "float32"))
+    w = relax.Var("w", relax.TensorType((k, n), "float32"))
+    with bb.function("main", [x, w]):
+        with bb.dataflow():
+            y = bb.emit_output(bb.emit_te(topi.matmul, x, w))
+        bb.emit_func_output(y)
+    mod = tvm.transform.Sequential([relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+                                    relax.transform.FuseOps(), relax.transform.FuseTIR()])(bb.get())
+    if scheduled:
+        mod = schedule_cpu(mod, TARGET)
+    vm = relax.VirtualMachine(tvm.compile(mod, target=TARGET, relax_pipeline="default_build"), tvm.cpu())
+    return vm["main"]
 
 
-def ort_session(w, b):
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["y"])]
-    graph = helper.make_graph(nodes, "mm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", w.shape[0]])],
+def ort_session(w):
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "mm",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", w.shape[0]])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", w.shape[1]])],
-                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+                              [numpy_helper.from_array(w, "w")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 10
+    model.ir_version = 10  # onnx 1.23 writes 14, which onnxruntime 1.31 rejects
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def bench_shape(m, k, n, repeats, unscheduled) -> dict[str, float]:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(m, k)).astype(np.float32)
+    w = (rng.normal(size=(k, n)) / np.sqrt(k)).astype(np.float32)
+    tx, tw = tvm.runtime.tensor(x), tvm.runtime.tensor(w)
+    runs = {"sbc, M symbolic": tvm_matmul(None, k, n, True), "sbc, M static": tvm_matmul(m, k, n, True)}
+    if unscheduled:
+        runs["TVM unscheduled"] = tvm_matmul(None, k, n, False)
+    for name, f in runs.items():
+        np.testing.assert_allclose(f(tx, tw).numpy(), x @ w, rtol=1e-3, atol=1e-3, err_msg=name)
+    times = {name: median_s(lambda f=f: f(tx, tw), 2 if "unscheduled" in name else repeats)
+             for name, f in runs.items()}
+    session, xt, wt = ort_session(w), torch.from_numpy(x), torch.from_numpy(w)
+    times["NumPy"] = median_s(lambda: x @ w, repeats)
+    times["onnxruntime"] = median_s(lambda: session.run(None, {"x": x}), repeats)
+    times["PyTorch"] = median_s(lambda: torch.matmul(xt, wt), repeats)
+    return times
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--no-unscheduled", action="store_true", help="skip the slow unscheduled TVM")
     ap.add_argument("--out")
     args = ap.parse_args()
-    rng = np.random.default_rng(0)
-    rows = ["| M x K x N | sbc, M symbolic | sbc, M static | onnxruntime | PyTorch | NumPy | sbc (symbolic) / onnxruntime |",
-            "|---|---:|---:|---:|---:|---:|---:|"]
+    torch.set_num_threads(os.cpu_count() or 1)
+    header = rows = None
     for m, k, n in SHAPES:
-        x = rng.normal(size=(m, k)).astype(np.float32)
-        w = (rng.normal(size=(k, n)) / np.sqrt(k)).astype(np.float32)
-        b = rng.normal(size=n).astype(np.float32)
-        flops = 2 * m * k * n
-        dynamic, static = sbc_module(w, b, Sym.var("m")), sbc_module(w, b, m)
-        np.testing.assert_allclose(dynamic.run({"x": x})["y"], x @ w + b, rtol=1e-3, atol=1e-3)
-        session = ort_session(w, b)
-        xt, wt, bt = map(torch.from_numpy, (x, w, b))
-        times = [median_s(lambda: dynamic.run({"x": x})), median_s(lambda: static.run({"x": x})),
-                 median_s(lambda: session.run(None, {"x": x})), median_s(lambda: torch.addmm(bt, xt, wt)),
-                 median_s(lambda: x @ w + b)]
-        cells = " | ".join(f"{t * 1e3:.2f} ms ({flops / t / 1e9:.0f} GF/s)" for t in times)
-        rows.append(f"| {m} x {k} x {n} | {cells} | {times[2] / times[0]:.2f}x |")
+        times = bench_shape(m, k, n, args.repeats, not args.no_unscheduled)
+        gflops = 2 * m * k * n / 1e9
+        if header is None:
+            names = list(times)
+            header = ["| M x K x N | " + " | ".join(names) + " | sbc sym / ort | sbc static / ort |",
+                      "|---|" + "---:|" * (len(names) + 2)]
+            rows = []
+        cells = " | ".join(f"{t * 1e3:.2f} ms ({gflops / t:.1f} GF/s)" for t in times.values())
+        ort_t = times["onnxruntime"]
+        rows.append(f"| {m} x {k} x {n} | {cells} | {ort_t / times['sbc, M symbolic']:.2f} "
+                    f"| {ort_t / times['sbc, M static']:.2f} |")
         print(rows[-1], flush=True)
-    text = f"fp32 matmul + bias, {os.cpu_count()} cores, medians of 10 runs.\n\n" + "\n".join(rows) + "\n"
+    cpu = host_cpu_features()
+    text = (f"fp32 matmul, {cpu['cpu']} ({', '.join(cpu['features'])}), {os.cpu_count()} cores, "
+            f"medians of {args.repeats} runs (unscheduled TVM: 2).\n\n" + "\n".join(header + rows) + "\n")
     print("\n" + text)
     if args.out:
         with open(args.out, "w") as f:

@@ -15,12 +15,14 @@ import tvm
 from tvm import relax, te, tirx
 
 from sbc.codegen.lower import RULES, TVM_DTYPES, Ctx, Known
-from sbc.codegen.schedule_cpu import schedule_cpu
+from sbc.codegen import kernels  # noqa: F401  (registers the hand-written kernel lowerings)
+from sbc.codegen.schedule_cpu import SCHEDULED, schedule_cpu
 from sbc.codegen.target import host_cpu_features, host_cpu_target
 from sbc.errors import CompileError, SbcError, UnsupportedError
-from sbc.ir import Graph, TensorType, Value
+from sbc.ir import Graph, TensorType, Value, get_op
 
 SUPPORTED_TARGETS = ("cpu",)
+OPAQUE = 8  # relax's OpPatternKind kOpaque: FuseOps leaves the kernel alone
 
 
 @dataclass
@@ -179,6 +181,8 @@ class _Lowerer:
             self.env[id(node.outputs[0])] = self.value(node.inputs[0])
             return
         rule = RULES[node.op]
+        if rule.kernel:
+            return self.lower_kernel(node, rule)
         self.ctx.node = node
         args, runtime = [], []
         for i, v in enumerate(node.inputs):
@@ -209,6 +213,20 @@ class _Lowerer:
         except Exception as e:  # a rule's or TE's error: the message names the node, TVM's text is chained
             raise CompileError(f"cannot lower {node.where()} for cpu ({type(e).__name__}); "
                                f"the cause is chained below") from e
+        self.bind_outputs(node, out)
+
+    def lower_kernel(self, node, rule) -> None:
+        """A hand-written PrimFunc: already scheduled, and opaque to fusion."""
+        func = rule.fn(node).with_attr(SCHEDULED, True).with_attr("op_pattern", OPAQUE)
+        gv = self.bb.add_func(func, _func_name(node))
+        declared = len(get_op(node.op).inputs)
+        inputs = list(node.inputs) + [None] * (declared - len(node.inputs))
+        placeholder = relax.const(np.zeros(1, np.float32))
+        args = [placeholder if v is None else self.value(v) for v in inputs]
+        out_ty = [relax.TensorType(self.ctx.shape(v.shape), TVM_DTYPES[v.dtype]) for v in node.outputs]
+        self.bind_outputs(node, self.bb.emit(relax.call_tir(gv, args, out_ty=out_ty)))
+
+    def bind_outputs(self, node, out) -> None:
         call = self.bb.lookup_binding(out)
         if isinstance(call, relax.Call) and call.args and isinstance(call.args[0], relax.GlobalVar):
             self.kernels.setdefault(call.args[0].name_hint, []).append(node)  # relax may share one

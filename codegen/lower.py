@@ -36,6 +36,7 @@ class Known:
 class Rule:
     fn: Callable
     known: tuple[int, ...]  # input indices that must be known at compile time
+    kernel: bool = False  # fn(node) -> a hand-written PrimFunc (see kernel_lowering)
 
 
 RULES: dict[str, Rule] = {}
@@ -45,6 +46,16 @@ def lowering(*ops: str, known: tuple[int, ...] = ()):
     def register(fn):
         for name in ops:
             RULES[name] = Rule(fn, known)
+        return fn
+    return register
+
+
+def kernel_lowering(*ops: str):
+    """Register fn(node) -> PrimFunc taking every declared input (absent optional ones as
+    1-element f32 placeholders) and then every output, for ops TE cannot express well."""
+    def register(fn):
+        for name in ops:
+            RULES[name] = Rule(fn, (), kernel=True)
         return fn
     return register
 
@@ -291,7 +302,9 @@ def _variadic(ctx, node, *xs):
         out = vals[0]
         for v in vals[1:]:
             out = combine(out, v)
-        return out / tirx.const(len(vals), ctx.out_dtype()) if node.op == "Mean" else out
+        if node.op != "Mean":
+            return out
+        return _div(out, tirx.const(len(vals), ctx.out_dtype()), ctx.out_dtype())  # ints truncate
     return broadcast(ctx, xs, fn, node.op.lower())
 
 
@@ -455,9 +468,11 @@ def _reduce_rule(ctx, node, x, axes=None):
     finish = None
     if op == "ReduceMean":
         dt = ctx.out_dtype()
-        finish = lambda v: v / _as_expr(count).astype(dt)  # noqa: E731
+        finish = lambda v: _div(v, _as_expr(count).astype(dt), dt)  # noqa: E731  (ints truncate)
     elif op == "ReduceL2":
-        finish = tirx.sqrt
+        dt = ctx.out_dtype()
+        # NumPy takes an integer sum's sqrt in float64, then truncates back
+        finish = tirx.sqrt if "float" in dt else (lambda v: tirx.sqrt(v.astype("float64")).astype(dt))  # noqa: E731
     return _reduce(x, axes, keep, combine, finish, pre, op.lower())
 
 

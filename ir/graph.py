@@ -23,7 +23,7 @@ from sbc.ir.types import TensorType
 
 
 class Value:
-    __slots__ = ("name", "type", "producer", "data")
+    __slots__ = ("name", "type", "producer", "data", "__weakref__")
 
     def __init__(self, name: str, type: TensorType, producer: "Node | None" = None,
                  data: np.ndarray | None = None):

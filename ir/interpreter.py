@@ -48,3 +48,30 @@ def run_node(node: Node, args: list, env: dict[str, int]) -> list[np.ndarray]:
             raise InterpreterError(f"{node.where()}: reference returned {o.dtype} for "
                                    f"%{v.name}, declared {v.type}")
     return outs
+
+
+def evaluate(value, symbols: dict[str, int]) -> np.ndarray | None:
+    """The value of `value` computed from params and constants alone, with the symbolic dims
+    set to `symbols` (e.g. a causal mask at seq = 5); None if it depends on a graph input."""
+    cache: dict[int, np.ndarray | None] = {}
+
+    def value_of(v):
+        if id(v) not in cache:
+            cache[id(v)] = compute(v)
+        return cache[id(v)]
+
+    def compute(v):
+        if v.data is not None:
+            return concretize(v.data, symbols)
+        node = v.producer
+        if node is None:  # a graph input
+            return None
+        args = [None if x is None else value_of(x) for x in node.inputs]
+        if any(a is None for x, a in zip(node.inputs, args) if x is not None):
+            return None
+        outs = run_node(node, args, symbols)
+        for out, array in zip(node.outputs, outs):
+            cache[id(out)] = array
+        return cache[id(v)]
+
+    return value_of(value)

@@ -1,7 +1,8 @@
 """Text -> IR: reads what sbc.ir.printer writes.
 
 `parse_graph(text, params={name: array})` rebuilds the graph; node output types are inferred
-again and compared with the text, so a hand-edited type mismatch is reported.
+again and compared with the text, so a hand-edited type mismatch is reported. A graph
+attribute (a Scan body) is a nested `graph ... { ... }` with its own names.
 """
 
 from __future__ import annotations
@@ -105,6 +106,8 @@ def _parse_scalar(tokens: list[tuple[str, str]]):
 
 def _parse_attr_value(toks: _Tokens):
     kind, text = toks.peek()
+    if text == "graph":  # a nested graph (a Scan body): closed, and holds no params
+        return _parse_graph(toks, {})
     if text == "tensor":
         toks.next()
         toks.expect("<")
@@ -116,7 +119,7 @@ def _parse_attr_value(toks: _Tokens):
         try:
             dtype = numpy_dtype(ttype.dtype)
             return np.array(items, dtype=dtype).reshape(ttype.shape)
-        except TypeError:  # symbolic entries: an object array of dims
+        except (TypeError, ValueError):  # symbolic entries (int(Sym) raises SymbolicError): dims
             return np.array(items, dtype=object).reshape(ttype.shape)
     if text == "[":
         toks.next()
@@ -139,8 +142,15 @@ def _coerce(kind: str, value):
 
 
 def parse_graph(text: str, params: dict[str, np.ndarray] | None = None) -> Graph:
-    params = params or {}
     toks = _Tokens(text)
+    graph = _parse_graph(toks, params or {})
+    if toks.peek()[0] != "eof":
+        raise ParseError(f"unexpected {toks.peek()[1]!r} after the graph")
+    return graph
+
+
+def _parse_graph(toks: _Tokens, params: dict[str, np.ndarray]) -> Graph:
+    """One `graph ... { ... }`, through its closing brace; it sees only its own values."""
     toks.expect("graph")
     graph = Graph(toks.next()[1])
     env: dict[str, Value] = {}

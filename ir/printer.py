@@ -7,6 +7,12 @@
     }
 
 Parameters print their type only; their data travels beside the text (`params=` of the parser).
+A graph attribute (a Scan body) prints as a nested graph, indented one level deeper:
+
+      %h: f32[4], %ys: f32[seq, 4] = Scan(%h0, %xs) {body = graph body(%h: f32[4], ...) -> (...) {
+        %h_next: f32[4] = Add(%h, %x)
+        return %h_next as h_next, %h_next as y
+      }, num_scan_inputs = 1}
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ def value_ref(v: Value | None) -> str:
 
 
 def format_attr(value) -> str:
+    if isinstance(value, Graph):  # its lines after the first are indented by the caller
+        return print_graph(value).rstrip("\n")
     if isinstance(value, np.ndarray):
         return format_tensor(value)
     if isinstance(value, bool):
@@ -73,7 +81,7 @@ def print_graph(graph: Graph) -> str:
     sig_out = ", ".join(f"{value_ref(v)}: {v.type}" for v in graph.outputs)
     lines = [f"graph {graph.name}({sig_in}) -> ({sig_out}) {{"]
     lines += [f"  param {value_ref(p)}: {p.type}" for p in graph.params]
-    lines += ["  " + format_node(n) for n in graph.nodes]
+    lines += ["  " + format_node(n).replace("\n", "\n  ") for n in graph.nodes]
     rets = ", ".join(f"{value_ref(v)} as {json.dumps(name) if not _PLAIN_NAME.match(name) else name}"
                      for v, name in zip(graph.outputs, graph.output_names))
     lines += [f"  return {rets}", "}"]

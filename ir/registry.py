@@ -26,7 +26,8 @@ from sbc.ir.types import TensorType
 
 REQUIRED = object()  # attribute default meaning "must be given"
 
-ATTR_KINDS = ("int", "float", "str", "ints", "floats", "tensor", "dtype", "dims")
+# "graph": a nested sbc Graph (a Scan body); it is closed: it sees only its own inputs
+ATTR_KINDS = ("int", "float", "str", "ints", "floats", "tensor", "dtype", "dims", "graph")
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@
 - SSA: every value is defined once (input, param or one node output) and before its uses;
 - every op is declared, arity and attributes match its declaration;
 - each node's output types equal what its declaration infers from its inputs now;
-- params carry data of their declared type; graph outputs are defined and uniquely named.
+- params carry data of their declared type; graph outputs are defined and uniquely named;
+- a graph attribute (a Scan body) passes all of the above on its own: it is closed (it uses
+  only its own inputs and nodes) and holds no params (weights are passed in as inputs).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ def _problems(graph: Graph):
             if v is not None and id(v) not in defined:
                 yield f"{node.where()}: input {i} %{v.name} is not defined before use"
         yield from _check_node(node)
+        yield from _check_subgraphs(node)
         for v in node.outputs:
             if v.producer is not node:
                 yield f"{node.where()}: output %{v.name} does not point back to its node"
@@ -79,3 +82,15 @@ def _check_node(node):
     if inferred != stored:
         yield (f"{node.where()}: output types {[str(t) for t in stored]} differ from inferred "
                f"{[str(t) for t in inferred]}")
+
+
+def _check_subgraphs(node):
+    """Problems of the node's graph attributes, each prefixed by where it lies."""
+    for key, value in node.attrs.items():
+        if not isinstance(value, Graph):
+            continue
+        where = f"{node.where()}, attribute '{key}'"
+        if value.params:
+            yield f"{where}: a nested graph holds no params (%{value.params[0].name})"
+        for problem in _problems(value):
+            yield f"{where}: {problem}"

@@ -1,7 +1,10 @@
-"""Passes over sbc IR and the manager that runs them."""
+"""Passes over sbc IR and the manager that runs them (see sbc.passes.manager for the
+pipeline syntax and sbc.passes.base for Pass, PassResult, RewriteRule and the registry)."""
 
-from sbc.passes.base import Pass, PassResult, RewriteRule, available_passes, get_pass, register_pass
+from sbc.passes.base import (Pass, PassResult, RewriteRule, apply_rules, available_passes, explain,
+                             get_pass, register_pass)
 from sbc.passes.manager import DEFAULT_PIPELINE, PassManager, parse_pipeline, run_passes
 
-__all__ = ["DEFAULT_PIPELINE", "Pass", "PassManager", "PassResult", "RewriteRule",
-           "available_passes", "get_pass", "parse_pipeline", "register_pass", "run_passes"]
+__all__ = ["DEFAULT_PIPELINE", "Pass", "PassManager", "PassResult", "RewriteRule", "apply_rules",
+           "available_passes", "explain", "get_pass", "parse_pipeline", "register_pass",
+           "run_passes"]

@@ -1,10 +1,19 @@
-"""Pass infrastructure: passes are small classes with a name and typed options, registered by
-name; a pass returns PassResult(graph, modified). Rewrite rules are pattern + check + rewrite,
-where `check` returns None on a match or says in words why the candidate does not match."""
+"""Pass infrastructure.
+
+- `Pass`: a small class with a `name`, an `Options` dataclass of typed options and
+  `run(graph) -> PassResult(graph, modified)`. A pass may mutate the graph in place; it must
+  leave it topologically sorted and verifiable.
+- A lazy registry: `register_pass` (a class decorator), `get_pass(name)`, `available_passes()`.
+  The built-in passes are imported on first lookup, so importing `sbc.passes` stays cheap.
+- `RewriteRule`: pattern (`ops`, the root op names) + `check(node)` (None on a match, else a
+  sentence saying why not; `explain` lists these near misses) + `rewrite(graph, node)`.
+  `apply_rules` applies rules to every node until nothing matches.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -14,57 +23,114 @@ from sbc.ir import Graph, Node
 
 @dataclass
 class PassResult:
+    """What a pass returns: the graph (usually the same object) and whether it changed."""
     graph: Graph
     modified: bool
 
+    def __iter__(self):  # `graph, modified = p.run(g)` reads naturally
+        return iter((self.graph, self.modified))
+
 
 class Pass:
-    """Subclasses set `name`, optionally an `Options` dataclass, and implement `run`."""
-    name: ClassVar[str]
+    """Subclasses set `name`, optionally an `Options` dataclass, and implement `run`.
+
+    Options are given as keyword arguments, by field name (`max_elements`) or by the spelling
+    pipeline strings use (`max-elements`); strings are converted to the field's type.
+    """
+    name: ClassVar[str] = ""
 
     @dataclass
     class Options:
         pass
 
     def __init__(self, **options):
-        fields = {f.name.replace("_", "-"): f for f in dataclasses.fields(self.Options)}
+        fields = _option_fields(self.Options)
         kwargs = {}
-        for key, text in options.items():
-            field = fields.get(key.replace("_", "-"))
-            if field is None:
-                raise UnsupportedError(f"pass '{self.name}' has no option '{key}'; options: "
-                                       f"{', '.join(fields) or 'none'}")
-            kwargs[field.name] = _convert(text, field.type, f"{self.name}{{{key}}}")
+        for key, value in options.items():
+            spelling = key.replace("_", "-")
+            if spelling not in fields:
+                raise UnsupportedError(f"pass '{self.name}' has no option '{spelling}'; "
+                                       f"options: {self.describe_options() or 'none'}")
+            field, kind = fields[spelling]
+            kwargs[field.name] = _convert(value, kind, f"{self.name}{{{spelling}}}")
         self.options = self.Options(**kwargs)
 
     def run(self, graph: Graph) -> PassResult:
         raise NotImplementedError
 
+    @classmethod
+    def describe_options(cls) -> str:
+        """`max-elements: int = 1048576, ...`, for error messages and help."""
+        return ", ".join(f"{spelling}: {kind.__name__} = {_default(f)}"
+                         for spelling, (f, kind) in _option_fields(cls.Options).items())
 
-def _convert(text, type_name, where):
-    if not isinstance(text, str):
-        return text
+    def __str__(self):
+        """The pipeline spelling of this pass with its non-default options."""
+        changed = [f"{f.name.replace('_', '-')}={getattr(self.options, f.name)}"
+                   for f in dataclasses.fields(self.options)
+                   if getattr(self.options, f.name) != _default(f)]
+        return self.name + ("{" + ",".join(changed) + "}" if changed else "")
+
+    __repr__ = __str__
+
+
+def _option_fields(options_cls) -> dict[str, tuple[dataclasses.Field, type]]:
+    """Option spelling -> (field, resolved type); resolves `from __future__` string types."""
+    hints = typing.get_type_hints(options_cls)
+    return {f.name.replace("_", "-"): (f, hints[f.name]) for f in dataclasses.fields(options_cls)}
+
+
+def _default(field: dataclasses.Field):
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _convert(value, kind: type, where: str):
+    """A pipeline string (or Python value) as an option of type `kind`."""
+    if not isinstance(value, str) or kind is str:
+        return value
+    text = value.strip().lower()
+    if kind is bool and text in _TRUE + _FALSE:
+        return text in _TRUE
     try:
-        return {"int": int, "float": float, "bool": lambda s: s.lower() in ("1", "true", "yes"),
-                "str": str}[str(type_name)](text)
-    except (KeyError, ValueError):
-        raise UnsupportedError(f"{where}: cannot read {text!r} as {type_name}") from None
+        if kind is int:
+            return int(text, 0)  # 65536, 0x10000, 1_000_000
+        if kind is float:
+            return float(text)
+    except ValueError:
+        pass
+    raise UnsupportedError(f"{where}: cannot read {value!r} as {kind.__name__}")
 
+
+# -- registry ------------------------------------------------------------------------------
 
 _PASSES: dict[str, type[Pass]] = {}
 
+# Imported on first lookup; each module registers its pass with @register_pass.
+_BUILTIN_MODULES = ("cse", "dce", "fold_constants", "fold_reshape_transpose",
+                    "fuse_linear_attention", "fuse_sliding_window_attention",
+                    "pack_matmul_weights", "to_recurrent")
+
 
 def register_pass(cls: type[Pass]) -> type[Pass]:
+    """Class decorator: make `cls` available by `cls.name` in pipelines."""
+    if not cls.name:
+        raise ValueError(f"{cls.__qualname__} has no pass name")
+    old = _PASSES.get(cls.name)
+    if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise ValueError(f"pass name '{cls.name}' is taken by {old.__module__}.{old.__qualname__}")
     _PASSES[cls.name] = cls
     return cls
 
 
 def _load_passes() -> None:
-    import sbc.passes.cse  # noqa: F401  (importing registers)
-    import sbc.passes.dce  # noqa: F401
-    import sbc.passes.fold_constants  # noqa: F401
-    import sbc.passes.fold_reshape_transpose  # noqa: F401
-    import sbc.passes.pack_matmul_weights  # noqa: F401
+    import importlib
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(f"sbc.passes.{module}")
 
 
 def available_passes() -> list[str]:
@@ -73,16 +139,26 @@ def available_passes() -> list[str]:
 
 
 def get_pass(name: str) -> type[Pass]:
+    """The pass class registered as `name`; UnsupportedError lists the available ones."""
     _load_passes()
     if name not in _PASSES:
         raise UnsupportedError(f"unknown pass '{name}'; available: {', '.join(sorted(_PASSES))}")
     return _PASSES[name]
 
 
+# -- rewrite rules -------------------------------------------------------------------------
+
 class RewriteRule:
-    """One local rewrite: `check(node)` -> None when it applies, else the reason it does not;
-    `rewrite(graph, node)` replaces the node's uses."""
+    """One local rewrite rooted at a node whose op is in `ops` (the pattern).
+
+    `check(node)` returns None when the rule applies, else the reason it does not, in words.
+    `rewrite(graph, node)` builds the replacement and points the uses of the node's outputs
+    at it (Graph.replace_uses); `apply_rules` then removes the node and re-sorts the graph.
+    """
     ops: ClassVar[tuple[str, ...]] = ()
+
+    def matches(self, node: Node) -> bool:
+        return node.op in self.ops
 
     def check(self, node: Node) -> str | None:
         raise NotImplementedError
@@ -91,24 +167,46 @@ class RewriteRule:
         raise NotImplementedError
 
 
-def apply_rules(graph: Graph, rules: list[RewriteRule]) -> bool:
-    """Apply rules to every matching node once; returns whether anything changed."""
+MAX_SWEEPS = 16  # a bound on apply_rules' sweeps; every built-in rule shrinks the graph
+
+
+def apply_rules(graph: Graph, rules: list[RewriteRule], max_sweeps: int = MAX_SWEEPS) -> bool:
+    """Apply `rules` to every node, sweeping until none fires; return whether any fired.
+
+    The first matching rule wins. After each sweep, rewritten nodes whose outputs are no
+    longer used are removed (so they cannot match again) and the graph is re-sorted; nodes a
+    rewrite created are visited in the next sweep.
+    """
     modified = False
-    for node in list(graph.nodes):
-        for rule in rules:
-            if node.op in rule.ops and rule.check(node) is None:
+    for _ in range(max_sweeps):
+        rewritten = []
+        for node in list(graph.nodes):
+            rule = next((r for r in rules if r.matches(node) and r.check(node) is None), None)
+            if rule is not None:
                 rule.rewrite(graph, node)
-                modified = True
-                break
+                rewritten.append(node)
+        if not rewritten:
+            break
+        _remove_dead(graph, rewritten)
+        graph.toposort()  # rewrites append their new nodes at the end
+        modified = True
     return modified
 
 
+def _remove_dead(graph: Graph, candidates: list[Node]) -> None:
+    """Drop the candidates whose outputs nothing uses any more (one scan for all of them)."""
+    used = {id(v) for n in graph.nodes for v in n.inputs if v is not None}
+    used |= {id(v) for v in graph.outputs}
+    dead = {id(n) for n in candidates if not any(id(v) in used for v in n.outputs)}
+    graph.nodes = [n for n in graph.nodes if id(n) not in dead]
+
+
 def explain(graph: Graph, rules: list[RewriteRule]) -> list[str]:
-    """Why each candidate node (right op, no match) was not rewritten."""
+    """Near misses: for each node a rule's pattern matches but its check rejects, why."""
     notes = []
     for node in graph.nodes:
         for rule in rules:
-            if node.op in rule.ops:
+            if rule.matches(node):
                 why = rule.check(node)
                 if why is not None:
                     notes.append(f"{type(rule).__name__} at {node.where()}: {why}")

@@ -1,79 +1,143 @@
-"""fold-reshape-transpose: layout chains -> one op or nothing.
+"""fold-reshape-transpose: chains of layout ops -> one op or nothing.
 
-    Reshape(Reshape(x))        -> Reshape(x)
-    Reshape(x) to x's shape    -> x            (also Squeeze/Unsqueeze/Flatten/Identity no-ops)
-    Transpose(Transpose(x))    -> Transpose(x) with the composed perm, or x if it is identity
+    Identity(x)                         -> x
+    Reshape/Squeeze/Unsqueeze/Flatten(x) with x's shape   -> x
+    Unsqueeze(Squeeze(x)), Squeeze(Unsqueeze(x)) back to x's shape -> x
+    Reshape(Reshape(x))                 -> Reshape(x)   (any reshape-like op on either side)
+    Transpose(x) with the identity perm -> x
+    Transpose(Transpose(x))             -> Transpose(x) with the composed perm, or x
+
+Each line is a RewriteRule; `explain(graph, RULES)` says why a candidate did not fold.
 """
 
 from __future__ import annotations
 
-from sbc.ir import Graph, Node
+import numpy as np
+
+from sbc.ir import Graph, Node, Value
 from sbc.passes.base import Pass, PassResult, RewriteRule, apply_rules, register_pass
 
-SHAPE_OPS = ("Reshape", "Squeeze", "Unsqueeze", "Flatten")
+RESHAPE_LIKE = ("Reshape", "Squeeze", "Unsqueeze", "Flatten")  # change the shape, not the data order
 
 
-def _perm(node: Node) -> list[int]:
+def perm_of(node: Node) -> list[int]:
+    """A Transpose's permutation, normalised (no perm means reverse the axes)."""
     rank = node.inputs[0].type.rank
     perm = node.attrs["perm"]
-    return list(range(rank))[::-1] if perm is None else [p % rank for p in perm]
+    return list(range(rank))[::-1] if perm is None else [int(p) % rank for p in perm]
 
 
-class ReshapeOfReshape(RewriteRule):
-    ops = SHAPE_OPS
-
-    def check(self, node):
-        producer = node.inputs[0].producer
-        if producer is None or producer.op not in SHAPE_OPS:
-            return "input is not produced by a reshape-like op"
-        if node.outputs[0].type.rank and any(d == 0 for d in node.outputs[0].shape):
-            return "zero-sized dims keep their explicit reshape"
-        return None
-
-    def rewrite(self, graph, node):
-        source = node.inputs[0].producer.inputs[0]
-        shape = graph.add1("Constant", value=_shape_value(node.outputs[0].shape), name=f"{node.name}:shape")
-        new = graph.add1("Reshape", source, shape, name=node.name)
-        graph.replace_uses(node.outputs[0], new)
+def _is_identity(perm: list[int]) -> bool:
+    return perm == list(range(len(perm)))
 
 
-def _shape_value(shape):
-    import numpy as np
-    static = all(isinstance(d, int) for d in shape)
-    return np.array(list(shape), dtype=np.int64 if static else object)
+def _producer_op(v: Value | None) -> str | None:
+    return None if v is None or v.producer is None else v.producer.op
 
 
-class NoOpLayout(RewriteRule):
-    ops = SHAPE_OPS + ("Identity", "Transpose")
+class RemoveIdentity(RewriteRule):
+    """Identity(x) -> x."""
+    ops = ("Identity",)
 
     def check(self, node):
-        if node.op == "Transpose" and _perm(node) != list(range(len(_perm(node)))):
-            return "the permutation is not the identity"
-        if node.outputs[0].type != node.inputs[0].type:
-            return f"shape changes from {node.inputs[0].type} to {node.outputs[0].type}"
         return None
 
     def rewrite(self, graph, node):
         graph.replace_uses(node.outputs[0], node.inputs[0])
 
 
-class TransposeOfTranspose(RewriteRule):
+class NoOpReshape(RewriteRule):
+    """A reshape-like op whose output has its input's type -> its input."""
+    ops = RESHAPE_LIKE
+
+    def check(self, node):
+        before, after = node.inputs[0].type, node.outputs[0].type
+        return None if before == after else f"the shape changes from {before} to {after}"
+
+    def rewrite(self, graph, node):
+        graph.replace_uses(node.outputs[0], node.inputs[0])
+
+
+class CancelSqueezeUnsqueeze(RewriteRule):
+    """Unsqueeze(Squeeze(x)) or Squeeze(Unsqueeze(x)) giving back x's type -> x."""
+    ops = ("Squeeze", "Unsqueeze")
+    INVERSE = {"Squeeze": "Unsqueeze", "Unsqueeze": "Squeeze"}
+
+    def check(self, node):
+        inverse = self.INVERSE[node.op]
+        if _producer_op(node.inputs[0]) != inverse:
+            return f"the input is not produced by {inverse}"
+        source = node.inputs[0].producer.inputs[0]
+        if source.type != node.outputs[0].type:
+            return f"the pair maps {source.type} to {node.outputs[0].type}, not back to itself"
+        return None
+
+    def rewrite(self, graph, node):
+        graph.replace_uses(node.outputs[0], node.inputs[0].producer.inputs[0])
+
+
+class ReshapeOfReshape(RewriteRule):
+    """Reshape-like(Reshape-like(x)) -> Reshape(x) to the outer shape (or x if that is x's)."""
+    ops = RESHAPE_LIKE
+
+    def check(self, node):
+        if _producer_op(node.inputs[0]) not in RESHAPE_LIKE:
+            return "the input is not produced by a reshape-like op"
+        if any(isinstance(d, int) and d == 0 for d in node.outputs[0].shape):
+            return "a 0 in the target shape would mean 'copy this dim' (empty tensors stay as they are)"
+        return None
+
+    def rewrite(self, graph, node):
+        source, out = node.inputs[0].producer.inputs[0], node.outputs[0]
+        if source.type == out.type:
+            graph.replace_uses(out, source)
+            return
+        hint = f"{node.name}:shape" if node.name else "shape"
+        shape = graph.add1("Constant", value=shape_constant(out.shape), name=hint)
+        graph.replace_uses(out, graph.add1("Reshape", source, shape, name=node.name))
+
+
+def shape_constant(shape) -> np.ndarray:
+    """A Reshape target for `shape`: i64, or an object array when it has symbolic dims."""
+    static = all(isinstance(d, int) for d in shape)
+    return np.array(list(shape), dtype=np.int64 if static else object).reshape(len(shape))
+
+
+class NoOpTranspose(RewriteRule):
+    """Transpose(x) with the identity permutation -> x."""
     ops = ("Transpose",)
 
     def check(self, node):
-        producer = node.inputs[0].producer
-        if producer is None or producer.op != "Transpose":
-            return "input is not produced by a Transpose"
+        perm = perm_of(node)
+        return None if _is_identity(perm) else f"the permutation {perm} is not the identity"
+
+    def rewrite(self, graph, node):
+        graph.replace_uses(node.outputs[0], node.inputs[0])
+
+
+class TransposeOfTranspose(RewriteRule):
+    """Transpose(Transpose(x, p1), p2) -> Transpose(x, p1[p2]), or x when that is the identity."""
+    ops = ("Transpose",)
+
+    def check(self, node):
+        if _producer_op(node.inputs[0]) != "Transpose":
+            return "the input is not produced by a Transpose"
         return None
 
     def rewrite(self, graph, node):
         inner = node.inputs[0].producer
-        composed = [_perm(inner)[p] for p in _perm(node)]
+        outer_perm, inner_perm = perm_of(node), perm_of(inner)
+        composed = [inner_perm[p] for p in outer_perm]  # out[j] = x[inner[outer[j]]]
+        if _is_identity(composed):
+            graph.replace_uses(node.outputs[0], inner.inputs[0])
+            return
         new = graph.add1("Transpose", inner.inputs[0], name=node.name, perm=composed)
         graph.replace_uses(node.outputs[0], new)
 
 
-RULES = [NoOpLayout(), ReshapeOfReshape(), TransposeOfTranspose()]
+# Cheapest result first: removals before merges.
+RULES: list[RewriteRule] = [RemoveIdentity(), NoOpReshape(), CancelSqueezeUnsqueeze(),
+                            ReshapeOfReshape(), NoOpTranspose(), TransposeOfTranspose()]
 
 
 @register_pass
@@ -81,6 +145,4 @@ class FoldReshapeTranspose(Pass):
     name = "fold-reshape-transpose"
 
     def run(self, graph: Graph) -> PassResult:
-        modified = apply_rules(graph, RULES)
-        graph.toposort()
-        return PassResult(graph, modified)
+        return PassResult(graph, apply_rules(graph, RULES))

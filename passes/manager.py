@@ -1,5 +1,14 @@
-"""The pass manager: runs a pipeline of passes by name with the debugging switches the CLI
-exposes (--passes, --print-after, --time-passes, --verify-each, --dump-dir)."""
+"""The pass manager: runs a pipeline of passes by name, with the debugging switches the CLI
+exposes 1:1 (--passes, --print-after, --time-passes, --verify-each, --dump-dir).
+
+Pipeline syntax: comma-separated pass names, each optionally followed by options in braces,
+separated by commas or spaces:
+
+    fold-constants{max-elements=65536},fold-reshape-transpose,cse,dce
+
+The default pipeline runs to a fixed point (at most MAX_ROUNDS rounds while a pass changed
+something); an explicit pipeline runs once, in the order given.
+"""
 
 from __future__ import annotations
 
@@ -7,66 +16,95 @@ import os
 import re
 import sys
 import time
+from typing import TextIO
 
-from sbc.errors import SbcError
+from sbc.errors import UnsupportedError
 from sbc.ir import Graph
 from sbc.ir.printer import print_graph
 from sbc.ir.verifier import VerificationError, verify
 from sbc.passes.base import Pass, get_pass
 
-DEFAULT_PIPELINE = ["fold-constants", "fold-reshape-transpose", "cse", "pack-matmul-weights", "dce"]
-MAX_ROUNDS = 4  # the default pipeline runs to a fixed point, bounded
+# pack-matmul-weights (added with the MatMulPacked kernel) runs after folding, so weights
+# that fold-constants produced (e.g. transposed) are packed too.
+DEFAULT_PIPELINE = ["fold-constants", "fold-reshape-transpose", "cse", "fuse-linear-attention",
+                    "fuse-sliding-window-attention", "to-recurrent", "pack-matmul-weights", "dce"]
+MAX_ROUNDS = 4
 
-_SPEC = re.compile(r"^\s*([\w-]+)\s*(?:\{(.*)\})?\s*$")
+_ITEM = re.compile(r"^\s*([A-Za-z0-9_-]+)\s*(?:\{([^{}]*)\})?\s*$")
+_OPTION = re.compile(r"^([A-Za-z0-9_-]+)=(.*)$")
 
 
-def parse_pipeline(spec: str | list[str]) -> list[Pass]:
-    """'fold-constants{max-elements=1024},dce' -> pass instances."""
-    items = spec if isinstance(spec, list) else _split_top_level(spec)
-    passes = []
-    for item in items:
-        m = _SPEC.match(item)
-        if not m:
-            raise SbcError(f"cannot read pass '{item}' (expected name or name{{option=value,...}})")
-        options = dict(kv.split("=", 1) for kv in (m.group(2) or "").split(",") if kv.strip())
-        passes.append(get_pass(m.group(1))(**{k.strip(): v.strip() for k, v in options.items()}))
-    return passes
+def parse_pipeline(spec: str | list[str] | tuple[str, ...]) -> list[Pass]:
+    """'fold-constants{max-elements=1024},dce' (or a list of such items) -> pass instances.
+
+    Unknown passes, unknown options and unreadable values raise UnsupportedError saying what
+    exists.
+    """
+    items = [spec] if isinstance(spec, str) else list(spec)
+    return [_parse_item(item) for text in items for item in _split_top_level(text)]
+
+
+def _parse_item(item: str) -> Pass:
+    m = _ITEM.match(item)
+    if not m:
+        raise UnsupportedError(f"cannot read pass '{item.strip()}' in the pipeline; expected "
+                               f"name or name{{option=value,...}}")
+    cls = get_pass(m.group(1))
+    options = {}
+    for word in re.split(r"[,\s]+", (m.group(2) or "").strip()):
+        if not word:
+            continue
+        om = _OPTION.match(word)
+        if not om:
+            raise UnsupportedError(f"cannot read option '{word}' of pass '{cls.name}'; "
+                                   f"expected option=value (options: "
+                                   f"{cls.describe_options() or 'none'})")
+        options[om.group(1)] = om.group(2)
+    return cls(**options)
 
 
 def _split_top_level(spec: str) -> list[str]:
+    """Split at commas outside braces: 'a{x=1,y=2},b' -> ['a{x=1,y=2}', 'b']."""
     items, depth, current = [], 0, ""
     for ch in spec:
-        depth += ch == "{"
-        depth -= ch == "}"
+        depth += {"{": 1, "}": -1}.get(ch, 0)
         if ch == "," and depth == 0:
             items.append(current)
             current = ""
         else:
             current += ch
+    if depth != 0:
+        raise UnsupportedError(f"unbalanced braces in pass pipeline '{spec}'")
     return [i for i in items + [current] if i.strip()]
 
 
 class PassManager:
-    def __init__(self, pipeline=None, *, print_after=(), time_passes=False, verify_each=False,
-                 dump_dir=None, out=None):
-        self.fixed_point = pipeline is None
+    """Runs passes over a graph; see run_passes for the switches."""
+
+    def __init__(self, pipeline: str | list[str] | None = None, *,
+                 print_after: str | list[str] | tuple[str, ...] = (), time_passes: bool = False,
+                 verify_each: bool = False, dump_dir: str | os.PathLike | None = None,
+                 out: TextIO | None = None, max_rounds: int = MAX_ROUNDS):
         self.passes = parse_pipeline(DEFAULT_PIPELINE if pipeline is None else pipeline)
-        self.print_after = {print_after} if isinstance(print_after, str) else set(print_after)
+        self.rounds = max_rounds if pipeline is None else 1
+        self.print_after = _print_after_set(print_after, self.passes)
         self.time_passes = time_passes
         self.verify_each = verify_each
         self.dump_dir = dump_dir
-        self.out = out or sys.stderr
-        self.times: dict[str, float] = {}
+        self.out = out
+        self.times: dict[str, list[float]] = {}  # pass name -> wall time of each run
         self.step = 0
 
     def run(self, graph: Graph) -> Graph:
-        for _ in range(MAX_ROUNDS if self.fixed_point else 1):
+        if self.verify_each:
+            self._verify(graph, "IR is invalid before the first pass (as imported)")
+        for _ in range(self.rounds):
             changed = False
             for p in self.passes:
                 graph, modified = self.run_one(p, graph)
                 changed |= modified
             if not changed:
-                break
+                break  # a fixed point: another round would change nothing
         if self.time_passes:
             self.report_times()
         return graph
@@ -74,31 +112,68 @@ class PassManager:
     def run_one(self, p: Pass, graph: Graph) -> tuple[Graph, bool]:
         start = time.perf_counter()
         result = p.run(graph)
-        self.times[p.name] = self.times.get(p.name, 0.0) + time.perf_counter() - start
+        self.times.setdefault(p.name, []).append(time.perf_counter() - start)
         self.step += 1
         if self.verify_each:
-            try:
-                verify(result.graph)
-            except VerificationError as e:
-                raise VerificationError(f"after pass '{p.name}': {e}") from e
+            self._verify(result.graph, f"after pass '{p}' (step {self.step})")
         if "all" in self.print_after or p.name in self.print_after:
-            print(f"// ----- IR after {p.name} -----", file=self.out)
-            print(print_graph(result.graph), file=self.out)
-        if self.dump_dir:
-            os.makedirs(self.dump_dir, exist_ok=True)
-            with open(os.path.join(self.dump_dir, f"{self.step:02d}-{p.name}.sbcir"), "w") as f:
-                f.write(print_graph(result.graph))
+            changed = "" if result.modified else " (unchanged)"
+            self._print(f"// ----- IR after {p} (step {self.step}){changed} -----")
+            self._print(print_graph(result.graph), end="")
+        self._dump(result.graph, p.name)
         return result.graph, result.modified
 
+    def _verify(self, graph: Graph, where: str) -> None:
+        try:
+            verify(graph)
+        except VerificationError as e:
+            raise VerificationError(f"{where}: {e}") from e
+
+    def _dump(self, graph: Graph, label: str) -> None:
+        """NN-<label>.sbcir: the IR text after step NN (01 is the first pass)."""
+        if not self.dump_dir:
+            return
+        os.makedirs(self.dump_dir, exist_ok=True)
+        path = os.path.join(self.dump_dir, f"{self.step:02d}-{label}.sbcir")
+        with open(path, "w") as f:
+            f.write(print_graph(graph))
+
+    def _print(self, text: str, end: str = "\n") -> None:
+        print(text, file=self.out or sys.stderr, end=end)  # stderr looked up now: capture-safe
+
     def report_times(self) -> None:
-        total = sum(self.times.values()) or 1e-9
-        print("pass                          time (ms)   share", file=self.out)
-        for name, t in sorted(self.times.items(), key=lambda kv: -kv[1]):
-            print(f"{name:<28} {t * 1e3:10.2f}   {t / total:5.1%}", file=self.out)
+        """A table of wall time per pass, largest first, with a total."""
+        total = sum(sum(ts) for ts in self.times.values())
+        self._print(f"{'pass':<28} {'runs':>4} {'time (ms)':>10} {'share':>7}")
+        for name, ts in sorted(self.times.items(), key=lambda kv: -sum(kv[1])):
+            share = sum(ts) / total if total else 0.0
+            self._print(f"{name:<28} {len(ts):>4} {sum(ts) * 1e3:>10.2f} {share:>7.1%}")
+        self._print(f"{'total':<28} {self.step:>4} {total * 1e3:>10.2f} {1:>7.1%}")
 
 
-def run_passes(graph: Graph, pipeline=None, *, print_after=(), time_passes=False,
-               verify_each=False, dump_dir=None, out=None) -> Graph:
-    """Run `pipeline` (names, a comma-separated string, or None for DEFAULT_PIPELINE)."""
+def _print_after_set(print_after, passes: list[Pass]) -> set[str]:
+    """Names to print after: 'all', names, or comma-separated names; unknown names raise."""
+    items = [print_after] if isinstance(print_after, str) else list(print_after or ())
+    names = {n.strip() for item in items for n in item.split(",") if n.strip()}
+    in_pipeline = {p.name for p in passes}
+    unknown = names - in_pipeline - {"all"}
+    if unknown:
+        raise UnsupportedError(f"--print-after: {', '.join(sorted(unknown))} not in the pipeline; "
+                               f"use 'all' or one of: {', '.join(p.name for p in passes)}")
+    return names
+
+
+def run_passes(graph: Graph, pipeline: str | list[str] | None = None, *,
+               print_after: str | list[str] | tuple[str, ...] = (), time_passes: bool = False,
+               verify_each: bool = False, dump_dir: str | os.PathLike | None = None,
+               out: TextIO | None = None) -> Graph:
+    """Run `pipeline` on `graph` and return the result (the same graph object, mutated).
+
+    pipeline: None for DEFAULT_PIPELINE (to a fixed point), else a pipeline string or a list
+    of items, run once. print_after: 'all' or pass names: print the IR after those passes.
+    time_passes: print a table of per-pass wall times at the end. verify_each: verify the IR
+    before the first pass and after each, naming the pass that broke it. dump_dir: write
+    NN-<pass>.sbcir after each pass (NN counts from 01). out: where printing goes (stderr).
+    """
     return PassManager(pipeline, print_after=print_after, time_passes=time_passes,
                        verify_each=verify_each, dump_dir=dump_dir, out=out).run(graph)

@@ -1,19 +1,23 @@
 """The CPU runtime: a TVM-compiled library driven by the Relax VM.
 
-Weights are uploaded once; each `run` checks the inputs against the signature (names, dtypes,
-shapes incl. symbolic dims) and returns NumPy arrays by output name.
+The library and the weights are loaded once (weights as TVM tensors on tvm.cpu()); each `run`
+checks the inputs against the signature (names, dtypes, shapes incl. symbolic dims) and returns
+NumPy arrays by output name. Inputs are never cast: a wrong dtype is an error naming the
+expected one, since a silent cast would hide a caller's bug (e.g. float ids).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+from collections.abc import Mapping
 
 import numpy as np
 import tvm
 from tvm import relax
 
-from sbc.errors import ArtifactError
+from sbc.errors import ArtifactError, InputError
 from sbc.ir.types import TensorType, bind_symbols
 
 
@@ -27,23 +31,36 @@ class CpuRuntime:
         self.vm = relax.VirtualMachine(executable, self.device)
         self.main = self.vm["main"]
         # np.asarray(order="C"), not ascontiguousarray: the latter turns 0-d weights into 1-d
-        self.params = [tvm.runtime.tensor(np.asarray(params[n], order="C"), self.device) for n in param_names]
+        self.params = [tvm.runtime.tensor(np.asarray(params[n], order="C"), self.device)
+                       for n in param_names]
 
     @classmethod
     def from_library_bytes(cls, library: bytes, **kwargs) -> "CpuRuntime":
-        """Load a compiled library from bytes (it must be a file for the dynamic loader)."""
-        with tempfile.TemporaryDirectory(prefix="sbc-lib-") as tmp:
+        """Load a compiled library from bytes: the dynamic loader needs a file, so it goes to a
+        private temp dir (mode 0700) that is removed once loaded (the mapping stays valid)."""
+        tmp = tempfile.mkdtemp(prefix="sbc-lib-")
+        try:
             path = os.path.join(tmp, "lib.so")
             with open(path, "wb") as f:
                 f.write(library)
             try:
                 lib = tvm.runtime.load_module(path)
-            except Exception as e:
-                raise ArtifactError(f"cannot load the compiled library: {str(e).splitlines()[-1][:200]}") from e
+            except Exception as e:  # TVM's message is a long C++ trace: keep its last line
+                last = (str(e).strip().splitlines() or ["?"])[-1][:200]
+                raise ArtifactError(f"cannot load the compiled library: {last}") from e
             return cls(lib, **kwargs)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        bind_symbols(self.inputs, feeds)
-        args = [tvm.runtime.tensor(np.asarray(feeds[n], order="C"), self.device) for n, _ in self.inputs]
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Check `feeds` against the signature, run "main", return outputs by name."""
+        if not isinstance(feeds, Mapping):
+            raise InputError(f"inputs must be a dict of arrays by name "
+                             f"{[n for n, _ in self.inputs]}, got {type(feeds).__name__}")
+        bind_symbols(self.inputs, feeds)  # SignatureError (an InputError): one clear line
+        args = [tvm.runtime.tensor(np.asarray(feeds[n], order="C"), self.device)
+                for n, _ in self.inputs]
         result = self.main(*args, *self.params)
+        if isinstance(result, tvm.runtime.Tensor):  # a lone output may come back unwrapped
+            result = [result]
         return {name: r.numpy() for (name, _), r in zip(self.outputs, result)}

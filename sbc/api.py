@@ -1,7 +1,12 @@
-"""The public Python API: compile, load, and the compiled Module."""
+"""The public Python API: compile, load, and the compiled Module.
+
+TVM (5 s to import) is imported only when something is compiled or loaded, so that reading
+an ONNX file, checking an artifact and reporting errors stay fast (the CLI relies on this).
+"""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import shutil
@@ -9,42 +14,87 @@ import tempfile
 
 import numpy as np
 
-from sbc.errors import TargetUnavailableError, UnsupportedError
-from sbc.runtimes.artifact import read_artifact, signature_from_json, signature_to_json, write_artifact
-from sbc.runtimes.cpu import CpuRuntime
+from sbc.errors import UnsupportedError
+from sbc.runtimes.artifact import check_runnable, read_artifact, signature_from_json, \
+    signature_to_json, write_artifact
 
 TARGETS = ("cpu",)
+PLANNED_TARGETS = ("cuda", "maca")  # known names, not built in this version
 
 
 class Module:
-    """A compiled model: `run({input: array}) -> {output: array}`, `save(path)`."""
+    """A compiled model: `run({input: array}) -> {output: array}`, `save(path)`, and for
+    sequence models made recurrent, `session(batch)` for streamed prefill and decoding.
+
+    inputs / outputs: [(name, TensorType)], symbolic dims kept (e.g. f32[batch, 8]); the
+    recurrent state and position are not among them (sessions manage them).
+    manifest: what `save` writes (target, signature, source, ops, memory certificate, ...).
+    """
 
     def __init__(self, library: bytes, params: dict[str, np.ndarray], manifest: dict):
+        from sbc.runtimes.cpu import CpuRuntime
         self.library = library
         self.params = params
         self.manifest = manifest
-        self.inputs = signature_from_json(manifest["inputs"])
-        self.outputs = signature_from_json(manifest["outputs"])
+        program_inputs = signature_from_json(manifest["inputs"])
+        program_outputs = signature_from_json(manifest["outputs"])
+        self.recurrent = manifest.get("recurrent")
+        hidden = set(self.recurrent["state"]) | {self.recurrent["position"]} if self.recurrent else set()
+        self.inputs = [(n, t) for n, t in program_inputs if n not in hidden]
+        self.outputs = [(n, t) for n, t in program_outputs if n not in hidden]
+        self.state_types = {n: t for n, t in program_inputs if n in hidden}
         self._runtime = CpuRuntime.from_library_bytes(
-            library, inputs=self.inputs, outputs=self.outputs,
+            library, inputs=program_inputs, outputs=program_outputs,
             param_names=manifest["param_names"], params=params)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self._runtime.run(feeds)
+        """Run on `feeds` (arrays by input name, exact dtypes); return arrays by output name.
+        A recurrent model runs from empty state, i.e. on the whole sequence given."""
+        if not self.recurrent:
+            return self._runtime.run(feeds)
+        from sbc.ir.types import bind_symbols
+        env = bind_symbols(self.inputs, feeds)
+        results = self._runtime.run({**feeds, **self.initial_state(env)})
+        return {n: results[n] for n, _ in self.outputs}
+
+    def initial_state(self, symbols: dict[str, int]) -> dict[str, np.ndarray]:
+        """Zero state and position 0 (recurrent models), sized by `symbols` ({"batch": 1})."""
+        from sbc.ir.dims import concretize
+        from sbc.ir.types import numpy_dtype
+        return {n: np.zeros(concretize(list(t.shape), symbols), numpy_dtype(t.dtype))
+                for n, t in self.state_types.items()}
+
+    def step(self, feeds: dict[str, np.ndarray], state: dict[str, np.ndarray]) -> tuple[dict, dict]:
+        """One call of the recurrent program: (outputs, next state incl. position)."""
+        results = self._runtime.run({**feeds, **state})
+        outputs = {n: results[n] for n, _ in self.outputs}
+        new_state = {n: results[n] for n in self.recurrent["state"]}
+        steps = next(iter(feeds.values())).shape[1]
+        new_state[self.recurrent["position"]] = np.asarray(
+            state[self.recurrent["position"]] + steps, np.int64)
+        return outputs, new_state
+
+    def session(self, batch: int = 1, chunk: int = 512):
+        """A stateful session (prefill, decode, generate, save/load state) over this module."""
+        from sbc.runtimes.session import Session
+        return Session(self, batch=batch, chunk=chunk)
 
     __call__ = run
 
     def save(self, path: str | os.PathLike) -> None:
-        write_artifact(os.fspath(path), self.library, self.params, self.manifest)
+        """Write the `.sbc` artifact atomically (nothing is left behind if interrupted)."""
+        self.manifest = write_artifact(path, self.library, self.params, self.manifest)
 
     def __repr__(self):
         sig = lambda s: ", ".join(f"{n}: {t}" for n, t in s)  # noqa: E731
-        return f"<sbc.Module ({sig(self.inputs)}) -> ({sig(self.outputs)}) on {self.manifest['target']['kind']}>"
+        return (f"<sbc.Module ({sig(self.inputs)}) -> ({sig(self.outputs)}) "
+                f"on {self.manifest['target']['kind']}>")
 
 
-def _check_target(target: str) -> None:
-    if target in ("cuda", "maca"):
-        raise UnsupportedError(f"target '{target}' is not available in this sbc build yet; "
+def check_target(target: str) -> None:
+    """Only cpu is built in this version; name what is supported either way."""
+    if target in PLANNED_TARGETS:
+        raise UnsupportedError(f"target '{target}' is not implemented in this sbc build yet; "
                                f"supported: {', '.join(TARGETS)}")
     if target not in TARGETS:
         raise UnsupportedError(f"unknown target '{target}'; supported: {', '.join(TARGETS)}")
@@ -52,29 +102,60 @@ def _check_target(target: str) -> None:
 
 def compile(model, target: str = "cpu", *, passes=None, print_after=(), time_passes=False,
             verify_each=False, dump_dir=None) -> Module:
-    """Compile an ONNX file, onnx.ModelProto or sbc.ir.Graph for `target`."""
-    from sbc.codegen.build import build
+    """Compile an ONNX file path, onnx.ModelProto or sbc.ir.Graph for `target`.
+
+    passes: None for the default pipeline, else a pipeline string ("dce,cse") or list;
+    print_after / time_passes / verify_each / dump_dir: the pass manager's debugging aids.
+    """
+    check_target(target)  # before any work: an unsupported target should fail at once
     from sbc.frontend import import_onnx
     from sbc.ir import Graph
     from sbc.passes import run_passes
 
-    _check_target(target)
-    graph = model if isinstance(model, Graph) else import_onnx(model)
+    # passes rewrite in place: a caller's Graph is copied, not changed behind its back
+    graph = copy.deepcopy(model) if isinstance(model, Graph) else import_onnx(model)
+    source = _source_info(model)
     graph = run_passes(graph, passes, print_after=print_after, time_passes=time_passes,
                        verify_each=verify_each, dump_dir=dump_dir)
+    from sbc.passes.to_recurrent import POSITION, memory_certificate, state_names
+    from sbc.codegen.build import build
     built = build(graph, target)
     manifest = {
+        "sbc_version": _version(),
         "target": built.target,
         "inputs": signature_to_json(built.inputs),
         "outputs": signature_to_json(built.outputs),
-        "param_names": built.param_names,
-        "source": _source_info(model),
+        "param_names": list(built.param_names),
+        "source": source,
         "ops": graph.op_counts(),
     }
+    if state_names(graph):
+        manifest["recurrent"] = {"position": POSITION, "state": state_names(graph),
+                                 "memory_certificate": memory_certificate(graph)}
+    manifest["notes"] = fusion_notes(graph)
     return Module(_library_bytes(built.executable), built.params, manifest)
 
 
+def fusion_notes(graph) -> list[str]:
+    """What `--explain` prints: attention-like subgraphs left unfused and why, and why the
+    model is not recurrent if it is not."""
+    from sbc.passes import fuse_linear_attention, fuse_sliding_window_attention
+    from sbc.passes.base import explain
+    from sbc.passes.to_recurrent import state_names, why_not_recurrent
+    rules = fuse_linear_attention.RULES + fuse_sliding_window_attention.RULES
+    notes = explain(graph, rules)
+    if not state_names(graph):
+        notes.append(f"not recurrent: {why_not_recurrent(graph)}")
+    return notes
+
+
+def _version() -> str:
+    import sbc
+    return sbc.__version__
+
+
 def _library_bytes(executable) -> bytes:
+    """export_library writes (and links) a file; the artifact wants its bytes."""
     tmp = tempfile.mkdtemp(prefix="sbc-build-")
     try:
         path = os.path.join(tmp, "lib.so")
@@ -86,18 +167,30 @@ def _library_bytes(executable) -> bytes:
 
 
 def _source_info(model) -> dict:
+    """Name and sha256 of what was compiled, so an artifact can be traced to its model."""
     if isinstance(model, (str, os.PathLike)):
+        digest = hashlib.sha256()
         with open(model, "rb") as f:
-            return {"name": os.path.basename(os.fspath(model)),
-                    "sha256": hashlib.sha256(f.read()).hexdigest()}
-    return {"name": type(model).__name__}
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        return {"name": os.path.basename(os.fspath(model)), "sha256": digest.hexdigest()}
+    if hasattr(model, "SerializeToString"):  # onnx.ModelProto
+        return {"name": model.graph.name or "onnx.ModelProto",
+                "sha256": hashlib.sha256(model.SerializeToString()).hexdigest()}
+    return {"name": getattr(model, "name", None) or type(model).__name__, "sha256": None}
 
 
 def load(path: str | os.PathLike) -> Module:
-    """Load a `.sbc` artifact written by `Module.save` / `sbc compile`."""
-    artifact = read_artifact(os.fspath(path))
-    kind = artifact.manifest.get("target", {}).get("kind")
-    if kind != "cpu":
-        raise TargetUnavailableError(f"{os.fspath(path)} was compiled for '{kind}', which this "
-                                     f"machine cannot run (no {kind} runtime or device found)")
+    """Load a `.sbc` artifact written by `Module.save` / `sbc compile`.
+
+    Raises ArtifactError (corrupt, truncated, foreign, other version) or
+    TargetUnavailableError (built for a device or CPU this machine does not have).
+    """
+    path = os.fspath(path)
+    return module_from_artifact(read_artifact(path), path)
+
+
+def module_from_artifact(artifact, path: str = "the artifact") -> Module:
+    """A Module from an already verified artifact, once its target is known to run here."""
+    check_runnable(artifact.manifest, path)
     return Module(artifact.library, artifact.params, artifact.manifest)

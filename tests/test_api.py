@@ -1,43 +1,83 @@
-"""The Python API: compile -> run -> save -> load -> run."""
+"""The Python API: compile -> run -> save -> load -> run, signatures, manifest."""
+
+import os
 
 import numpy as np
 import onnx
+import pytest
 
 import sbc
 from sbc.frontend import import_onnx
+from sbc.ir.dims import Sym
+from sbc.runtimes.artifact import FORMAT_VERSION
 from tests.conftest import make_mlp_model
+
+
+def reference(x):
+    w, b = (onnx.numpy_helper.to_array(t) for t in make_mlp_model().graph.initializer)
+    return np.maximum(x @ w + b, 0)
 
 
 def test_compile_run_save_load_round_trip(tmp_path, mlp_module):
     x = np.random.default_rng(0).normal(size=(3, 8)).astype(np.float32)
     first = mlp_module.run({"x": x})["y"]
+    np.testing.assert_allclose(first, reference(x), rtol=1e-5, atol=1e-5)
     path = tmp_path / "mlp.sbc"
     mlp_module.save(path)
-    again = sbc.load(path)({"x": x})["y"]
-    np.testing.assert_array_equal(first, again)
-    w, b = (onnx.numpy_helper.to_array(t) for t in make_mlp_model().graph.initializer)
-    np.testing.assert_allclose(first, np.maximum(x @ w + b, 0), rtol=1e-5, atol=1e-5)
+    loaded = sbc.load(path)
+    np.testing.assert_array_equal(loaded({"x": x})["y"], first)  # __call__ == run
+    np.testing.assert_array_equal(loaded.run({"x": x})["y"], first)
+    assert loaded.inputs == mlp_module.inputs and loaded.outputs == mlp_module.outputs
+    # saving a loaded module again gives an equivalent artifact
+    loaded.save(tmp_path / "again.sbc")
+    np.testing.assert_array_equal(sbc.load(str(tmp_path / "again.sbc")).run({"x": x})["y"], first)
 
 
 def test_signature_keeps_symbolic_dims(mlp_module):
-    assert [(n, str(t)) for n, t in mlp_module.inputs] == [("x", "f32[batch, 8]")]
+    (name, t), = mlp_module.inputs
+    assert name == "x" and t.dtype == "f32" and t.shape == (Sym.var("batch"), 8)
     assert [(n, str(t)) for n, t in mlp_module.outputs] == [("y", "f32[batch, 4]")]
     for batch in (1, 5):
         assert mlp_module.run({"x": np.ones((batch, 8), np.float32)})["y"].shape == (batch, 4)
 
 
+def test_run_accepts_non_contiguous_inputs(mlp_module):
+    x = np.random.default_rng(1).normal(size=(8, 6)).astype(np.float32).T  # a (6, 8) view
+    assert not x.flags.c_contiguous
+    np.testing.assert_allclose(mlp_module.run({"x": x})["y"], reference(x), rtol=1e-5, atol=1e-5)
+
+
 def test_compile_accepts_model_proto_and_graph():
     proto = make_mlp_model()
     x = np.ones((2, 8), np.float32)
-    a = sbc.compile(proto).run({"x": x})["y"]
+    from_proto = sbc.compile(proto)
+    a = from_proto.run({"x": x})["y"]
     b = sbc.compile(import_onnx(proto)).run({"x": x})["y"]
     np.testing.assert_array_equal(a, b)
+    assert from_proto.manifest["source"]["name"] == "mlp" and len(from_proto.manifest["source"]["sha256"]) == 64
 
 
-def test_manifest_records_target_and_checksums(tmp_path, mlp_module):
+def test_manifest_records_target_signature_and_checksums(tmp_path, mlp_module, mlp_onnx):
     from sbc.runtimes.artifact import read_artifact
     mlp_module.save(tmp_path / "m.sbc")
-    manifest = read_artifact(str(tmp_path / "m.sbc")).manifest
+    manifest = read_artifact(tmp_path / "m.sbc").manifest
+    assert manifest["format"] == "sbc-artifact" and manifest["format_version"] == FORMAT_VERSION
+    assert manifest["sbc_version"] == sbc.__version__ and manifest["created"].endswith("Z")
     assert manifest["target"]["kind"] == "cpu" and manifest["target"]["cpu"]
-    assert set(manifest["files"]) == {"lib.so", "weights.npz"}
-    assert manifest["sbc_version"] == sbc.__version__
+    assert "features" in manifest["target"] and manifest["target"]["arch"]
+    assert manifest["inputs"] == [{"name": "x", "dtype": "f32", "shape": ["batch", "8"]}]
+    assert manifest["param_names"] == ["W", "b"]
+    assert set(manifest["files"]) == {"lib.so", "weights.bin"}
+    assert manifest["source"]["name"] == os.path.basename(mlp_onnx)
+    assert mlp_module.manifest["files"] == manifest["files"]  # save() updates the manifest
+
+
+def test_unsupported_targets_name_the_supported_ones(mlp_onnx):
+    for target in ("cuda", "maca"):
+        with pytest.raises(sbc.errors.UnsupportedError, match="not implemented .* supported: cpu"):
+            sbc.compile(mlp_onnx, target=target)
+
+
+def test_public_names():
+    assert sbc.__version__ and callable(sbc.compile) and callable(sbc.load)
+    assert {"Module", "compile", "load", "__version__"} <= set(sbc.__all__)

@@ -1,48 +1,133 @@
-"""The CLI end to end: export, compile (with pass-manager switches), inspect, run, demo."""
+"""The CLI end to end on the small MLP: compile (with the pass-manager switches), inspect, run;
+then export of the tiny reference model and the demo on it against onnxruntime.
+
+Commands that compile or run go through a subprocess once (the real `sbc` console script) and
+otherwise in-process via `sbc.cli.main`, because each new process spends ~5 s importing TVM.
+"""
+
+import json
+import os
+import subprocess
+import sys
 
 import numpy as np
+import pytest
 
+from sbc.cli import main
 from tests.test_bad_input import run_cli
 
+# the console script installed beside this interpreter (the venv's bin/), not one on PATH
+SBC = os.path.join(os.path.dirname(sys.executable), "sbc")
 
-def test_compile_inspect_run(tmp_path, mlp_onnx):
-    artifact = tmp_path / "mlp.sbc"
-    code, out, err = run_cli("compile", mlp_onnx, "-o", artifact, "--time-passes", "--verify-each",
-                             "--print-after=dce", "--dump-dir", tmp_path / "dump")
-    assert code == 0, err
-    assert "compiled" in out and artifact.exists()
-    assert "IR after dce" in err and "fold-constants" in err  # --print-after and --time-passes
-    assert sorted(p.name for p in (tmp_path / "dump").iterdir())[0].startswith("01-")
 
-    code, out, _ = run_cli("inspect", artifact)
-    assert code == 0 and "x: f32[batch, 8]" in out and "sha256" in out
+def cli(capsys, *args):
+    """Run sbc.cli.main in-process; return (exit code, stdout, stderr)."""
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
 
-    code, out, _ = run_cli("inspect", mlp_onnx, "--ir")
-    assert code == 0 and "MatMul(%x, %W)" in out
 
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory, mlp_onnx):
+    """`sbc compile` through the console script, with every pass-manager switch."""
+    work = tmp_path_factory.mktemp("cli")
+    artifact = work / "mlp.sbc"
+    proc = subprocess.run([SBC, "compile", mlp_onnx, "--target", "cpu", "-o", artifact,
+                           "--time-passes", "--verify-each", "--print-after=dce",
+                           "--dump-dir", work / "dump"], capture_output=True, text=True, timeout=300)
+    return work, artifact, proc
+
+
+def test_compile_summary_and_switches(compiled):
+    work, artifact, proc = compiled
+    assert proc.returncode == 0, proc.stderr
+    summary = proc.stdout.strip().splitlines()
+    assert len(summary) == 1 and summary[0].startswith("compiled ")
+    assert all(s in summary[0] for s in ("3 ops", "36 parameters", "MB", " s"))
+    assert artifact.exists() and not [p for p in os.listdir(work) if p.startswith(".sbc-partial")]
+    assert "IR after dce" in proc.stderr and "fold-constants" in proc.stderr
+    assert sorted(p.name for p in (work / "dump").iterdir())[0].startswith("01-")
+
+
+def test_inspect_artifact(compiled, capsys):
+    _, artifact, _ = compiled
+    code, out, _ = cli(capsys, "inspect", artifact)
+    assert code == 0
+    assert all(s in out for s in ("x: f32[batch, 8]", "y: f32[batch, 4]", "kind: cpu",
+                                  "sha256", "(verified)", "MatMul: 1", "count: 36"))
+    code, out, _ = cli(capsys, "inspect", artifact, "--json")
+    info = json.loads(out)
+    assert info["target"]["kind"] == "cpu" and info["target"]["features"] is not None
+    assert set(info["files"]) == {"lib.so", "weights.bin"}
+
+
+def test_inspect_onnx(mlp_onnx, capsys):
+    code, out, _ = cli(capsys, "inspect", mlp_onnx, "--ir")
+    assert code == 0 and "MatMul(%x, %W)" in out and "graph " in out
+    code, out, _ = cli(capsys, "inspect", mlp_onnx, "--json")
+    info = json.loads(out)
+    assert info["ops"] == {"Add": 1, "MatMul": 1, "Relu": 1}
+    assert info["parameters"] == {"count": 36, "tensors": 2, "bytes": 144}
+    assert info["inputs"] == ["x: f32[batch, 8]"]
+
+
+def test_run(compiled, tmp_path, capsys):
+    _, artifact, _ = compiled
     x = np.random.default_rng(0).normal(size=(3, 8)).astype(np.float32)
     np.savez(tmp_path / "in.npz", x=x)
-    code, out, err = run_cli("run", artifact, "--inputs", tmp_path / "in.npz", "--outputs", tmp_path / "out.npz")
+    code, out, err = cli(capsys, "run", artifact, "--inputs", tmp_path / "in.npz",
+                         "--outputs", tmp_path / "out.npz")
     assert code == 0, err
-    assert "y: float32[3, 4]" in out
-    assert np.load(tmp_path / "out.npz")["y"].shape == (3, 4)
+    assert out.strip() == "y: float32[3, 4]"
+    import sbc
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npz")["y"], sbc.load(artifact).run({"x": x})["y"])
 
 
-def test_passes_option_and_unknown_pass(tmp_path, mlp_onnx):
-    code, _, err = run_cli("compile", mlp_onnx, "-o", tmp_path / "a.sbc", "--passes", "dce,cse")
-    assert code == 0, err
-    code, _, err = run_cli("compile", mlp_onnx, "-o", tmp_path / "b.sbc", "--passes", "dce,nope")
-    assert code == 2 and "unknown pass 'nope'" in err and not (tmp_path / "b.sbc").exists()
-
-
-def test_export_and_demo(tmp_path):
-    code, out, err = run_cli("demo", "--seq", "16", "--workdir", tmp_path)
-    assert code == 0, err
-    assert "MATCH" in out and (tmp_path / "tiny.onnx").exists() and (tmp_path / "tiny.sbc").exists()
-
-
-def test_debug_reports_no_divergence(tmp_path, mlp_onnx):
+def test_run_subprocess(compiled, tmp_path):
+    """Once through a fresh process: the artifact is self-contained."""
+    _, artifact, _ = compiled
     np.savez(tmp_path / "in.npz", x=np.ones((2, 8), np.float32))
-    code, out, err = run_cli("debug", mlp_onnx, "--inputs", tmp_path / "in.npz")
+    code, out, err = run_cli("run", artifact, "--inputs", tmp_path / "in.npz")
+    assert code == 0, err
+    assert "y: float32[2, 4]" in out
+
+
+def test_passes_option_and_unknown_pass(tmp_path, mlp_onnx, capsys):
+    code, _, err = cli(capsys, "compile", mlp_onnx, "-o", tmp_path / "a.sbc", "--passes", "dce,cse")
+    assert code == 0, err
+    code, _, err = cli(capsys, "compile", mlp_onnx, "-o", tmp_path / "b.sbc", "--passes", "dce,nope")
+    assert code == 2 and err.startswith("sbc: error:") and "unknown pass 'nope'" in err
+    assert os.listdir(tmp_path) == ["a.sbc"]
+
+
+def test_version_and_help(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.startswith("sbc 0.")
+    assert main([]) == 2
+
+
+def test_debug_reports_no_divergence(tmp_path, mlp_onnx, capsys):
+    np.savez(tmp_path / "in.npz", x=np.ones((2, 8), np.float32))
+    code, out, err = cli(capsys, "debug", mlp_onnx, "--inputs", tmp_path / "in.npz")
     assert code == 0, err
     assert "no divergence" in out
+
+
+def test_export_then_demo(tmp_path, capsys):
+    """`sbc export` for real (a subprocess), then the demo on that file vs onnxruntime."""
+    onnx_path = tmp_path / "tiny.onnx"
+    code, out, err = run_cli("export", "--config", "tiny", "-o", onnx_path)
+    assert code == 0, err
+    assert "tiny" in out and onnx_path.exists()
+    code, out, err = cli(capsys, "demo", "--onnx", onnx_path, "--batch", "2", "--seq", "16",
+                         "--workdir", tmp_path / "work")
+    assert code == 0, out + err
+    assert all(s in out for s in ("MATCH", "argmax agreement", "max |diff|", "run onnxruntime"))
+    assert (tmp_path / "work" / "tiny.sbc").exists()
+
+
+def test_export_unknown_config(tmp_path):
+    code, _, err = run_cli("export", "--config", "huge", "-o", tmp_path / "m.onnx")
+    assert code == 2 and err.strip().startswith("sbc: error: unknown config 'huge'")
+    assert "Traceback" not in err and os.listdir(tmp_path) == []

@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from sbc.ir.ops.common import broadcast_shapes, same_type
-from sbc.ir.registry import Attr, op
+from sbc.ir.registry import Attr, OpError, op
 from sbc.ir.types import TensorType, dtype_of, numpy_dtype
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])
@@ -20,6 +20,7 @@ def _f(fn):
 
 
 def _gelu(attrs, x):
+    """Gelu-20: x * Phi(x), exact (erf) or with the tanh approximation."""
     if attrs["approximate"] == "tanh":
         inner = np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)
         return (0.5 * x * (1 + np.tanh(inner))).astype(x.dtype)
@@ -36,8 +37,36 @@ UNARY = {
     "Mish": _f(lambda x: x * np.tanh(np.logaddexp(0, x))),
     "Identity": lambda x: x, "Not": np.logical_not,
 }
+# which dtypes each unary op accepts (ONNX type constraints); the rest take any number type
+FLOAT_ONLY = {"Sqrt", "Reciprocal", "Exp", "Log", "Sin", "Cos", "Tanh", "Sigmoid", "Softplus",
+              "Softsign", "Erf", "Floor", "Ceil", "Round", "Mish", "IsNaN", "IsInf", "LeakyRelu",
+              "Elu", "Selu", "HardSigmoid", "HardSwish", "Gelu"}
+BOOL_ONLY = {"Not", "And", "Or", "Xor"}
+ANY_DTYPE = {"Identity", "Equal"}
+
+
+def check_dtype(node, dtype: str) -> None:
+    """Raise an OpError when `dtype` is outside what node.op accepts."""
+    if node.op in ANY_DTYPE:
+        return
+    if node.op in BOOL_ONLY:
+        ok, kind = dtype == "bool", "a bool"
+    elif node.op in FLOAT_ONLY:
+        ok, kind = dtype.startswith("f"), "a float"
+    else:
+        ok, kind = dtype != "bool", "a number"
+    if not ok:
+        raise OpError(f"{node.where()}: input must be {kind} tensor, got {dtype}")
+
+
+def unary_infer(node):
+    """Same type as the input."""
+    check_dtype(node, node.inputs[0].dtype)
+    return same_type(node)
+
+
 for _name, _fn in UNARY.items():
-    op(_name, inputs=["X"])(same_type).reference(lambda attrs, x, fn=_fn: np.asarray(fn(x)))
+    op(_name, inputs=["X"])(unary_infer).reference(lambda attrs, x, fn=_fn: np.asarray(fn(x)))
 
 # unary ops with attributes: name -> (attrs, reference(attrs, x))
 PARAMETRIC = {
@@ -52,19 +81,42 @@ PARAMETRIC = {
     "HardSigmoid": ({"alpha": Attr("float", 0.2), "beta": Attr("float", 0.5)},
                     lambda a, x: np.clip(a["alpha"] * x + a["beta"], 0, 1).astype(x.dtype)),
     "HardSwish": ({}, lambda a, x: (x * np.clip(x / 6 + 0.5, 0, 1)).astype(x.dtype)),
-    "Gelu": ({"approximate": Attr("str", "none")}, _gelu),
 }
 for _name, (_attrs, _fn) in PARAMETRIC.items():
-    op(_name, inputs=["X"], attrs=_attrs)(same_type).reference(_fn)
+    op(_name, inputs=["X"], attrs=_attrs)(unary_infer).reference(_fn)
+
+GELU_APPROXIMATIONS = ("none", "tanh")
+
+
+@op("Gelu", inputs=["X"], attrs={"approximate": Attr("str", "none")})
+def gelu(node):
+    if node.attrs["approximate"] not in GELU_APPROXIMATIONS:
+        raise OpError(f"{node.where()}: approximate must be one of {GELU_APPROXIMATIONS}, "
+                      f"got {node.attrs['approximate']!r}")
+    return unary_infer(node)
+
+
+gelu.reference(_gelu)
+
+
+def _same_dtypes(node, values) -> str:
+    dtypes = {v.dtype for v in values}
+    if len(dtypes) > 1:
+        raise OpError(f"{node.where()}: inputs must have the same dtype, got "
+                      f"{', '.join(v.dtype for v in values)}")
+    check_dtype(node, values[0].dtype)
+    return values[0].dtype
 
 
 def _binary_infer(node):
+    """Same dtype for both inputs; NumPy broadcasting of the shapes."""
     a, b = node.inputs
-    return [TensorType(a.dtype, broadcast_shapes(a.shape, b.shape))]
+    return [TensorType(_same_dtypes(node, [a, b]), broadcast_shapes(a.shape, b.shape))]
 
 
 def _compare_infer(node):
     a, b = node.inputs
+    _same_dtypes(node, [a, b])
     return [TensorType("bool", broadcast_shapes(a.shape, b.shape))]
 
 
@@ -73,8 +125,25 @@ def _div(a, b):
     if a.dtype == object or b.dtype == object:
         return np.asarray(a // b)
     if a.dtype.kind in "iu":
-        return np.trunc(a / b).astype(a.dtype)
+        # floor division, moved one up where the exact quotient is negative and not whole
+        # (integer arithmetic: a detour through float64 would round big int64 values)
+        q, r = np.floor_divide(a, b), np.remainder(a, b)
+        return (q + ((r != 0) & ((a < 0) != (b < 0)))).astype(a.dtype)
     return (a / b).astype(a.dtype)
+
+
+def _pow_infer(node):
+    """Pow-15: the exponent may have another number type; the result has the base's."""
+    x, y = node.inputs
+    check_dtype(node, x.dtype)
+    check_dtype(node, y.dtype)
+    return [TensorType(x.dtype, broadcast_shapes(x.shape, y.shape))]
+
+
+def _pow(x, y):
+    if x.dtype.kind == "f":  # in the base's precision (a float64 exponent must not widen it)
+        return np.power(x, y.astype(x.dtype)).astype(x.dtype)
+    return np.power(x, y).astype(x.dtype)
 
 
 def _same(a, fn):
@@ -85,11 +154,13 @@ def _same(a, fn):
 ARITHMETIC = {
     "Add": lambda a, b: _same(a, a + b), "Sub": lambda a, b: _same(a, a - b),
     "Mul": lambda a, b: _same(a, a * b), "Div": _div,
-    "Pow": lambda a, b: np.power(a, b).astype(a.dtype),
 }
 for _name, _fn in ARITHMETIC.items():
     op(_name, inputs=["A", "B"], outputs=["C"])(_binary_infer).reference(
         lambda attrs, a, b, fn=_fn: fn(np.asarray(a), np.asarray(b)))
+
+op("Pow", inputs=["X", "Y"], outputs=["Z"])(_pow_infer).reference(
+    lambda attrs, x, y: _pow(np.asarray(x), np.asarray(y)))
 
 COMPARE = {
     "Equal": np.equal, "Less": np.less, "LessOrEqual": np.less_equal, "Greater": np.greater,
@@ -103,16 +174,20 @@ for _name, _fn in COMPARE.items():
 
 @op("Mod", inputs=["A", "B"], outputs=["C"], attrs={"fmod": Attr("int", 0)})
 def mod(node):
+    """fmod=0: the remainder takes the divisor's sign (Python %; opset 28 allows floats too);
+    fmod=1: C fmod, the dividend's sign."""
     return _binary_infer(node)
 
 
 @mod.reference
 def _(attrs, a, b):
-    return (np.fmod(a, b) if attrs["fmod"] else np.mod(a, b)).astype(a.dtype)
+    return np.asarray(np.fmod(a, b) if attrs["fmod"] else np.mod(a, b)).astype(a.dtype)
 
 
 def _variadic_infer(node):
-    return [TensorType(node.inputs[0].dtype, broadcast_shapes(*[v.shape for v in node.inputs]))]
+    """One or more inputs of one dtype, broadcast together."""
+    dtype = _same_dtypes(node, node.inputs)
+    return [TensorType(dtype, broadcast_shapes(*[v.shape for v in node.inputs]))]
 
 
 VARIADIC = {
@@ -128,7 +203,12 @@ for _name, _fn in VARIADIC.items():
 
 @op("Where", inputs=["condition", "X", "Y"], outputs=["output"])
 def where(node):
+    """Elementwise condition ? X : Y, all three broadcast together."""
     c, x, y = node.inputs
+    if c.dtype != "bool":
+        raise OpError(f"{node.where()}: condition must be bool, got {c.dtype}")
+    if x.dtype != y.dtype:
+        raise OpError(f"{node.where()}: X and Y must have the same dtype, got {x.dtype}, {y.dtype}")
     return [TensorType(x.dtype, broadcast_shapes(c.shape, x.shape, y.shape))]
 
 
@@ -140,21 +220,35 @@ def _(attrs, c, x, y):
 
 @op("Clip", inputs=["input", "min?", "max?"], outputs=["output"])
 def clip(node):
+    """Clamp to [min, max]; an omitted bound does not clamp. Bounds are scalars (one element)
+    of the input's dtype."""
+    x = node.inputs[0]
+    for bound in node.inputs[1:]:
+        if bound is None:
+            continue
+        if bound.dtype != x.dtype:
+            raise OpError(f"{node.where()}: bounds must have the input's dtype {x.dtype}, "
+                          f"got {bound.dtype}")
+        if bound.type.numel != 1:
+            raise OpError(f"{node.where()}: bounds must be scalars, got {bound.type}")
     return same_type(node)
 
 
 @clip.reference
 def _(attrs, x, lo=None, hi=None):
+    shape = np.shape(x)  # a bound of shape [1] must not add a dim to a scalar input
     if lo is not None:
         x = np.maximum(x, lo)
     if hi is not None:
         x = np.minimum(x, hi)
-    return np.asarray(x)
+    return np.asarray(x).reshape(shape)
 
 
-@op("Cast", inputs=["input"], outputs=["output"], attrs={"to": Attr("dtype"),
-                                                        "saturate": Attr("int", 1)})
+@op("Cast", inputs=["input"], outputs=["output"], attrs={
+    "to": Attr("dtype"), "saturate": Attr("int", 1), "round_mode": Attr("str", "up")})
 def cast(node):
+    """Convert to dtype `to` (an sbc dtype name). saturate and round_mode only concern float8
+    types, which sbc does not have."""
     return [TensorType(node.attrs["to"], node.inputs[0].shape)]
 
 
@@ -170,8 +264,9 @@ def _cast(x, to: str):
 
 
 @op("CastLike", inputs=["input", "target_type"], outputs=["output"],
-    attrs={"saturate": Attr("int", 1)})
+    attrs={"saturate": Attr("int", 1), "round_mode": Attr("str", "up")})
 def cast_like(node):
+    """Cast to the dtype of target_type."""
     return [TensorType(node.inputs[1].dtype, node.inputs[0].shape)]
 
 
@@ -182,6 +277,7 @@ def _(attrs, x, like):
 
 @op("IsNaN", inputs=["X"])
 def isnan(node):
+    check_dtype(node, node.inputs[0].dtype)
     return [TensorType("bool", node.inputs[0].shape)]
 
 
@@ -191,6 +287,7 @@ isnan.reference(lambda attrs, x: np.isnan(x))
 @op("IsInf", inputs=["X"], attrs={"detect_negative": Attr("int", 1),
                                   "detect_positive": Attr("int", 1)})
 def isinf(node):
+    check_dtype(node, node.inputs[0].dtype)
     return [TensorType("bool", node.inputs[0].shape)]
 
 

@@ -1,5 +1,6 @@
 """Linear algebra and normalisation ops with ONNX semantics: MatMul, Gemm, Einsum,
-LayerNormalization (opset 17), RMSNormalization (opset 23), and sbc's MatMulPacked."""
+LayerNormalization (opset 17), RMSNormalization (opset 23), and sbc's MatMulPacked.
+(Attention and RotaryEmbedding: attention.py.)"""
 
 from __future__ import annotations
 
@@ -7,15 +8,27 @@ import numpy as np
 
 from sbc.ir.ops.common import broadcast_shapes, normalize_axis
 from sbc.ir.registry import Attr, OpError, op
-from sbc.ir.types import TensorType
+from sbc.ir.types import TensorType, numpy_dtype
+
+
+def _broadcasts_to(shape, target) -> bool:
+    """Whether `shape` broadcasts to exactly `target` (unidirectional broadcasting)."""
+    try:
+        return broadcast_shapes(shape, target) == tuple(target)
+    except OpError:
+        return False
 
 
 @op("MatMul", inputs=["A", "B"])
 def matmul(node):
+    """numpy.matmul: [..., M, K] x [..., K, N] -> [broadcast(...), M, N]; a 1-D A is a row
+    [K] (its M dim dropped), a 1-D B a column [K] (its N dim dropped)."""
     a, b = node.inputs
     sa, sb = a.shape, b.shape
     if not sa or not sb:
         raise OpError("MatMul: inputs must have rank >= 1")
+    if a.dtype != b.dtype or a.dtype == "bool":
+        raise OpError(f"MatMul: inputs must be numbers of one dtype, got {a.type} x {b.type}")
     ka = sa[-1]
     kb = sb[0] if len(sb) == 1 else sb[-2]
     if ka != kb and isinstance(ka, int) and isinstance(kb, int):
@@ -36,9 +49,19 @@ matmul.reference(lambda attrs, a, b: np.matmul(a, b).astype(a.dtype))
 @op("Gemm", inputs=["A", "B", "C?"], attrs={"alpha": Attr("float", 1.0), "beta": Attr("float", 1.0),
                                             "transA": Attr("int", 0), "transB": Attr("int", 0)})
 def gemm(node):
+    """alpha * A' B' + beta * C with A' = A or A^T (transA), B' likewise: [M, K] x [K, N];
+    C (optional) broadcasts to [M, N]."""
     a, b = node.inputs[:2]
-    m = a.shape[1] if node.attrs["transA"] else a.shape[0]
-    n = b.shape[0] if node.attrs["transB"] else b.shape[1]
+    if a.type.rank != 2 or b.type.rank != 2:
+        raise OpError(f"Gemm: A and B must be 2-D, got {a.type}, {b.type}")
+    m, ka = (a.shape[1], a.shape[0]) if node.attrs["transA"] else a.shape
+    kb, n = (b.shape[1], b.shape[0]) if node.attrs["transB"] else b.shape
+    if isinstance(ka, int) and isinstance(kb, int) and ka != kb:
+        raise OpError(f"Gemm: inner dims differ: {a.type} x {b.type} (transA="
+                      f"{node.attrs['transA']}, transB={node.attrs['transB']})")
+    c = node.inputs[2] if len(node.inputs) > 2 else None
+    if c is not None and not _broadcasts_to(c.shape, (m, n)):
+        raise OpError(f"Gemm: C {c.type} does not broadcast to [{m}, {n}]")
     return [TensorType(a.dtype, (m, n))]
 
 
@@ -46,32 +69,50 @@ def gemm(node):
 def _(attrs, a, b, c=None):
     a = a.T if attrs["transA"] else a
     b = b.T if attrs["transB"] else b
-    y = attrs["alpha"] * (a @ b)
+    y = attrs["alpha"] * (a @ b)  # a Python float scalar keeps float32 math in float32
     if c is not None:
         y = y + attrs["beta"] * c
     return y.astype(a.dtype)
 
 
-def _norm_outputs(node, stat_dtype="f32"):
+STASH_TYPES = {1: "f32", 10: "f16", 11: "f64"}  # ONNX TensorProto code -> sbc dtype
+
+
+def _norm_outputs(node):
+    """(X, axis, shape of the per-row statistics, stash dtype) of a normalization node; the
+    scale (and bias) must broadcast to the normalized dims X[axis:]."""
     x = node.inputs[0]
+    if not x.dtype.startswith("f"):
+        raise OpError(f"{node.where()}: X must be a float tensor, got {x.type}")
     axis = normalize_axis(node.attrs["axis"], x.type.rank)
+    for p in node.inputs[1:]:
+        if p is not None and (p.dtype != x.dtype or not _broadcasts_to(p.shape, x.shape[axis:])):
+            raise OpError(f"{node.where()}: scale/bias {p.type} must be {x.dtype} broadcasting "
+                          f"to the normalized dims {list(map(str, x.shape[axis:]))}")
+    if node.attrs["stash_type"] not in STASH_TYPES:
+        raise OpError(f"{node.where()}: stash_type {node.attrs['stash_type']} is not "
+                      f"supported (1, 10, 11 are)")
     stat_shape = tuple(d if i < axis else 1 for i, d in enumerate(x.shape))
-    return x, axis, stat_shape
+    return x, axis, stat_shape, STASH_TYPES[node.attrs["stash_type"]]
 
 
 @op("LayerNormalization", inputs=["X", "Scale", "B?"], outputs=["Y", "Mean?", "InvStdDev?"],
     attrs={"axis": Attr("int", -1), "epsilon": Attr("float", 1e-5), "stash_type": Attr("int", 1),
            "num_outputs": Attr("int", 1)})
 def layer_norm(node):
-    """Outputs Mean and InvStdDev exist when num_outputs (set by the frontend) says so."""
-    x, axis, stat = _norm_outputs(node)
-    return [x.type] + [TensorType("f32", stat)] * (node.attrs["num_outputs"] - 1)
+    """Y = (X - mean) / sqrt(var + epsilon) * Scale + B over the dims from `axis` on, computed
+    in stash_type. Outputs Mean and InvStdDev (stash_type, [X.shape[:axis], 1, ...]) exist when
+    num_outputs (1 to 3, an sbc attribute the frontend sets from the ONNX node) says so."""
+    x, axis, stat, stash = _norm_outputs(node)
+    if not 1 <= node.attrs["num_outputs"] <= 3:
+        raise OpError(f"{node.where()}: num_outputs must be 1 to 3")
+    return [x.type] + [TensorType(stash, stat)] * (node.attrs["num_outputs"] - 1)
 
 
 @layer_norm.reference
 def _(attrs, x, scale, bias=None):
     axes = tuple(range(attrs["axis"] % x.ndim, x.ndim))
-    xf = x.astype(np.float32)
+    xf = x.astype(numpy_dtype(STASH_TYPES[attrs["stash_type"]]))
     mean = xf.mean(axis=axes, keepdims=True)
     inv = 1 / np.sqrt(((xf - mean) ** 2).mean(axis=axes, keepdims=True) + attrs["epsilon"])
     y = (xf - mean) * inv * scale
@@ -83,14 +124,16 @@ def _(attrs, x, scale, bias=None):
 @op("RMSNormalization", inputs=["X", "scale"], outputs=["Y"],
     attrs={"axis": Attr("int", -1), "epsilon": Attr("float", 1e-5), "stash_type": Attr("int", 1)})
 def rms_norm(node):
-    normalize_axis(node.attrs["axis"], node.inputs[0].type.rank)
+    """Y = X / sqrt(mean(X^2) + epsilon) * scale over the dims from `axis` on, computed in
+    stash_type."""
+    _norm_outputs(node)
     return [node.inputs[0].type]
 
 
 @rms_norm.reference
 def _(attrs, x, scale):
     axes = tuple(range(attrs["axis"] % x.ndim, x.ndim))
-    xf = x.astype(np.float32)
+    xf = x.astype(numpy_dtype(STASH_TYPES[attrs["stash_type"]]))
     inv = 1 / np.sqrt((xf * xf).mean(axis=axes, keepdims=True) + attrs["epsilon"])
     return (xf * inv * scale).astype(x.dtype)
 
@@ -147,9 +190,19 @@ def einsum(node):
     subs, out = einsum_subscripts(node.attrs["equation"], [v.type.rank for v in node.inputs])
     sizes: dict[str, object] = {}
     for s, v in zip(subs, node.inputs):
+        if v.dtype != node.inputs[0].dtype:
+            raise OpError(f"Einsum: inputs differ in dtype ({node.inputs[0].type}, {v.type})")
         for letter, d in zip(s, v.shape):
-            if sizes.get(letter, 1) == 1:  # broadcast (ellipsis) dims: the non-1 size wins
+            known = sizes.get(letter, 1)
+            if known == 1:  # broadcast (ellipsis) dims: the non-1 size wins
                 sizes[letter] = d
+            elif d != 1 and d != known and isinstance(d, int) and isinstance(known, int):
+                raise OpError(f"Einsum: '{letter}' is {known} in one operand and {d} in "
+                              f"another ('{node.attrs['equation']}')")
+    unknown = set(out) - set(sizes)
+    if unknown:
+        raise OpError(f"Einsum: output letters {sorted(unknown)} of '{node.attrs['equation']}' "
+                      f"occur in no input")
     return [TensorType(node.inputs[0].dtype, tuple(sizes[c] for c in out))]
 
 

@@ -19,6 +19,8 @@ def _reduce_axes(node, rank):
 
 
 def _reduce_infer(node):
+    """Reduce over the known axes input (all axes when it is omitted or empty, none when also
+    noop_with_empty_axes); keepdims keeps reduced dims as 1."""
     x = node.inputs[0]
     axes = _reduce_axes(node, x.type.rank)
     keep = node.attrs["keepdims"]
@@ -29,10 +31,10 @@ def _reduce_infer(node):
 def _reduce_ref(fn):
     def ref(attrs, x, axes=None):
         axes = [] if axes is None else [int(a) % max(x.ndim, 1) for a in axes]
-        if not axes:
-            if attrs["noop_with_empty_axes"]:
-                return x
+        if not axes and not attrs["noop_with_empty_axes"]:
             axes = list(range(x.ndim))
+        # no axes with noop_with_empty_axes: reduce over the empty set, which still applies
+        # the composite reductions' elementwise steps (ReduceL1 -> Abs, ReduceSumSquare -> x*x)
         return np.asarray(fn(x, tuple(axes), bool(attrs["keepdims"]))).astype(x.dtype)
     return ref
 
@@ -71,6 +73,7 @@ for _name, _fn in REDUCTIONS.items():
 
 
 def _arg_infer(node):
+    """i64 index of the max/min along `axis` (the first, or with select_last_index the last)."""
     x = node.inputs[0]
     axis = normalize_axis(node.attrs["axis"], x.type.rank)
     keep = node.attrs["keepdims"]
@@ -99,6 +102,8 @@ for _name, _fn in {"ArgMax": np.argmax, "ArgMin": np.argmin}.items():
 @op("CumSum", inputs=["x", "axis"], outputs=["y"], attrs={"exclusive": Attr("int", 0),
                                                          "reverse": Attr("int", 0)})
 def cumsum(node):
+    """Running sums along the (known, 0-d or 1-element) axis input; exclusive leaves each entry
+    out of its own sum, reverse sums from the end."""
     normalize_axis(int(known_ints(node.inputs[1], "CumSum's axis")[0]), node.inputs[0].type.rank)
     return same_type(node)
 
@@ -108,8 +113,9 @@ def _(attrs, x, axis):
     axis = int(np.asarray(axis).reshape(-1)[0]) % x.ndim
     y = np.flip(x, axis) if attrs["reverse"] else x
     out = np.cumsum(y, axis=axis, dtype=x.dtype)
-    if attrs["exclusive"]:
-        out = out - y
+    if attrs["exclusive"]:  # shift by one (subtracting y would round floats differently)
+        zero = np.zeros_like(np.take(out, [0], axis=axis))
+        out = np.concatenate([zero, np.take(out, np.arange(out.shape[axis] - 1), axis=axis)], axis)
     return np.flip(out, axis) if attrs["reverse"] else out
 
 
@@ -120,6 +126,7 @@ def _softmax(x, axis):
 
 @op("Softmax", inputs=["input"], outputs=["output"], attrs={"axis": Attr("int", -1)})
 def softmax(node):
+    """exp(x - max) / sum(exp(x - max)) along `axis` (opset 13: one axis, not a 2-D coercion)."""
     normalize_axis(node.attrs["axis"], node.inputs[0].type.rank)
     return same_type(node)
 

@@ -15,6 +15,7 @@ from sbc.ir.types import TensorType, dtype_of
 @op("Shape", inputs=["data"], outputs=["shape"], attrs={"start": Attr("int", 0),
                                                         "end": Attr("int", None)})
 def shape_(node):
+    """The dims of data[start:end] (Python slice rules) as i64; known at compile time."""
     return [TensorType("i64", (len(_shape_slice(node)),))]
 
 
@@ -37,6 +38,7 @@ def _(attrs, x):
 
 @op("Reshape", inputs=["data", "shape"], outputs=["reshaped"], attrs={"allowzero": Attr("int", 0)})
 def reshape(node):
+    """Same data, new shape; the shape must be known at compile time."""
     x, shape = node.inputs
     return [TensorType(x.dtype, resolve_reshape(x.shape, known_ints(shape, "Reshape's shape"),
                                                 node.attrs["allowzero"]))]
@@ -63,6 +65,7 @@ def _(attrs, x, shape):
 
 @op("Constant", inputs=[], outputs=["output"], attrs={"value": Attr("tensor")})
 def constant(node):
+    """The `value` tensor (object arrays of symbolic dims are i64)."""
     value = node.attrs["value"]
     return [TensorType("i64" if value.dtype == object else dtype_of(value), value.shape)]
 
@@ -81,6 +84,7 @@ def _(attrs, *unused):
 
 @op("Transpose", inputs=["data"], outputs=["transposed"], attrs={"perm": Attr("ints", None)})
 def transpose(node):
+    """Permute the dims: out.shape[i] = in.shape[perm[i]]; perm defaults to reversed."""
     x = node.inputs[0]
     perm = _perm(node.attrs["perm"], x.type.rank)
     return [TensorType(x.dtype, tuple(x.shape[p] for p in perm))]
@@ -104,6 +108,7 @@ def _axes(node, index, rank, what):
 
 @op("Squeeze", inputs=["data", "axes?"], outputs=["squeezed"])
 def squeeze(node):
+    """Drop the given size-1 dims (all static size-1 dims when axes is omitted)."""
     x = node.inputs[0]
     axes = _axes(node, 1, x.type.rank, "Squeeze's axes")
     if axes is None:
@@ -120,9 +125,12 @@ def _(attrs, x, axes=None):
 
 @op("Unsqueeze", inputs=["data", "axes"], outputs=["expanded"])
 def unsqueeze(node):
+    """Insert size-1 dims at `axes`, which index the output (rank + len(axes))."""
     x = node.inputs[0]
     rank = x.type.rank + len(known_ints(node.inputs[1], "Unsqueeze's axes"))
     axes = _axes(node, 1, rank, "Unsqueeze's axes")
+    if len(set(axes)) != len(axes):
+        raise OpError(f"{node.where()}: axes {axes} repeat an axis")
     dims = iter(x.shape)
     return [TensorType(x.dtype, tuple(1 if i in axes else next(dims) for i in range(rank)))]
 
@@ -134,6 +142,7 @@ def _(attrs, x, axes):
 
 @op("Flatten", inputs=["input"], outputs=["output"], attrs={"axis": Attr("int", 1)})
 def flatten(node):
+    """2-D [prod(shape[:axis]), prod(shape[axis:])]."""
     x = node.inputs[0]
     axis = _flatten_axis(node.attrs["axis"], x.type.rank)
     return [TensorType(x.dtype, (prod(x.shape[:axis]), prod(x.shape[axis:])))]
@@ -154,11 +163,15 @@ def _(attrs, x):
 
 @op("Concat", inputs=["inputs*"], outputs=["concat_result"], attrs={"axis": Attr("int")})
 def concat(node):
+    """Join along `axis`; every other dim must agree."""
     first = node.inputs[0].type
     axis = normalize_axis(node.attrs["axis"], first.rank)
     for v in node.inputs[1:]:
         if v.type.rank != first.rank or v.dtype != first.dtype:
             raise OpError(f"Concat: inputs {first} and {v.type} differ in dtype or rank")
+        if any(isinstance(a, int) and isinstance(b, int) and a != b
+               for i, (a, b) in enumerate(zip(first.shape, v.shape)) if i != axis):
+            raise OpError(f"Concat: inputs {first} and {v.type} differ outside axis {axis}")
     size = sum((v.shape[axis] for v in node.inputs[1:]), first.shape[axis])
     return [TensorType(first.dtype, first.shape[:axis] + (size,) + first.shape[axis + 1:])]
 
@@ -169,6 +182,8 @@ concat.reference(lambda attrs, *xs: np.concatenate(xs, axis=attrs["axis"]))
 @op("Split", inputs=["input", "split?"], outputs=["outputs*"], attrs={
     "axis": Attr("int", 0), "num_outputs": Attr("int", None)})
 def split(node):
+    """Cut along `axis` into the sizes of the split input, or into num_outputs chunks of
+    ceil(dim / num_outputs) (the last one smaller)."""
     x = node.inputs[0]
     axis = normalize_axis(node.attrs["axis"], x.type.rank)
     return [TensorType(x.dtype, x.shape[:axis] + (n,) + x.shape[axis + 1:])
@@ -200,34 +215,53 @@ def _(attrs, x, sizes=None):
 
 # -- indexing ----------------------------------------------------------------------------------
 
-INT64_BIG = 2 ** 31  # ONNX exporters write INT64_MAX / INT32_MAX for "to the end"
+INT64_BIG = 2 ** 31 - 1  # exporters write INT64_MAX / INT32_MAX (and MIN) for "to the end"
 
 
 def _slice_range(dim, start, end, step):
     """Clamped (start, end, length) of one sliced axis, ONNX rules; dim may be symbolic.
-    Positive steps clamp indices to [0, dim], negative steps to [-1, dim - 1]."""
-    def clamp(i):
+
+    Negative indices count from the end. Positive steps clamp start and end to [0, dim];
+    negative steps clamp start to [0, dim - 1] and end to [-1, dim - 1] (-1: before the
+    first entry). Against a symbolic dim, +-2**31 and beyond mean "to the end" and other
+    indices are taken to be in range."""
+    lo, hi = (0, dim) if step > 0 else (-1, dim - 1)
+
+    def clamp(i, lowest):
         if isinstance(i, int) and i >= INT64_BIG:
-            return dim if step > 0 else dim - 1
+            return hi
         if isinstance(i, int) and i <= -INT64_BIG:
-            return 0 if step > 0 else -1
+            return lowest
         if isinstance(i, int) and i < 0:
             i = dim + i
         if isinstance(i, int) and isinstance(dim, int):
-            return max(0, min(i, dim)) if step > 0 else max(-1, min(i, dim - 1))
+            return max(lowest, min(i, hi))
         return i
 
-    s, e = clamp(start), clamp(end)
+    s, e = clamp(start, 0), clamp(end, lo)
     span, stride = (e - s, step) if step > 0 else (s - e, -step)
-    if isinstance(span, int):
+    if isinstance(dim, int) and dim == 0:
+        length = 0
+    elif isinstance(span, int):
         length = max(0, -(-span // stride))
-    else:  # symbolic: exact when the stride is 1 (ceil division otherwise)
-        length = span if stride == 1 else (span + stride - 1) // stride
+    else:  # symbolic: ceil(span / stride) where the polynomial division is exact
+        length = _ceil_div(span, stride)
     return s, e, length
+
+
+def _ceil_div(span, stride):
+    """ceil(span / stride) of a symbolic span: span // stride when that divides exactly
+    (2*seq // 2), else (span + stride - 1) // stride; raises SymbolicError otherwise."""
+    from sbc.ir.dims import SymbolicError
+    try:
+        return span // stride
+    except SymbolicError:
+        return (span + stride - 1) // stride
 
 
 @op("Slice", inputs=["data", "starts", "ends", "axes?", "steps?"], outputs=["output"])
 def slice_(node):
+    """data[starts:ends:steps] on the given axes, clamped as ONNX says (see _slice_range)."""
     x = node.inputs[0]
     shape = list(x.shape)
     for axis, start, end, step in _slice_args(node, x.type.rank):
@@ -261,7 +295,10 @@ def _(attrs, x, starts, ends, axes=None, steps=None):
 
 @op("Gather", inputs=["data", "indices"], outputs=["output"], attrs={"axis": Attr("int", 0)})
 def gather(node):
+    """Take entries of data along `axis` (negative indices count from the end); the indices'
+    shape replaces that axis."""
     x, idx = node.inputs
+    _check_indices(node, idx)
     axis = normalize_axis(node.attrs["axis"], x.type.rank)
     return [TensorType(x.dtype, x.shape[:axis] + idx.shape + x.shape[axis + 1:])]
 
@@ -273,9 +310,20 @@ def _(attrs, x, idx):
     return np.take(x, idx, axis=axis)
 
 
+def _check_indices(node, idx):
+    if idx.dtype not in ("i32", "i64"):
+        raise OpError(f"{node.where()}: indices must be i32 or i64, got {idx.dtype}")
+
+
 @op("GatherElements", inputs=["data", "indices"], outputs=["output"],
     attrs={"axis": Attr("int", 0)})
 def gather_elements(node):
+    """out[i][j] = data[idx[i][j]][j] (axis 0): indices as big as the output, same rank."""
+    x, idx = node.inputs
+    _check_indices(node, idx)
+    normalize_axis(node.attrs["axis"], x.type.rank)
+    if idx.type.rank != x.type.rank:
+        raise OpError(f"{node.where()}: indices {idx.type} must have the rank of data {x.type}")
     return [TensorType(node.inputs[0].dtype, node.inputs[1].shape)]
 
 
@@ -287,11 +335,19 @@ def _(attrs, x, idx):
 
 @op("GatherND", inputs=["data", "indices"], outputs=["output"], attrs={"batch_dims": Attr("int", 0)})
 def gather_nd(node):
+    """Index tuples in the last indices dim select slices of data; the first batch_dims dims
+    of data and indices are batch dims, shared."""
     x, idx = node.inputs
+    _check_indices(node, idx)
     b = node.attrs["batch_dims"]
+    if idx.type.rank < 1 or not 0 <= b < min(x.type.rank, idx.type.rank):
+        raise OpError(f"GatherND: batch_dims {b} does not fit data {x.type}, indices {idx.type}")
     last = idx.shape[-1]
     if not isinstance(last, int):
         raise OpError("GatherND: the last indices dim must be static")
+    if last > x.type.rank - b:
+        raise OpError(f"GatherND: indices {idx.type} index {last} dims, data {x.type} has "
+                      f"{x.type.rank - b} after batch_dims {b}")
     return [TensorType(x.dtype, idx.shape[:-1] + x.shape[b + last:])]
 
 
@@ -313,6 +369,7 @@ def _(attrs, x, idx):
 
 @op("Expand", inputs=["input", "shape"], outputs=["output"])
 def expand(node):
+    """Broadcast to `shape` bidirectionally: the result has the broadcast of both shapes."""
     x, shape = node.inputs
     target = known_ints(shape, "Expand's shape")
     return [TensorType(x.dtype, broadcast_shapes(x.shape, target))]
@@ -325,18 +382,29 @@ def _(attrs, x, shape):
 
 @op("Tile", inputs=["input", "repeats"], outputs=["output"])
 def tile(node):
+    """Repeat the input repeats[i] times along dim i."""
     x, reps = node.inputs
     r = known_ints(reps, "Tile's repeats")
+    if len(r) != x.type.rank:
+        raise OpError(f"Tile: repeats {r} must have one entry per dim of {x.type}")
     return [TensorType(x.dtype, tuple(d * n for d, n in zip(x.shape, r)))]
 
 
 tile.reference(lambda attrs, x, reps: np.tile(x, [int(r) for r in reps]))
 
 
-@op("Range", inputs=["start", "limit", "delta"], outputs=["output"])
+@op("Range", inputs=["start", "limit", "delta"], outputs=["output"],
+    attrs={"stash_type": Attr("int", 1)})
 def range_(node):
+    """start, start + delta, ... up to (excluding) limit; max(ceil((limit - start) / delta), 0)
+    entries. stash_type (opset 27) concerns f16 accumulation only."""
     start, limit, delta = (np.asarray(known(v, "Range's bounds")).reshape(()).item()
                            for v in node.inputs)
+    if len({v.dtype for v in node.inputs}) != 1:
+        raise OpError(f"Range: start, limit and delta must have one dtype, got "
+                      f"{[v.dtype for v in node.inputs]}")
+    if isinstance(delta, Sym) or delta == 0:
+        raise OpError(f"Range: delta must be a nonzero constant, got {delta}")
     if not any(isinstance(b, Sym) for b in (start, limit, delta)):
         length = max(int(np.ceil((limit - start) / delta)), 0)
     elif delta == 1:
@@ -351,6 +419,7 @@ range_.reference(lambda attrs, s, l, d: np.arange(s, l, d, dtype=np.asarray(s).d
 
 @op("ConstantOfShape", inputs=["input"], outputs=["output"], attrs={"value": Attr("tensor", None)})
 def constant_of_shape(node):
+    """A tensor of the known shape filled with the one-element `value` (default f32 0)."""
     value = node.attrs["value"]
     dtype = "f32" if value is None else dtype_of(value)
     return [TensorType(dtype, tuple(known_ints(node.inputs[0], "ConstantOfShape's shape")))]
@@ -364,6 +433,7 @@ def _(attrs, shape):
 
 @op("Size", inputs=["data"], outputs=["size"])
 def size(node):
+    """The number of elements, i64 scalar; known at compile time (possibly symbolic)."""
     return [TensorType("i64", ())]
 
 
@@ -378,6 +448,10 @@ size.reference(lambda attrs, x: np.array(x.size, dtype=np.int64))
 
 @op("Trilu", inputs=["input", "k?"], outputs=["output"], attrs={"upper": Attr("int", 1)})
 def trilu(node):
+    """Keep the upper (or lower) triangle of the last two dims, diagonal shifted by k
+    (optional, default 0); zero the rest."""
+    if node.inputs[0].type.rank < 2:
+        raise OpError(f"Trilu: input must have rank >= 2, got {node.inputs[0].type}")
     return [node.inputs[0].type]
 
 
@@ -393,6 +467,8 @@ PAD_MODES = ("constant", "edge", "reflect")
 @op("Pad", inputs=["data", "pads", "constant_value?", "axes?"], outputs=["output"],
     attrs={"mode": Attr("str", "constant")})
 def pad(node):
+    """Pad (negative: crop) the given axes by pads = [begins..., ends...]; modes constant
+    (constant_value, default 0), edge, reflect."""
     if node.attrs["mode"] not in PAD_MODES:
         raise OpError(f"{node.where()}: Pad mode '{node.attrs['mode']}' is not supported; "
                       f"supported: {', '.join(PAD_MODES)}")
@@ -409,6 +485,8 @@ def _pad_widths(node, rank):
             if len(node.inputs) > 3 and node.inputs[3] is not None else range(rank))
     axes = [normalize_axis(int(a), rank) for a in axes]
     n = len(axes)
+    if len(pads) != 2 * n:
+        raise OpError(f"Pad: pads {pads} must hold 2 entries per padded axis ({n} axes)")
     return {a: (pads[i], pads[i + n]) for i, a in enumerate(axes)}
 
 
@@ -419,8 +497,46 @@ def _(attrs, x, pads, value=None, axes=None):
     widths = [(0, 0)] * rank
     for i, a in enumerate(axes):
         widths[a] = (pads[i], pads[i + len(axes)])
+    # negative pads crop: pad by the positive parts, then slice the negative ones off
+    crop = tuple(slice(max(-b, 0), n - max(-a, 0) if a < 0 else None)
+                 for (b, a), n in zip(widths, [x.shape[i] + max(w[0], 0) + max(w[1], 0)
+                                               for i, w in enumerate(widths)]))
+    widths = [(max(b, 0), max(a, 0)) for b, a in widths]
     mode = attrs["mode"]
     if mode == "constant":
         cval = 0 if value is None else np.asarray(value).reshape(-1)[0]
-        return np.pad(x, widths, mode="constant", constant_values=cval)
-    return np.pad(x, widths, mode=mode)
+        return np.pad(x, widths, mode="constant", constant_values=cval)[crop]
+    return np.pad(x, widths, mode=mode)[crop]
+
+
+# -- sorting -----------------------------------------------------------------------------------
+
+@op("TopK", inputs=["X", "K"], outputs=["Values", "Indices"], attrs={
+    "axis": Attr("int", -1), "largest": Attr("int", 1), "sorted": Attr("int", 1)})
+def topk(node):
+    """The k largest (or smallest) entries along `axis` and their i64 indices, best first;
+    equal values keep index order. sorted=0 allows any order: sbc sorts anyway."""
+    x, k_value = node.inputs
+    axis = normalize_axis(node.attrs["axis"], x.type.rank)
+    ks = known_ints(k_value, "TopK's k")
+    if len(ks) != 1:
+        raise OpError(f"TopK: k must hold one value, got {ks}")
+    k, dim = ks[0], x.shape[axis]
+    if isinstance(k, int) and (k < 0 or (isinstance(dim, int) and k > dim)):
+        raise OpError(f"TopK: k = {k} is out of range for axis {axis} of {x.type}")
+    shape = x.shape[:axis] + (k,) + x.shape[axis + 1:]
+    return [TensorType(x.dtype, shape), TensorType("i64", shape)]
+
+
+@topk.reference
+def _(attrs, x, k):
+    axis, k = attrs["axis"] % x.ndim, int(np.asarray(k).reshape(-1)[0])
+    if attrs["largest"]:
+        # a stable ascending sort of the reversed axis, read backwards: descending values,
+        # ties in ascending index order (no negation: it would wrap unsigned ints)
+        flipped = np.argsort(np.flip(x, axis), axis=axis, kind="stable")
+        order = x.shape[axis] - 1 - np.flip(flipped, axis)
+    else:
+        order = np.argsort(x, axis=axis, kind="stable")
+    idx = np.take(order, np.arange(k), axis=axis).astype(np.int64)
+    return np.take_along_axis(x, idx, axis=axis), idx

@@ -101,15 +101,14 @@ BINARY_FLOAT = ["Add", "Sub", "Mul", "Div", "Pow", "Equal", "Less", "LessOrEqual
 
 
 def test_float_binary_broadcast():
-    """[3, 1, 5] op [4, 1] -> [3, 4, 5]; Mod in both modes; variadic Max/Min/Sum/Mean; Where."""
+    """[3, 1, 5] op [4, 1] -> [3, 4, 5]; fmod; variadic Max/Min/Sum/Mean; Where."""
     g = Graph()
     a = g.add_input("a", TensorType("f32", (3, 1, 5)))
     b = g.add_input("b", TensorType("f32", (4, 1)))
     c = g.add_input("c", TensorType("f32", (5,)))
     cond = g.add_input("cond", TensorType("bool", (4, 5)))
     named = {op: g.add1(op, a, b) for op in BINARY_FLOAT}
-    named["Mod"] = g.add1("Mod", a, b)
-    named["Fmod"] = g.add1("Mod", a, b, fmod=1)
+    named["Fmod"] = g.add1("Mod", a, b, fmod=1)  # float Mod requires fmod=1 (ONNX)
     named.update({op: g.add(op, [a, b, c]).outputs[0] for op in ["Max", "Min", "Sum", "Mean"]})
     named["Where"] = g.add1("Where", cond, a, b)
     named["ScalarAdd"] = g.add1("Add", a, const(g, 2.0, F32))
@@ -134,7 +133,7 @@ def test_integer_binary(dtype):
     named["Mod"] = g.add1("Mod", a, b)
     named["Fmod"] = g.add1("Mod", a, b, fmod=1)
     named["Pow"] = g.add1("Pow", a, g.add1("Abs", b))
-    named["Max"] = g.add("Max", [a, b]).outputs[0]
+    named.update({op: g.add(op, [a, b]).outputs[0] for op in ["Max", "Min", "Sum"]})  # Mean: floats only
     npd = np.int32 if dtype == "i32" else np.int64
     named["Clip"] = g.add1("Clip", a, const(g, -3, npd), const(g, 4, npd))
     outputs(g, named)
@@ -149,7 +148,7 @@ def test_logic_where_clip_cast():
     q = g.add_input("q", TensorType("bool", (3,)))
     x = g.add_input("x", TensorType("f32", (4, 3)))
     i = g.add_input("i", TensorType("i64", (4, 3)))
-    named = {op: g.add1(op, p, q) for op in ["And", "Or", "Xor", "Equal", "Less", "GreaterOrEqual"]}
+    named = {op: g.add1(op, p, q) for op in ["And", "Or", "Xor", "Equal"]}
     named["Not"] = g.add1("Not", p)
     named["WhereInt"] = g.add1("Where", p, i, const(g, -1))
     named["ClipBoth"] = g.add1("Clip", x, const(g, -0.5, F32), const(g, 0.5, F32))
@@ -199,7 +198,8 @@ def test_integer_reductions_and_argminmax():
     g = Graph()
     x = g.add_input("x", TensorType("i32", (3, 6)))
     f = g.add_input("f", TensorType("f32", (3, 6)))
-    named = {op: g.add1(op, x, const(g, [1])) for op in ["ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd"]}
+    named = {op: g.add1(op, x, const(g, [1])) for op in ["ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd",
+                                                          "ReduceMean", "ReduceL1", "ReduceL2", "ReduceSumSquare"]}
     for op in ["ArgMax", "ArgMin"]:
         for axis, keep, last in [(1, 1, 0), (-1, 0, 1), (0, 0, 0), (0, 1, 1)]:
             named[f"{op}{axis}{keep}{last}"] = g.add1(op, x, axis=axis, keepdims=keep, select_last_index=last)
@@ -383,3 +383,29 @@ def test_creation_pad_trilu():
     }
     outputs(g, named)
     check(g, {"x": RNG.normal(size=(3, 4)).astype(F32), "m": RNG.integers(1, 9, (2, 4, 5)).astype(np.int32)})
+
+
+EINSUMS = [  # equation, operand shapes
+    ("bij,bjk->bik", [(2, 3, 4), (2, 4, 5)]),
+    ("ij->ji", [(3, 4)]),
+    ("ii->i", [(4, 4)]),
+    ("ij,ij->", [(3, 4), (3, 4)]),
+    ("i,j->ij", [(3,), (5,)]),
+    ("...ij,...jk->...ik", [(2, 1, 3, 4), (5, 4, 2)]),
+    ("bhqd,bhkd->bhqk", [(1, 2, 3, 4), (1, 2, 5, 4)]),
+    ("ij,jk", [(3, 4), (4, 5)]),  # implicit output
+]
+
+
+def test_einsum():
+    g = Graph()
+    named, feeds = {}, {}
+    for k, (eq, shapes) in enumerate(EINSUMS):
+        xs = []
+        for n, shape in enumerate(shapes):
+            name = f"e{k}_{n}"
+            xs.append(g.add_input(name, TensorType("f32", shape)))
+            feeds[name] = RNG.normal(size=shape).astype(F32)
+        named[f"einsum{k}"] = g.add("Einsum", xs, {"equation": eq}).outputs[0]
+    outputs(g, named)
+    check(g, feeds)

@@ -1,52 +1,119 @@
-"""sbc's CPU schedules: results stay exact, and the kernels really are parallel and vectorised
-(so the test fails if scheduling silently stops applying)."""
+"""sbc's CPU schedules on small Relax modules built with emit_te: results stay exact (vs NumPy)
+for static and symbolic shapes, and the kernels really are parallel and vectorised (so the
+test fails if scheduling silently stops applying)."""
 
 import numpy as np
 import pytest
-from tvm import tirx
+import tvm
+from tvm import relax, te, tirx, topi
 
-import sbc
-from sbc.codegen.build import fuse, to_relax
-from sbc.codegen.schedule_cpu import schedule_func
-from sbc.ir import Graph, Sym, TensorType
-from sbc.ir.interpreter import run
+from sbc.codegen.schedule_cpu import ScheduleCPU, schedule_cpu
+from sbc.codegen.target import host_cpu_features, host_cpu_target
 
-
-def graph_of(kind):
-    g = Graph()
-    m = Sym.var("m")
-    if kind == "matmul":
-        x = g.add_input("x", TensorType("f32", (m, 64)))
-        w = g.add_param("w", np.random.default_rng(0).normal(size=(64, 96)).astype(np.float32))
-        b = g.add_param("b", np.random.default_rng(1).normal(size=(96,)).astype(np.float32))
-        y = g.add1("Relu", g.add1("Add", g.add1("MatMul", x, w), b))
-    elif kind == "batched-matmul":
-        x = g.add_input("x", TensorType("f32", (2, m, 32)))
-        y = g.add1("MatMul", x, g.add1("Transpose", x, perm=[0, 2, 1]))
-    elif kind == "elementwise":
-        x = g.add_input("x", TensorType("f32", (m, 37)))
-        y = g.add1("Mul", g.add1("Sigmoid", x), g.add1("Tanh", x))
-    else:  # row reductions
-        x = g.add_input("x", TensorType("f32", (m, 40)))
-        y = g.add1("Softmax", g.add1("Mul", x, g.add1("ReduceMean", x, g.add1("Constant", value=np.array([1])))))
-    g.set_outputs([y], ["y"])
-    return g
+TARGET = host_cpu_target()
+M = tirx.Var("m", "int64")  # the symbolic row count (batch * seq)
 
 
-def scheduled_scripts(g):
-    mod = fuse(to_relax(g))
-    return [schedule_func(f).script() for _, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)]
+def _rmsnorm(x, g):
+    mean_sq = topi.sum(x * x, axis=-1, keepdims=True) / float(int(x.shape[-1]))
+    return x * topi.rsqrt(mean_sq + 1e-6) * g
 
 
-@pytest.mark.parametrize("kind", ["matmul", "batched-matmul", "elementwise", "reduction"])
-def test_schedules_apply_and_results_are_exact(kind):
-    g = graph_of(kind)
-    scripts = scheduled_scripts(g)
-    assert all("T.parallel" in s for s in scripts)
-    if kind != "reduction":
-        assert any("T.vectorized" in s for s in scripts)
-    module = sbc.compile(g, passes=[])
+# name -> (input shapes with None for the symbolic dim, TE function, NumPy reference,
+#          whether every kernel must also be vectorised)
+CASES = {
+    "matmul": ([(None, 64), (64, 96)], topi.matmul, lambda x, w: x @ w, True),
+    "matmul-static-ragged": ([(10, 40), (40, 24)], topi.matmul, lambda x, w: x @ w, True),
+    "matmul-bias-relu": ([(None, 64), (64, 96), (96,)],
+                         lambda x, w, b: topi.nn.relu(topi.add(topi.matmul(x, w), b)),
+                         lambda x, w, b: np.maximum(x @ w + b, 0), True),
+    "batched-matmul": ([(2, None, 32), (2, 32, 48)],
+                       lambda a, b: topi.nn.batch_matmul(a, b, transpose_b=False), lambda a, b: a @ b, True),
+    "batched-matmul-bt": ([(2, None, 32), (2, 48, 32)], topi.nn.batch_matmul,
+                          lambda a, b: a @ b.transpose(0, 2, 1), True),
+    "elementwise": ([(None, 37), (37,)], lambda x, y: topi.sigmoid(x) * topi.tanh(x) + y,
+                    lambda x, y: 1 / (1 + np.exp(-x)) * np.tanh(x) + y, True),
+    "softmax": ([(None, 40)], lambda x: topi.nn.softmax(x, axis=-1),
+                lambda x: np.exp(x - x.max(-1, keepdims=True)) / np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True),
+                False),
+    "rmsnorm": ([(None, 48), (48,)], _rmsnorm,
+                lambda x, g: x / np.sqrt((x * x).mean(-1, keepdims=True) + 1e-6) * g, False),
+    "sum-over-symbolic-axis": ([(3, None, 16)], lambda x: topi.sum(x, axis=1), lambda x: x.sum(1), False),
+    # topi's cumsum is opaque TIR, already parallel: schedule_cpu must pass it through intact
+    "cumsum": ([(None, 33)], lambda x: topi.cumsum(x, axis=1), lambda x: np.cumsum(x, 1), False),
+}
+
+
+def build_module(shapes, fn):
+    """One Relax function `main` calling the TE computation `fn` (emit_te -> call_tir)."""
+    bb = relax.BlockBuilder()
+    params = [relax.Var(f"x{i}", relax.TensorType([M if d is None else d for d in s], "float32"))
+              for i, s in enumerate(shapes)]
+    with bb.function("main", params):
+        with bb.dataflow():
+            out = bb.emit_output(bb.emit_te(fn, *params))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def lower(mod):
+    """The relax passes before scheduling: group kernels, fuse each group into one PrimFunc."""
+    return tvm.transform.Sequential([
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+        relax.transform.DeadCodeElimination(),
+    ])(mod)
+
+
+def prim_funcs(mod):
+    return [f for _, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)]
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_scheduled_kernels_are_parallel_vectorised_and_exact(name):
+    shapes, fn, reference, vectorised = CASES[name]
+    mod = schedule_cpu(lower(build_module(shapes, fn)), TARGET)
+    for func in prim_funcs(mod):
+        script = func.script()
+        assert name == "cumsum" or func.attrs["tirx.is_scheduled"]
+        assert "T.parallel(" in script, script
+        assert not vectorised or "T.vectorized(" in script, script
+    vm = relax.VirtualMachine(tvm.compile(mod, target=TARGET, relax_pipeline="default_build"), tvm.cpu())
+    rng = np.random.default_rng(0)
     for rows in (1, 13):
-        shape = [rows if isinstance(d, Sym) else d for d in g.inputs[0].shape]
-        x = np.random.default_rng(rows).normal(size=shape).astype(np.float32)
-        np.testing.assert_allclose(module.run({"x": x})["y"], run(g, {"x": x})["y"], rtol=1e-5, atol=1e-5)
+        inputs = [rng.normal(size=[rows if d is None else d for d in s]).astype(np.float32) for s in shapes]
+        got = vm["main"](*[tvm.runtime.tensor(x) for x in inputs]).numpy()
+        np.testing.assert_allclose(got, reference(*inputs), rtol=1e-5, atol=1e-5)
+
+
+def test_matmul_tile_keeps_no_row_predicate_in_the_k_loop():
+    """Symbolic M is padded to whole row tiles: the inner update block has no predicate."""
+    mod = schedule_cpu(lower(build_module(*CASES["matmul"][:2])), TARGET)
+    script = prim_funcs(mod)[0].script()
+    update = script[script.index('T.sblock("T_matmul_update")'):]
+    update = update[:update.index("T.reads")]
+    assert "T.where" not in update, script
+
+
+def test_pass_object_skips_scheduled_functions():
+    mod = lower(build_module(*CASES["elementwise"][:2]))
+    once = ScheduleCPU(TARGET)(mod)
+    tvm.ir.assert_structural_equal(ScheduleCPU(TARGET)(once), once)
+
+
+def test_unschedulable_function_is_left_alone():
+    """A PrimFunc without blocks (opaque TIR) passes through untouched instead of failing."""
+    func = te.create_prim_func([a := te.placeholder((4,), name="a"), te.compute((4,), lambda i: a[i] + 1)])
+    opaque = tvm.IRModule({"f": func})
+    opaque = tvm.s_tir.transform.ConvertBlocksToOpaque()(opaque)
+    opaque = tvm.s_tir.transform.LowerOpaqueBlock()(opaque)
+    out = schedule_cpu(opaque, TARGET)
+    assert "T.parallel(" not in out["f"].script()
+
+
+def test_target_and_features():
+    assert TARGET.kind.name == "llvm"
+    assert str(TARGET.attrs["mcpu"]) == host_cpu_features()["cpu"]
+    assert int(TARGET.attrs["num-cores"]) >= 1

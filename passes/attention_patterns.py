@@ -1,0 +1,137 @@
+"""Pattern helpers shared by the attention fusion passes: walking producers, undoing GQA's
+repeat_kv, packing heads for the packed [B, T, H*D] attention ops, and reading what a mask
+computes (by evaluating it, since exporters build masks in many ways)."""
+
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+
+from sbc.ir import Graph, Node, Value
+from sbc.ir.dims import Sym
+from sbc.ir.interpreter import evaluate
+
+MASK_SIZES = (17, 257, 4097)  # seq lengths at which a mask is evaluated to find its band
+
+
+def producer(v: Value | None, *ops: str) -> Node | None:
+    """The node that produced v if its op is one of `ops`."""
+    node = None if v is None else v.producer
+    return node if node is not None and node.op in ops else None
+
+
+def scalar(v: Value | None) -> float | None:
+    """The value of a compile-time scalar (any shape with one element), else None."""
+    if v is None or v.data is None or v.data.dtype == object or v.data.size != 1:
+        return None
+    return float(v.data.reshape(-1)[0])
+
+
+def other_operand(node: Node, v: Value) -> Value:
+    return node.inputs[1] if node.inputs[0] is v else node.inputs[0]
+
+
+def split_mul(node: Node | None, test) -> tuple[Value, Node] | None:
+    """For Mul(a, b) where test(b's producer) holds (either order): (a, b's producer)."""
+    if node is None or node.op != "Mul":
+        return None
+    for mine, other in ((0, 1), (1, 0)):
+        found = test(node.inputs[other])
+        if found is not None:
+            return node.inputs[mine], found
+    return None
+
+
+def unrepeat_kv(v: Value) -> tuple[Value, int]:
+    """repeat_kv undone: Reshape(Expand(Unsqueeze(x [B, H, T, D], axis 2) to [B, H, G, T, D])
+    to [B, H*G, T, D]) -> (x, G); anything else -> (v, 1)."""
+    reshape = producer(v, "Reshape")
+    expand = producer(reshape.inputs[0], "Expand") if reshape else None
+    unsqueeze = producer(expand.inputs[0], "Unsqueeze") if expand else None
+    if unsqueeze is None:
+        return v, 1
+    x = unsqueeze.inputs[0]
+    if x.type.rank != 4 or unsqueeze.outputs[0].type.rank != 5:
+        return v, 1
+    b, h, t, d = x.shape
+    grouped = expand.outputs[0].shape
+    if unsqueeze.outputs[0].shape != (b, h, 1, t, d) or grouped[:2] != (b, h) \
+            or grouped[3:] != (t, d) or not isinstance(grouped[2], int):
+        return v, 1
+    if v.shape != (b, h * grouped[2], t, d):
+        return v, 1
+    return x, grouped[2]
+
+
+def pack_heads(graph: Graph, v: Value, name: str) -> Value:
+    """[B, H, T, D] -> [B, T, H*D] (what the packed attention ops take)."""
+    t = graph.add1("Transpose", v, name=f"{name}_bthd", perm=[0, 2, 1, 3])
+    return graph.add1("Reshape", t, _shape(graph, [0, 0, -1], name), name=f"{name}_packed")
+
+
+def unpack_heads(graph: Graph, v: Value, heads: int, name: str) -> Value:
+    """[B, T, H*D] -> [B, H, T, D]."""
+    r = graph.add1("Reshape", v, _shape(graph, [0, 0, heads, -1], name), name=f"{name}_bthd")
+    return graph.add1("Transpose", r, name=f"{name}_heads", perm=[0, 2, 1, 3])
+
+
+def _shape(graph: Graph, dims: list[int], name: str) -> Value:
+    return graph.add1("Constant", name=f"{name}_shape", value=np.array(dims, np.int64))
+
+
+_WINDOWS: "weakref.WeakKeyDictionary[Value, tuple]" = weakref.WeakKeyDictionary()
+
+
+def mask_window(mask: Value, seq: Sym) -> tuple[int | None, str | None]:
+    """What a [.., T, T] boolean mask allows, found by evaluating it at a few lengths:
+    (w, None) for a band 0 <= i - j < w, (0, None) for the plain causal mask i >= j (no window
+    up to the largest size tried), or (None, why not). Values are immutable, so the answer
+    is kept per mask value (check and rewrite both ask)."""
+    if mask not in _WINDOWS:
+        _WINDOWS[mask] = _mask_window(mask, seq)
+    return _WINDOWS[mask]
+
+
+def _mask_window(mask: Value, seq: Sym) -> tuple[int | None, str | None]:
+    if mask.dtype != "bool":
+        return None, f"the mask is {mask.type}, not bool"
+    if tuple(mask.shape[-2:]) != (seq, seq) or any(d != 1 for d in mask.shape[:-2]):
+        return None, f"the mask is {mask.type}, not [seq, seq] (leading 1s allowed)"
+    others = {s: 1 for s in upstream_symbols(mask)}  # evaluation needs every symbol bound
+    for n in MASK_SIZES:
+        value = evaluate(mask, {**others, **{s: n for s in seq.symbols}})
+        if value is None:
+            return None, "the mask depends on run-time inputs"
+        allowed = value.reshape(n, n)
+        offset = np.arange(n)[:, None] - np.arange(n)[None, :]
+        width = int(allowed[-1].sum())
+        if not np.array_equal(allowed, (offset >= 0) & (offset < width)):
+            return None, f"the mask is not causal: at seq={n} it allows " \
+                         f"{_first_difference(allowed, offset, width)}"
+        if width < n:
+            return width, None
+    return 0, None
+
+
+def _first_difference(allowed: np.ndarray, offset: np.ndarray, width: int) -> str:
+    expected = (offset >= 0) & (offset < width)
+    i, j = np.argwhere(allowed != expected)[0]
+    return f"(query {i}, key {j}) = {bool(allowed[i, j])}"
+
+
+def upstream_symbols(v: Value) -> set[str]:
+    """The symbols used by v's types and known values and by everything it is computed from
+    (evaluating v needs a value for each)."""
+    found, seen, todo = set(), set(), [v]
+    while todo:
+        x = todo.pop()
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        found |= x.type.symbols
+        if x.data is not None and x.data.dtype == object:
+            found |= {s for d in x.data.reshape(-1) if isinstance(d, Sym) for s in d.symbols}
+        if x.producer is not None:
+            todo.extend(x.producer.inputs)
+    return found

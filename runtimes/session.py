@@ -1,0 +1,128 @@
+"""Stateful sessions over a recurrent module: streamed prefill, decode, generation.
+
+The module's program maps (tokens [B, T], position, state) -> (logits [B, T, V], state'); a
+session keeps the state and position between calls. Prefill streams any number of tokens in
+chunks of at most `chunk`, so memory is bounded by the chunk, not by the input length, and
+decode is the same program on one token. The state is a few fixed-size arrays (see the
+artifact's memory certificate), so it can be saved, loaded and copied freely.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from sbc.errors import InputError
+from sbc.ir.dims import Sym
+from sbc.ir.types import numpy_dtype
+from sbc.runtimes.artifact import atomic_path
+
+STATE_FORMAT = "sbc-session-state-1"
+
+
+class Session:
+    def __init__(self, module, batch: int = 1, chunk: int = 512):
+        if not module.recurrent:
+            raise InputError("this module has no recurrent state (its model has no "
+                             "LinearAttention/SlidingWindowAttention sbc could make recurrent); "
+                             "use module.run on whole sequences")
+        if batch < 1 or chunk < 1:
+            raise InputError(f"batch and chunk must be >= 1, got {batch}, {chunk}")
+        self.module, self.batch, self.chunk = module, batch, chunk
+        (self.tokens_name, tokens_type), = module.inputs[:1]
+        self.logits_name = module.outputs[0][0]
+        batch_dim = tokens_type.shape[0]
+        self.symbols = {str(batch_dim): batch} if isinstance(batch_dim, Sym) else {}
+        self.reset()
+
+    @property
+    def position(self) -> int:
+        """Tokens consumed so far."""
+        return int(self.state[self.module.recurrent["position"]])
+
+    def reset(self) -> None:
+        self.state = self.module.initial_state(self.symbols)
+
+    def prefill(self, ids) -> np.ndarray:
+        """Consume ids [B, T] (any T >= 1, streamed in chunks); return the logits of the
+        last token, [B, V]."""
+        ids = self._tokens(ids)
+        logits = None
+        for start in range(0, ids.shape[1], self.chunk):
+            outputs, self.state = self.module.step({self.tokens_name: ids[:, start:start + self.chunk]},
+                                                   self.state)
+            logits = outputs[self.logits_name]
+        return logits[:, -1]
+
+    def decode(self, ids) -> np.ndarray:
+        """Consume one token per sequence (ids [B] or [B, 1]); return its logits [B, V]."""
+        ids = self._tokens(np.reshape(np.asarray(ids), (self.batch, -1)))
+        if ids.shape[1] != 1:
+            raise InputError(f"decode takes one token per sequence, got {ids.shape[1]}")
+        return self.prefill(ids)
+
+    def generate(self, ids, max_new_tokens: int, temperature: float = 0.0,
+                 top_k: int | None = None, seed: int | None = None) -> np.ndarray:
+        """Prefill `ids`, then sample `max_new_tokens` tokens per sequence: greedy when
+        temperature is 0, else softmax(logits / temperature) over the top_k most likely."""
+        rng = np.random.default_rng(seed)
+        logits = self.prefill(ids)
+        out = []
+        for _ in range(max_new_tokens):
+            token = sample(logits, temperature, top_k, rng)
+            out.append(token)
+            if len(out) < max_new_tokens:
+                logits = self.decode(token)
+        return np.stack(out, axis=1) if out else np.zeros((self.batch, 0), np.int64)
+
+    def save_state(self, path: str | os.PathLike) -> None:
+        """Write the state (and which module it belongs to) atomically as .npz."""
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, __format__=np.array(STATE_FORMAT), __module__=np.array(self._identity()),
+                         **{f"s{i}": self.state[n] for i, n in enumerate(sorted(self.state))})
+
+    def load_state(self, path: str | os.PathLike) -> None:
+        """Restore a state written by save_state for the same module and batch size."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                identity = (str(z["__format__"]), str(z["__module__"]))
+                loaded = {n: z[f"s{i}"] for i, n in enumerate(sorted(self.state))}
+        except (OSError, KeyError, ValueError) as e:
+            raise InputError(f"{path}: not a session state file ({type(e).__name__})") from e
+        if identity != (STATE_FORMAT, self._identity()):
+            raise InputError(f"{path}: the state was saved from another model or batch size")
+        for name, array in loaded.items():
+            if array.shape != self.state[name].shape or array.dtype != self.state[name].dtype:
+                raise InputError(f"{path}: state '{name}' is {array.dtype}{list(array.shape)}, "
+                                 f"expected {self.state[name].dtype}{list(self.state[name].shape)}")
+        self.state = loaded
+
+    def _identity(self) -> str:
+        source = self.module.manifest.get("source") or {}
+        return f"{source.get('sha256')}:{sorted(self.state)}:batch={self.batch}"
+
+    def _tokens(self, ids) -> np.ndarray:
+        ids = np.asarray(ids)
+        if ids.ndim == 1 and self.batch == 1:
+            ids = ids[None]
+        expected = self.module.inputs[0][1].dtype
+        if ids.ndim != 2 or ids.shape[0] != self.batch or ids.shape[1] < 1:
+            raise InputError(f"ids must be [{self.batch}, T] with T >= 1, got shape {list(ids.shape)}")
+        if ids.dtype.kind not in "iu":
+            raise InputError(f"ids must be integers ({expected}), got {ids.dtype}")
+        return ids.astype(numpy_dtype(expected))
+
+
+def sample(logits: np.ndarray, temperature: float, top_k: int | None, rng) -> np.ndarray:
+    """One token per row of logits [B, V]."""
+    if temperature <= 0:
+        return logits.argmax(-1).astype(np.int64)
+    scaled = logits.astype(np.float64) / temperature
+    if top_k is not None and top_k < scaled.shape[-1]:
+        kth = np.sort(scaled, axis=-1)[:, -top_k][:, None]
+        scaled = np.where(scaled < kth, -np.inf, scaled)
+    p = np.exp(scaled - scaled.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    return np.array([rng.choice(len(row), p=row) for row in p], np.int64)
