@@ -11,8 +11,26 @@ import numpy as np
 from sbc.ir import Graph, Node, Value
 from sbc.ir.dims import Sym
 from sbc.ir.interpreter import evaluate
+from sbc.passes.base import RewriteRule
 
 MASK_SIZES = (17, 257, 4097)  # seq lengths at which a mask is evaluated to find its band
+
+
+class AttentionRule(RewriteRule):
+    """A rule rooted at `MatMul(weights [.., T, T], v)`, T symbolic: the attention candidates.
+    Subclasses implement `match(node) -> dict of pieces | reason`; check and rewrite use it."""
+    ops = ("MatMul",)
+
+    def matches(self, node: Node) -> bool:
+        shape = node.inputs[0].shape if node.op == "MatMul" else ()
+        return len(shape) >= 2 and shape[-1] == shape[-2] and not isinstance(shape[-1], int)
+
+    def check(self, node: Node) -> str | None:
+        parts = self.match(node)
+        return parts if isinstance(parts, str) else None
+
+    def match(self, node: Node) -> dict | str:
+        raise NotImplementedError
 
 
 def producer(v: Value | None, *ops: str) -> Node | None:

@@ -13,16 +13,11 @@ i >= j. Any query scaling stays on q (scale = 1). The T x T score matrix disappe
 from __future__ import annotations
 
 from sbc.ir import Graph, Node
-from sbc.passes.attention_patterns import (mask_window, pack_heads, producer, scalar, split_mul,
+from sbc.passes.attention_patterns import (AttentionRule, mask_window, pack_heads, producer,
+                                           scalar, split_mul,
                                            unpack_heads, unrepeat_kv)
-from sbc.passes.base import Pass, PassResult, RewriteRule, apply_rules, register_pass
+from sbc.passes.base import Pass, PassResult, apply_rules, register_pass
 from sbc.passes.fold_reshape_transpose import perm_of
-
-
-def _is_square_in_seq(node: Node) -> bool:
-    """A product whose left operand is [.., T, T] with T symbolic: the attention candidates."""
-    shape = node.inputs[0].shape
-    return len(shape) >= 2 and shape[-1] == shape[-2] and not isinstance(shape[-1], int)
 
 
 def _exp_of_cumsum(v, negated: bool):
@@ -35,16 +30,7 @@ def _exp_of_cumsum(v, negated: bool):
     return producer(x, "CumSum")
 
 
-class ParallelLinearAttention(RewriteRule):
-    ops = ("MatMul",)
-
-    def matches(self, node):
-        return node.op == "MatMul" and _is_square_in_seq(node)
-
-    def check(self, node):
-        parts = self.match(node)
-        return parts if isinstance(parts, str) else None
-
+class ParallelLinearAttention(AttentionRule):
     def match(self, node) -> dict | str:
         """The pieces of the pattern, or why it does not match."""
         where = producer(node.inputs[0], "Where")

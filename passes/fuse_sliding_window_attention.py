@@ -15,11 +15,11 @@ from __future__ import annotations
 import math
 
 from sbc.ir import Graph, Node
-from sbc.passes.attention_patterns import (mask_window, other_operand, pack_heads, producer,
+from sbc.passes.attention_patterns import (AttentionRule, mask_window, other_operand,
+                                           pack_heads, producer,
                                            scalar, unpack_heads, unrepeat_kv)
-from sbc.passes.base import Pass, PassResult, RewriteRule, apply_rules, register_pass
+from sbc.passes.base import Pass, PassResult, apply_rules, register_pass
 from sbc.passes.fold_reshape_transpose import perm_of
-from sbc.passes.fuse_linear_attention import _is_square_in_seq
 
 
 def _scaled_scores(v) -> tuple[Node | None, float]:
@@ -51,16 +51,7 @@ def _masked(x) -> tuple | str:
     return "the softmax input is not masked with -inf by Where(mask, scores, -inf) or an additive mask"
 
 
-class MaskedSoftmaxAttention(RewriteRule):
-    ops = ("MatMul",)
-
-    def matches(self, node):
-        return node.op == "MatMul" and _is_square_in_seq(node)
-
-    def check(self, node):
-        parts = self.match(node)
-        return parts if isinstance(parts, str) else None
-
+class MaskedSoftmaxAttention(AttentionRule):
     def match(self, node) -> dict | str:
         softmax = producer(node.inputs[0], "Softmax")
         if softmax is None or softmax.attrs["axis"] not in (-1, 3):
