@@ -145,7 +145,7 @@ def _matmul(sch, info) -> bool:
     rows, n = _static(info.iters[-3].dom), _static(info.iters[-2].dom)
     pad_rows = rows is None or rows % TILE_I != 0
     pad_cols = n is not None and n % TILE_J != 0
-    if pad_rows or pad_cols:
+    if (pad_rows or pad_cols) and _b_operand(sch.get(block)) is not None:
         sch.pad_einsum(block, [1] * (len(kinds) - 3) + [TILE_I if pad_rows else 1,
                                                          TILE_J if pad_cols else 1, 1])
     padded_inputs = {_written(sch, p): p for p in sch.get_producers(block)

@@ -19,6 +19,17 @@ def _rmsnorm(x, g):
     return x * topi.rsqrt(mean_sq + 1e-6) * g
 
 
+def _matmul_packed(a, bp):
+    """What sbc lowers MatMulPacked to: B pre-packed into [N/16, K, 16] column panels."""
+    k = te.reduce_axis((0, a.shape[-1]), name="k")
+    return te.compute((*a.shape[:-1], bp.shape[0] * 16), lambda *i: te.sum(
+        a[(*i[:-1], k)] * bp[i[-1] // 16, k, i[-1] % 16], axis=k), name="matmul_packed")
+
+
+def _unpacked(bp):
+    return bp.transpose(1, 0, 2).reshape(bp.shape[1], -1)
+
+
 # name -> (input shapes with None for the symbolic dim, TE function, NumPy reference,
 #          whether every kernel must also be vectorised)
 CASES = {
@@ -27,6 +38,9 @@ CASES = {
     "matmul-bias-relu": ([(None, 64), (64, 96), (96,)],
                          lambda x, w, b: topi.nn.relu(topi.add(topi.matmul(x, w), b)),
                          lambda x, w, b: np.maximum(x @ w + b, 0), True),
+    # rows = batch x symbolic seq, B pre-packed: TVM's pad_einsum cannot pad this read pattern
+    "matmul-packed": ([(2, None, 40), (3, 40, 16)], _matmul_packed,
+                      lambda a, bp: a @ _unpacked(bp), True),
     "batched-matmul": ([(2, None, 32), (2, 32, 48)],
                        lambda a, b: topi.nn.batch_matmul(a, b, transpose_b=False), lambda a, b: a @ b, True),
     "batched-matmul-bt": ([(2, None, 32), (2, 48, 32)], topi.nn.batch_matmul,
