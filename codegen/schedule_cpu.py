@@ -7,7 +7,7 @@ inlined into their consumers and injective epilogues into their producers; then 
 block gets the first rule that applies, in order:
 
   matmul      C[..., i, j] += A[..., i, k] * B[..., k, j] (S..SSR; B may be transposed or
-              pre-packed): B is re-laid out into [N/16, K, 16] column panels, a 4 x 16 tile of
+              pre-packed): B is re-laid out into [N/16, K, 16] column panels, a 6 x 16 tile of
               C lives in vector registers across k, epilogues run when the tile is written back,
               column panels run in parallel; full row tiles are split from the partial last one
               so a symbolic row count costs no predicate in the inner loop
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 SCHEDULED = "tirx.is_scheduled"  # the attribute dlight and MetaSchedule check
 VECTOR = 16  # fp32 lanes per innermost chunk (2 AVX2 registers; LLVM splits as needed)
-TILE_I, TILE_J = 4, 16  # register tile: 4 x 16 fp32 = 8 AVX2 accumulators
+TILE_I, TILE_J = 6, 16  # register tile: 6 x 16 fp32 = 12 of the 16 AVX2 registers
 
 
 def schedule_cpu(mod: tvm.IRModule, target: tvm.target.Target | None = None) -> tvm.IRModule:
@@ -129,13 +129,15 @@ def _static(extent) -> int | None:
 
 
 def _matmul(sch, info) -> bool:
-    """Register-tiled GEMM. Loops: parallel (batch, column panel) > row tile > k > 4 rows
-    (unrolled) > 16 columns (vectorised). The 4 x 16 tile of C is a local buffer that LLVM keeps
+    """Register-tiled GEMM. Loops: parallel (batch, column panel) > row tile > k > 6 rows
+    (unrolled) > 16 columns (vectorised). The 6 x 16 tile of C is a local buffer that LLVM keeps
     in registers; B's panel is copied to a contiguous K x 16 buffer first (a K x 16 slice of a
     row-major B maps to a handful of L1 sets: every access would miss), and epilogues (bias,
     activation, residual) are applied when the tile is written back, so C goes to memory once.
-    A row count that is symbolic or not a multiple of 4 is padded (a copy of A's row tile with
-    zero rows): predicates inside the k loop would keep the tile out of registers."""
+    A row count that is symbolic or not a multiple of 6 is padded (a copy of A's row tile with
+    zero rows): predicates inside the k loop would keep the tile out of registers. Pre-packed
+    weights (MatMulPacked) defeat TVM's padding; there the build's loop partitioning splits the
+    whole row tiles from the predicated last one instead."""
     kinds = info.dom_kind()
     if not (kinds.endswith("SSR") and set(kinds[:-3]) <= {"S"} and info.is_reduction()):
         return False
