@@ -2,7 +2,9 @@
 
 Calling convention of the compiled VM function "main": (graph inputs..., params...) in the
 order of `BuiltModule.inputs` then `BuiltModule.param_names`; it returns a tuple of the graph
-outputs. Symbolic dims become one int64 TIR variable per symbol, so one executable runs every
+outputs. Further programs over the same inputs and weights (e.g. "prefill", which computes the
+first output at the last position only) are functions of the same executable with the same
+calling convention. Symbolic dims become one int64 TIR variable per symbol, so one executable runs every
 batch and sequence length. Weights are run-time parameters, not constants in the library.
 """
 
@@ -35,13 +37,16 @@ class BuiltModule:
     target: dict = field(default_factory=dict)
 
 
-def build(graph: Graph, target: str = "cpu") -> BuiltModule:
-    """Compile `graph` for the host CPU; see the module docstring for the calling convention."""
+def build(graph: Graph, target: str = "cpu", programs: dict[str, Graph] | None = None) -> BuiltModule:
+    """Compile `graph` as "main" (and each of `programs`, graphs over the same inputs and
+    weights, under its name) for the host CPU; see the module docstring."""
     if target not in SUPPORTED_TARGETS:
         raise UnsupportedError(f"target '{target}' is not supported by this build; "
                                f"supported: {', '.join(SUPPORTED_TARGETS)}")
-    check_supported(graph)
-    lowerer = _Lowerer(graph)
+    programs = {"main": graph, **(programs or {})}
+    for g in programs.values():
+        check_supported(g)
+    lowerer = _Lowerer(programs)
     mod = lowerer.run()
     tvm_target = host_cpu_target()
     kernels = dict(lowerer.kernels)
@@ -126,9 +131,9 @@ def _describe_failure(mod: tvm.IRModule, target, kernels: dict[str, list]) -> st
 
 
 class _Lowerer:
-    def __init__(self, graph: Graph):
-        self.graph = graph
-        symbols = sorted({s for v in graph.values() for s in v.type.symbols})
+    def __init__(self, programs: dict[str, Graph]):
+        self.programs = programs
+        symbols = sorted({s for g in programs.values() for v in g.values() for s in v.type.symbols})
         self.ctx = Ctx({s: tirx.Var(s, "int64") for s in symbols})
         self.bb = relax.BlockBuilder()
         self.env: dict[int, relax.Expr] = {}
@@ -139,11 +144,21 @@ class _Lowerer:
         return relax.Var(v.name, relax.TensorType(shape, TVM_DTYPES[v.dtype]))
 
     def run(self) -> tvm.IRModule:
-        g = self.graph
+        param_order = [p.name for p in self.programs["main"].params]
+        for name, graph in self.programs.items():
+            self.function(name, graph, param_order)
+        return self.bb.get()
+
+    def function(self, name: str, g: Graph, param_order: list[str]) -> None:
+        """One relax function (inputs..., params in `param_order`...) -> tuple of outputs."""
+        self.env = {}
+        own = {p.name: p for p in g.params}
+        main = {p.name: p for p in self.programs["main"].params}
+        param_values = [own.get(n, main[n]) for n in param_order]  # unused ones stay arguments
         inputs = [self.relax_var(v) for v in g.inputs]
-        params = [self.relax_var(p) for p in g.params]
-        self.env.update({id(v): r for v, r in zip(g.inputs + g.params, inputs + params)})
-        with self.bb.function("main", inputs + params):
+        params = [self.relax_var(p) for p in param_values]
+        self.env.update({id(v): r for v, r in zip(g.inputs + param_values, inputs + params)})
+        with self.bb.function(name, inputs + params):
             with self.bb.dataflow():
                 for node in g.nodes:
                     if all(v.data is not None for v in node.outputs):
@@ -152,7 +167,6 @@ class _Lowerer:
                 outs = [self.value(v) for v in g.outputs]
                 result = self.bb.emit_output(relax.Tuple(outs))
             self.bb.emit_func_output(result)
-        return self.bb.get()
 
     def value(self, v: Value) -> relax.Expr:
         if id(v) not in self.env:  # a compile-time value needed at run time
@@ -245,4 +259,4 @@ def _func_name(node) -> str:
 
 
 def to_relax(graph: Graph) -> tvm.IRModule:
-    return _Lowerer(graph).run()
+    return _Lowerer({"main": graph}).run()

@@ -29,7 +29,6 @@ class CpuRuntime:
         self.outputs = outputs
         self.device = tvm.cpu()
         self.vm = relax.VirtualMachine(executable, self.device)
-        self.main = self.vm["main"]
         # np.asarray(order="C"), not ascontiguousarray: the latter turns 0-d weights into 1-d
         self.params = [tvm.runtime.tensor(np.asarray(params[n], order="C"), self.device)
                        for n in param_names]
@@ -52,15 +51,16 @@ class CpuRuntime:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Check `feeds` against the signature, run "main", return outputs by name."""
+    def run(self, feeds: Mapping[str, np.ndarray], program: str = "main") -> dict[str, np.ndarray]:
+        """Check `feeds` against the signature, run `program` (a function of the executable
+        with main's calling convention), return outputs by name."""
         if not isinstance(feeds, Mapping):
             raise InputError(f"inputs must be a dict of arrays by name "
                              f"{[n for n, _ in self.inputs]}, got {type(feeds).__name__}")
         bind_symbols(self.inputs, feeds)  # SignatureError (an InputError): one clear line
         args = [tvm.runtime.tensor(np.asarray(feeds[n], order="C"), self.device)
                 for n, _ in self.inputs]
-        result = self.main(*args, *self.params)
+        result = self.vm[program](*args, *self.params)
         if isinstance(result, tvm.runtime.Tensor):  # a lone output may come back unwrapped
             result = [result]
         return {name: r.numpy() for (name, _), r in zip(self.outputs, result)}

@@ -3,8 +3,10 @@
 The module's program maps (tokens [B, T], position, state) -> (logits [B, T, V], state'); a
 session keeps the state and position between calls. Prefill streams any number of tokens in
 chunks of at most `chunk`, so memory is bounded by the chunk, not by the input length, and
-decode is the same program on one token. The state is a few fixed-size arrays (see the
-artifact's memory certificate), so it can be saved, loaded and copied freely.
+decode is the same program on one token. Both use the module's "prefill" program where it has
+one: the same step with the logits computed for the last token only. The state is a few
+fixed-size arrays (see the artifact's memory certificate), so it can be saved, loaded and
+copied freely.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ class Session:
         logits = None
         for start in range(0, ids.shape[1], self.chunk):
             outputs, self.state = self.module.step({self.tokens_name: ids[:, start:start + self.chunk]},
-                                                   self.state)
+                                                   self.state, last_only=True)
             logits = outputs[self.logits_name]
         return logits[:, -1]
 

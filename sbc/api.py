@@ -64,9 +64,12 @@ class Module:
         return {n: np.zeros(concretize(list(t.shape), symbols), numpy_dtype(t.dtype))
                 for n, t in self.state_types.items()}
 
-    def step(self, feeds: dict[str, np.ndarray], state: dict[str, np.ndarray]) -> tuple[dict, dict]:
-        """One call of the recurrent program: (outputs, next state incl. position)."""
-        results = self._runtime.run({**feeds, **state})
+    def step(self, feeds: dict[str, np.ndarray], state: dict[str, np.ndarray],
+             last_only: bool = False) -> tuple[dict, dict]:
+        """One call of the recurrent program: (outputs, next state incl. position). With
+        `last_only`, the first output (logits) is computed at the last position only."""
+        program = "prefill" if last_only and self.recurrent.get("prefill_program") else "main"
+        results = self._runtime.run({**feeds, **state}, program)
         outputs = {n: results[n] for n, _ in self.outputs}
         new_state = {n: results[n] for n in self.recurrent["state"]}
         steps = next(iter(feeds.values())).shape[1]
@@ -119,7 +122,8 @@ def compile(model, target: str = "cpu", *, passes=None, print_after=(), time_pas
                        verify_each=verify_each, dump_dir=dump_dir)
     from sbc.passes.to_recurrent import POSITION, memory_certificate, state_names
     from sbc.codegen.build import build
-    built = build(graph, target)
+    programs = {"prefill": prefill_program(graph)} if state_names(graph) else {}
+    built = build(graph, target, {n: g for n, g in programs.items() if g is not None})
     manifest = {
         "sbc_version": _version(),
         "target": built.target,
@@ -131,9 +135,19 @@ def compile(model, target: str = "cpu", *, passes=None, print_after=(), time_pas
     }
     if state_names(graph):
         manifest["recurrent"] = {"position": POSITION, "state": state_names(graph),
-                                 "memory_certificate": memory_certificate(graph)}
+                                 "memory_certificate": memory_certificate(graph),
+                                 "prefill_program": programs["prefill"] is not None}
     manifest["notes"] = fusion_notes(graph)
     return Module(_library_bytes(built.executable), built.params, manifest)
+
+
+def prefill_program(graph):
+    """The step program with the first output (logits) at the last position only, or None
+    if last-position does not apply. Weights are shared with `graph`, not copied."""
+    from sbc.passes.last_position import LastPosition
+    copied = copy.deepcopy(graph, memo={id(p.data): p.data for p in graph.params})
+    result = LastPosition().run(copied)
+    return result.graph if result.modified else None
 
 
 def fusion_notes(graph) -> list[str]:

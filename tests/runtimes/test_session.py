@@ -20,6 +20,17 @@ def test_module_is_recurrent_with_a_constant_memory_certificate(tiny_module):
     assert [n for n, _ in tiny_module.inputs] == ["ids"]  # state stays inside sessions
 
 
+def test_prefill_program_computes_only_the_last_logits(tiny_module, whole):
+    assert tiny_module.manifest["recurrent"]["prefill_program"]
+    state = tiny_module.initial_state({"batch": 2})
+    outputs, last_state = tiny_module.step({"ids": IDS}, state, last_only=True)
+    assert outputs["logits"].shape == (2, 1, 256)
+    np.testing.assert_allclose(outputs["logits"][:, 0], whole[:, -1], atol=1e-5)
+    _, full_state = tiny_module.step({"ids": IDS}, state)
+    for name, value in full_state.items():
+        np.testing.assert_array_equal(last_state[name], value)
+
+
 @pytest.mark.parametrize("chunk", [7, 512])
 def test_prefill_then_decode_equals_the_whole_sequence(tiny_module, whole, chunk):
     session = tiny_module.session(batch=2, chunk=chunk)
