@@ -107,21 +107,37 @@ def mask_window(mask: Value, seq: Sym) -> tuple[int | None, str | None]:
     up to the largest size tried), or (None, why not). Values are immutable, so the answer
     is kept per mask value (check and rewrite both ask)."""
     if mask not in _WINDOWS:
-        _WINDOWS[mask] = _mask_window(mask, seq)
+        _WINDOWS[mask] = _band(mask, seq, "bool", lambda value: value)
     return _WINDOWS[mask]
 
 
-def _mask_window(mask: Value, seq: Sym) -> tuple[int | None, str | None]:
-    if mask.dtype != "bool":
-        return None, f"the mask is {mask.type}, not bool"
+def bias_window(bias: Value, seq: Sym) -> tuple[int | None, str | None]:
+    """mask_window for an additive float mask: 0 where allowed, -inf where not."""
+    if bias not in _WINDOWS:
+        _WINDOWS[bias] = _band(bias, seq, "float", _allowed_by_bias)
+    return _WINDOWS[bias]
+
+
+def _allowed_by_bias(value: np.ndarray) -> np.ndarray | str:
+    if not np.all((value == 0) | (value == -np.inf)):
+        return "the additive mask holds values other than 0 and -inf"
+    return value == 0
+
+
+def _band(mask: Value, seq: Sym, kind: str, allowed_of) -> tuple[int | None, str | None]:
+    if mask.dtype != "bool" if kind == "bool" else mask.dtype not in ("f16", "f32", "f64"):
+        return None, f"the mask is {mask.type}, not {kind}"
     if tuple(mask.shape[-2:]) != (seq, seq) or any(d != 1 for d in mask.shape[:-2]):
         return None, f"the mask is {mask.type}, not [seq, seq] (leading 1s allowed)"
-    others = {s: 1 for s in upstream_symbols(mask)}  # evaluation needs every symbol bound
     for n in MASK_SIZES:
-        value = evaluate(mask, {**others, **{s: n for s in seq.symbols}})
+        value = evaluate_at(mask, seq, n)
         if value is None:
             return None, "the mask depends on run-time inputs"
-        allowed = value.reshape(n, n)
+        allowed = allowed_of(value.reshape(n, n))
+        if isinstance(allowed, str):
+            return None, allowed
+        if allowed.all():
+            return None, "the attention is not masked: every query sees every key"
         offset = np.arange(n)[:, None] - np.arange(n)[None, :]
         width = int(allowed[-1].sum())
         if not np.array_equal(allowed, (offset >= 0) & (offset < width)):
@@ -130,6 +146,48 @@ def _mask_window(mask: Value, seq: Sym) -> tuple[int | None, str | None]:
         if width < n:
             return width, None
     return 0, None
+
+
+def evaluate_at(v: Value, seq: Sym, n: int) -> np.ndarray | None:
+    """v computed at compile time with seq = n (other symbols 1), None if it needs inputs."""
+    others = {s: 1 for s in upstream_symbols(v)}  # evaluation needs every symbol bound
+    return evaluate(v, {**others, **{s: n for s in seq.symbols}})
+
+
+def never_true(cond: Value, seq: Sym, window: int) -> str | None:
+    """None if the boolean `cond` is false everywhere at the lengths a band of `window` was
+    checked at (a window of 0: all of them), else why not."""
+    for n in MASK_SIZES:
+        value = evaluate_at(cond, seq, n)
+        if value is None:
+            return f"%{cond.name} depends on run-time inputs"
+        if value.any():
+            return f"%{cond.name} holds at seq={n}"
+        if 0 < window < n:
+            return None
+    return None
+
+
+def const_scalar(v: Value | None) -> float | None:
+    """The value of a one-element value known at compile time (a constant, or computed from
+    constants and shapes alone, the same at two lengths), else None."""
+    v = through_casts(v)  # CastLike(c, x) would make c look like it depends on x
+    value = scalar(v)
+    if value is not None or v is None or v.type.numel != 1:
+        return value
+    symbols = upstream_symbols(v)
+    values = [evaluate(v, {s: n for s in symbols}) for n in (2, 3)]
+    if any(x is None for x in values) or not np.array_equal(values[0], values[1]):
+        return None
+    return float(values[0].reshape(-1)[0])
+
+
+def through_casts(v: Value | None) -> Value | None:
+    """v with Identity and same-dtype Cast/CastLike (no-ops that function bodies add) peeled."""
+    while (node := producer(v, "Identity", "Cast", "CastLike")) is not None \
+            and node.inputs[0].dtype == v.dtype:
+        v = node.inputs[0]
+    return v
 
 
 def _first_difference(allowed: np.ndarray, offset: np.ndarray, width: int) -> str:

@@ -1,5 +1,8 @@
 """fuse-linear-attention: decomposed linear attention -> one LinearAttention op (O(T)).
 
+    Scan(S0, q, k, v [, g] [, beta]) whose body is one step of linear/gated/delta/gated_delta
+        -> LinearAttention(update_rule, decay per key dim or per head, past/present state)
+                                                                (see linear_attention_scan.py)
     MatMul(Where(causal, MatMul(q * exp(b), Transpose(k * exp(-b))), 0), v),  b = CumSum_T(g)
         -> LinearAttention(update_rule = gated, decay g)        (the parallel GLA form)
     MatMul(Where(causal, MatMul(q, Transpose(k)), 0), v)
@@ -8,6 +11,7 @@
 q, k, v, g are [B, H, T, D] (g may be [B, H, T, 1]: one decay per head); a repeat_kv on k, v
 and g (GQA) is undone so the op keeps one state per KV head. `causal` must evaluate to
 i >= j. Any query scaling stays on q (scale = 1). The T x T score matrix disappears.
+RULES is the one list the pass and `sbc compile --explain` use.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from sbc.passes.attention_patterns import (AttentionRule, mask_window, pack_head
                                            unpack_heads, unrepeat_kv)
 from sbc.passes.base import Pass, PassResult, apply_rules, register_pass
 from sbc.passes.fold_reshape_transpose import perm_of
+from sbc.passes.linear_attention_scan import ScanLinearAttention
 
 
 def _exp_of_cumsum(v, negated: bool):
@@ -105,7 +110,7 @@ class ParallelLinearAttention(AttentionRule):
         graph.replace_uses(node.outputs[0], unpack_heads(graph, la.outputs[0], hq, f"{name}_o"))
 
 
-RULES = [ParallelLinearAttention()]
+RULES = [ParallelLinearAttention(), ScanLinearAttention()]
 
 
 @register_pass

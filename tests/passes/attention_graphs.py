@@ -73,8 +73,17 @@ def gla_graph(q_heads=4, kv_heads=2, decay="key", sign=1, mask="causal", masked=
     return g
 
 
-def swa_graph(q_heads=4, kv_heads=2, mask="band", window=4, additive=False, axis=-1):
-    """Masked softmax attention: softmax(mask(q k^T / sqrt(d))) v."""
+def zeroed_rows(g: Graph, which: str):
+    """bool [T, 1] for a "safe softmax" Where(rows, 0, softmax): never, or the first row."""
+    n = g.add1("Constant", value=np.array(T, dtype=object))
+    rows = g.add1("Unsqueeze", g.add1("Range", const(g, np.int64(0)), n, const(g, np.int64(1))),
+                  const(g, [1]))
+    return g.add1("Less" if which == "never" else "Equal", rows, const(g, np.int64(0)))
+
+
+def swa_graph(q_heads=4, kv_heads=2, mask="band", window=4, additive=False, axis=-1, safe=None):
+    """Masked softmax attention: softmax(mask(q k^T / sqrt(d))) v; safe: the softmax output
+    goes through Where(zeroed_rows(safe), 0, .) as in ONNX Attention's function body."""
     g = Graph("swa")
     q = heads_input(g, "q", q_heads)
     k, v = heads_input(g, "k", kv_heads), heads_input(g, "v", kv_heads)
@@ -88,5 +97,8 @@ def swa_graph(q_heads=4, kv_heads=2, mask="band", window=4, additive=False, axis
         scores = g.add1("Add", scores, g.add1("Where", allowed, const(g, np.float32(0)), ninf))
     else:
         scores = g.add1("Where", allowed, scores, ninf)
-    g.set_outputs([g.add1("MatMul", g.add1("Softmax", scores, axis=axis), vr)], ["o"])
+    weights = g.add1("Softmax", scores, axis=axis)
+    if safe is not None:
+        weights = g.add1("Where", zeroed_rows(g, safe), const(g, np.float32(0)), weights)
+    g.set_outputs([g.add1("MatMul", weights, vr)], ["o"])
     return g
