@@ -7,7 +7,7 @@ __all__ = ["CONFIGS", "SpikingBrainConfig", "SpikingBrainLM", "build_model", "ge
            "parameter_count", "export_onnx"]
 
 
-def export_onnx(model, path, opset=None):
+def export_onnx(model, path, opset=None, form="parallel", swa="masked"):
     """See sbc.models.export.export_onnx (imported lazily: it pulls in onnx and the exporter)."""
     from sbc.models.export import export_onnx as _export
-    return _export(model, path, opset)
+    return _export(model, path, opset, form=form, swa=swa)

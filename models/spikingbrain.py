@@ -12,10 +12,15 @@ the released code.
 Sequence mixing is written with tensor ops only (no Python loop over T): torch.export unrolls
 such loops and bakes the example length into the graph, so the exported sequence dim would not
 really be dynamic.
+
+Export forms (see `forms`): the GLA core can be the parallel form (default), the chunked form,
+or one opaque op `sbc_export::gla` that sbc.models.export rewrites into an ONNX Scan or an
+ONNX-27 LinearAttention; SWA can be a masked softmax (default) or scaled_dot_product_attention.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, replace
 
@@ -167,6 +172,89 @@ def gla_parallel(q, k, v, g):
     return torch.where(causal, scores, 0.0) @ v
 
 
+GLA_CHUNK = 64  # chunk length of gla_chunked
+GLA_SUBCHUNK = 16  # its sub-chunks: the reference points that keep every exp() argument small
+
+
+def gla_chunked(q, k, v, g, chunk: int = GLA_CHUNK, sub: int = GLA_SUBCHUNK):
+    """Gated linear attention, chunked form (same arguments and result as gla_parallel), valid
+    at any T. Each chunk adds its own tokens (`_gla_intra_chunk`) to what the states of all
+    earlier chunks contribute (`_gla_inter_chunk`); every exp() sees a non-positive argument
+    or, within one sub-chunk, at most `sub` steps of decay."""
+    t = q.shape[2]
+    q, k, v, g = (_to_chunks(x, chunk) for x in (q, k, v, g))
+    b = torch.cumsum(g, dim=3)  # log decay from each chunk's start, inclusive
+    o = _gla_intra_chunk(q, k, v, g, b, sub) + _gla_inter_chunk(q, k, v, b)
+    return o.flatten(2, 3).index_select(2, torch.arange(t, device=o.device))  # ([:t] specialises T)
+
+
+def _to_chunks(x: torch.Tensor, chunk: int) -> torch.Tensor:
+    """[B, H, T, D] -> [B, H, N, chunk, D], N = ceil(T / chunk) + 1, zeros after token T-1
+    (after every real token, so they change no real output). Written as a gather rather than
+    pad + reshape, and with the extra chunk (N >= 2), so that torch.export can prove every size
+    and keeps T dynamic instead of specialising it."""
+    t = x.shape[2]
+    n = (t + chunk - 1) // chunk + 1
+    pos = torch.arange(n, device=x.device)[:, None] * chunk + torch.arange(chunk, device=x.device)
+    picked = x[:, :, pos.clamp(max=t - 1)]
+    return torch.where((pos < t)[..., None], picked, 0.0)
+
+
+def _gla_intra_chunk(q, k, v, g, b, sub: int):
+    """Within each chunk: o_i = sum_{j<=i} <q_i, k_j * e^{b_i - b_j}> v_j, with the decay split
+    at r, the log decay just before query i's sub-chunk: (q_i e^{b_i - r}) . (k_j e^{r - b_j}).
+    Both factors are <= 1 for keys of earlier sub-chunks; within the sub-chunk the key factor is
+    at most e^{sub * max|g|}. q, k, v, g, b: [B, H, N, C, D] -> [B, H, N, C, dv]. Sub-chunks S
+    go before N ([B, H, S, N, L, D]): after it, torch.export cannot prove the matmul's reshapes
+    of the product N * S and specialises T."""
+    chunk = q.shape[3]
+    subs = lambda x: x.unflatten(3, (chunk // sub, sub)).transpose(2, 3)  # [B, H, S, N, L, D]
+    bs = subs(b)
+    ref = bs[..., :1, :] - subs(g)[..., :1, :]  # [B, H, S, N, 1, D]
+    qs = subs(q) * torch.exp(bs - ref)
+    ks = k.unsqueeze(2) * torch.exp(ref - b.unsqueeze(2))  # [B, H, S, N, C, D]: per sub-chunk
+    scores = qs @ ks.transpose(-1, -2)  # [B, H, S, N, L, C]
+    causal = band_mask(chunk, None, q.device).unflatten(0, (chunk // sub, sub))[:, None]
+    return torch.where(causal, scores, 0.0).transpose(2, 3).flatten(3, 4) @ v
+
+
+def _gla_inter_chunk(q, k, v, b):
+    """What earlier chunks contribute: o_i += (q_i e^{b_i}) . S_n, S_n = the state entering
+    chunk n = sum_{m<n} e^{G_n^in - G_m} * U_m, where U_m = sum_{j in m} (k_j e^{b_end - b_j}) v_j^T
+    is chunk m's own state at its end and G the global log decay at chunk ends (G^in: starts).
+    The [N, N] pairwise decays replace a loop over chunks; masked (m >= n) pairs get exp(-inf)."""
+    total = b[..., -1:, :]  # [B, H, N, 1, D]: log decay across each chunk
+    own = (k * torch.exp(total - b)).transpose(-1, -2) @ v  # U: [B, H, N, D, dv]
+    ends = torch.cumsum(total[..., 0, :], dim=2)  # G: [B, H, N, D]
+    starts = ends - total[..., 0, :]
+    idx = torch.arange(q.shape[2], device=q.device)
+    earlier = idx[:, None] > idx[None, :]  # [n, m]: chunk m is before chunk n
+    log_w = starts.unsqueeze(3) - ends.unsqueeze(2)  # [B, H, n, m, D]
+    w = torch.exp(torch.where(earlier[..., None], log_w, float("-inf")))
+    state = (w.permute(0, 1, 4, 2, 3) @ own.transpose(2, 3)).transpose(2, 3)  # [B, H, N, D, dv]
+    return (q * torch.exp(b)) @ state
+
+
+@torch.library.custom_op("sbc_export::gla", mutates_args=())
+def gla_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """The GLA core as one opaque op, so that export can find it and rewrite it (Scan,
+    LinearAttention). q [B, Hq, T, dk]; k, g [B, Hkv, T, dk]; v [B, Hkv, T, dv] (query head h
+    reads KV head h // (Hq / Hkv)); returns [B, Hq, T, dv]. Runs the parallel form in eager."""
+    groups = q.shape[1] // k.shape[1]
+    return gla_parallel(q, *(repeat_kv(x, groups) for x in (k, v, g)))
+
+
+@gla_op.register_fake
+def _gla_op_fake(q, k, v, g):
+    """Output shape and dtype of gla_op, for tracing."""
+    return q.new_empty(*q.shape[:-1], v.shape[-1])
+
+
+# form -> (GLA core, whether it wants k, v, g repeated to q_heads)
+GLA_FORMS = {"parallel": (gla_parallel, True), "chunked": (gla_chunked, True),
+             "op": (gla_op, False)}
+
+
 def gla_recurrent(q, k, v, g):
     """The recurrence itself, one step at a time (slow; the oracle for tests only)."""
     bsz, h, t, dk = q.shape
@@ -182,8 +270,9 @@ class GLA(nn.Module):
     """SpikingBrain GLA mixer (no RoPE, no output gate, no short convolution):
         q = relu(x Wq + bq), k = relu(x Wk + bk), v = x Wv + bv   (x spiked)
         g = logsigmoid(W2 (W1 x) + b2) / 16                        (per key channel)
-        o = gla_parallel(q / sqrt(dk), k, v, g) -> RMSNorm over head_dim (one shared weight) -> Wo
-    q has q_heads heads; k, v, g have kv_heads heads, shared by `groups` query heads each."""
+        o = gla(q / sqrt(dk), k, v, g) -> RMSNorm over head_dim (one shared weight) -> Wo
+    q has q_heads heads; k, v, g have kv_heads heads, shared by `groups` query heads each.
+    gla is GLA_FORMS[self.form]: gla_parallel unless `forms` chose another."""
 
     def __init__(self, c: SpikingBrainConfig):
         super().__init__()
@@ -199,16 +288,20 @@ class GLA(nn.Module):
         self.o_norm = RMSNorm(c.head_dim, c.rms_eps)
         self.spike_out = Spike(c.spike_k)
         self.o_proj = nn.Linear(c.q_heads * c.head_dim, c.hidden, bias=False)
+        self.form = "parallel"  # a key of GLA_FORMS
 
     def forward(self, x):
         c = self.c
+        core, repeat = GLA_FORMS[self.form]
+        groups = c.groups if repeat else 1
+        kv_heads = lambda t: repeat_kv(split_heads(t, c.kv_heads), groups)
         xs = self.spike_in(x)
         q = split_heads(F.relu(self.q_proj(xs)), c.q_heads) / math.sqrt(c.head_dim)
-        k = repeat_kv(split_heads(F.relu(self.k_proj(xs)), c.kv_heads), c.groups)
-        v = repeat_kv(split_heads(self.v_proj(xs), c.kv_heads), c.groups)
+        k = kv_heads(F.relu(self.k_proj(xs)))
+        v = kv_heads(self.v_proj(xs))
         g = F.logsigmoid(self.gate_up(self.gate_down(xs))) / c.gate_normalizer
-        g = repeat_kv(split_heads(g, c.kv_heads), c.groups)
-        o = self.o_norm(gla_parallel(q, k, v, g))
+        g = kv_heads(g)
+        o = self.o_norm(core(q, k, v, g))
         return self.o_proj(self.spike_out(merge_heads(o)))
 
 
@@ -230,6 +323,26 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
 
+def swa_masked(q, k, v, window: int):
+    """softmax(mask(q k^T / sqrt(dk))) v over the full T x T scores, banded causal mask."""
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    # -inf is safe: every query sees at least itself, so no row is fully masked.
+    scores = torch.where(band_mask(q.shape[2], window, q.device), scores, float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v
+
+
+def swa_attention(q, k, v, window: int):
+    """swa_masked through F.scaled_dot_product_attention with the boolean banded mask (True =
+    may attend) and GQA (k, v may have fewer heads than q): at opset >= 23 the exporter emits
+    one ONNX Attention node."""
+    mask = band_mask(q.shape[2], window, q.device)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+
+
+# form -> (SWA core, whether it wants k, v repeated to q_heads)
+SWA_FORMS = {"masked": (swa_masked, True), "attention": (swa_attention, False)}
+
+
 class SWA(nn.Module):
     """Qwen2-style GQA softmax attention with RoPE on q and k, causal with a sliding window:
     query t attends to keys t-w+1 .. t (itself and the previous w-1: w keys in all).
@@ -245,18 +358,18 @@ class SWA(nn.Module):
         self.v_proj = nn.Linear(c.hidden, c.kv_heads * c.head_dim, bias=True)
         self.spike_out = Spike(c.spike_k)
         self.o_proj = nn.Linear(c.q_heads * c.head_dim, c.hidden, bias=False)
+        self.form = "masked"  # a key of SWA_FORMS
 
     def forward(self, x):
         c = self.c
+        core, repeat = SWA_FORMS[self.form]
+        groups = c.groups if repeat else 1
         xs = self.spike_in(x)
         cos, sin = rope_tables(x.shape[1], c.head_dim, c.rope_theta, x.device)
         q = apply_rope(split_heads(self.q_proj(xs), c.q_heads), cos, sin)
-        k = repeat_kv(apply_rope(split_heads(self.k_proj(xs), c.kv_heads), cos, sin), c.groups)
-        v = repeat_kv(split_heads(self.v_proj(xs), c.kv_heads), c.groups)
-        scores = (q @ k.transpose(-1, -2)) / math.sqrt(c.head_dim)
-        # -inf is safe: every query sees at least itself, so no row is fully masked.
-        scores = torch.where(band_mask(x.shape[1], c.window, x.device), scores, float("-inf"))
-        o = torch.softmax(scores, dim=-1) @ v
+        k = repeat_kv(apply_rope(split_heads(self.k_proj(xs), c.kv_heads), cos, sin), groups)
+        v = repeat_kv(split_heads(self.v_proj(xs), c.kv_heads), groups)
+        o = core(q, k, v, c.window)
         return self.o_proj(self.spike_out(merge_heads(o)))
 
 
@@ -357,5 +470,24 @@ def build_model(config: str | SpikingBrainConfig = "tiny") -> SpikingBrainLM:
     return model.eval()
 
 
+@contextlib.contextmanager
+def forms(model: SpikingBrainLM, gla: str = "parallel", swa: str = "masked"):
+    """Within the block, every GLA mixer of `model` uses GLA_FORMS[gla] and every SWA mixer
+    SWA_FORMS[swa]; the previous forms come back afterwards."""
+    if gla not in GLA_FORMS or swa not in SWA_FORMS:
+        raise ValueError(f"unknown form gla={gla!r} / swa={swa!r}; choose from "
+                         f"{sorted(GLA_FORMS)} / {sorted(SWA_FORMS)}")
+    mixers = [b.mixer for b in model.blocks]
+    before = [m.form for m in mixers]
+    for m in mixers:
+        m.form = gla if isinstance(m, GLA) else swa
+    try:
+        yield model
+    finally:
+        for m, form in zip(mixers, before):
+            m.form = form
+
+
 def parameter_count(model: nn.Module) -> int:
+    """Number of parameters (weights and biases) of `model`."""
     return sum(p.numel() for p in model.parameters())

@@ -67,7 +67,8 @@ class Boundary:
     heads: int
     dk: int
     dv: int
-    q_heads: int  # of the scan output slice [B, Hq, dv]
+    q_heads: int  # of the scan output slice [B, Hq, dv] (or grouped [B, H, Hq / H, dv])
+    out_slice: tuple  # the scan output slice's dims after B
 
 
 @dataclass
@@ -100,8 +101,11 @@ def scan_boundary(node: Node) -> Boundary | str:
         return "the Scan runs backwards over some of its inputs or outputs"
     body = node.attrs["body"]
     out = body.outputs[1].type
-    if out.rank != 3 or not isinstance(out.shape[1], int) or out.shape[2] != state.shape[3]:
-        return f"its scan output slice {out} is not [B, Hq, dv] with dv = {state.shape[3]}"
+    grouped = out.rank == 4 and out.shape[1] == state.shape[1]  # GQA as [B, H_kv, groups, dv]
+    if out.rank not in (3, 4) or out.rank == 4 and not grouped \
+            or not all(isinstance(d, int) for d in out.shape[1:]) or out.shape[-1] != state.shape[3]:
+        return f"its scan output slice {out} is not [B, Hq, dv] or [B, H, Hq / H, dv] with " \
+               f"dv = {state.shape[3]}"
     unvouched = _piecewise_ops(body)
     if unvouched:
         return f"its body uses {', '.join(unvouched)}: piecewise ops that a numerical match " \
@@ -112,8 +116,8 @@ def scan_boundary(node: Node) -> Boundary | str:
     _, h, dk, dv = state.shape
     return Boundary(state, sequences,
                     [normalize_axis(a, v.type.rank) for a, v in zip(layout.input_axes, sequences)],
-                    normalize_axis(layout.output_axes[0], 4), body, constants, h, dk, dv,
-                    out.shape[1])
+                    normalize_axis(layout.output_axes[0], out.rank + 1), body, constants, h, dk, dv,
+                    int(np.prod(out.shape[1:-1])), tuple(out.shape[1:]))
 
 
 def _piecewise_ops(body: Graph) -> list[str]:
@@ -144,7 +148,7 @@ def _captured_constants(captured: list[Value]) -> list[np.ndarray] | str:
 def _fits(role: str, t: TensorType, b: Boundary) -> bool:
     """Whether a slice of type t can be this role's [B, ...] slice (batch checked apart)."""
     h, rest = b.heads, tuple(t.shape[1:])
-    allowed = {"q": [(b.q_heads, b.dk)], "k": [(h, b.dk)], "v": [(h, b.dv)],
+    allowed = {"q": [(b.q_heads, b.dk), (h, b.q_heads // h, b.dk)], "k": [(h, b.dk)], "v": [(h, b.dv)],
                "g": [(h, b.dk), (h, 1), (h,)], "beta": [(h, 1), (1, 1), (h,), (1,)]}[role]
     if role == "q" and b.q_heads % h:
         return False
@@ -156,7 +160,7 @@ def assignments(b: Boundary):
     Rules with fewer roles than scan inputs are tried too (an unused input is harmless)."""
     slices = b.body.inputs[1:1 + len(b.sequences)]
     batch = b.state.shape[0]
-    usable = [i for i, s in enumerate(slices) if s.type.rank in (2, 3) and s.shape[0] == batch]
+    usable = [i for i, s in enumerate(slices) if s.type.rank in (2, 3, 4) and s.shape[0] == batch]
     for rule, roles in ROLES.items():
         for chosen in itertools.permutations(usable, len(roles)):
             if all(_fits(r, slices[i].type, b) for r, i in zip(roles, chosen)):
@@ -354,24 +358,25 @@ class ScanLinearAttention(RewriteRule):
 # -- layout ------------------------------------------------------------------------------------
 
 def pack_sequence(graph: Graph, x: Value, axis: int, name: str) -> Value:
-    """A scan input (slice [B, H, D] or [B, H], T on `axis`) -> packed [B, T, H*D] / [B, T, H]."""
+    """A scan input (slice [B, H, D], [B, H, G, D] or [B, H], T on `axis`) -> packed
+    [B, T, H*D] / [B, T, H*G*D] / [B, T, H]."""
     rank = x.type.rank
     full = [i if i < axis else i + 1 for i in range(rank - 1)]  # slice dim -> axis of x
     perm = [full[0], axis] + full[1:]
     if perm != list(range(rank)):
         x = graph.add1("Transpose", x, name=f"{name}_bt", perm=perm)
-    if rank == 4:
+    if rank >= 4:
         x = graph.add1("Reshape", x, _shape(graph, [0, 0, -1], name), name=f"{name}_packed")
     return x
 
 
 def unpack_output(graph: Graph, o: Value, b: Boundary, dtype: str, name: str) -> Value:
-    """[B, T, Hq*dv] -> the Scan's stacked output: [B, Hq, dv] with T inserted at out_axis."""
-    x = graph.add1("Reshape", o, _shape(graph, [0, 0, b.q_heads, b.dv], f"{name}_o"),
-                   name=f"{name}_o_bthd")
-    source = {0: 0, 1: 2, 2: 3}  # slice dim of [B, Hq, dv] -> axis of [B, T, Hq, dv]
-    perm = [1 if p == b.out_axis else source[p if p < b.out_axis else p - 1] for p in range(4)]
-    if perm != [0, 1, 2, 3]:
+    """[B, T, Hq*dv] -> the Scan's stacked output: its slice [B, ...] with T inserted at out_axis."""
+    x = graph.add1("Reshape", o, _shape(graph, [0, 0, *b.out_slice], f"{name}_o"), name=f"{name}_o_bt")
+    rank = len(b.out_slice) + 2
+    source = [0] + list(range(2, rank))  # slice dim -> axis of [B, T, ...]
+    perm = [1 if p == b.out_axis else source[p if p < b.out_axis else p - 1] for p in range(rank)]
+    if perm != list(range(rank)):
         x = graph.add1("Transpose", x, name=f"{name}_o_stacked", perm=perm)
     return cast_to(graph, x, dtype, f"{name}_o")
 

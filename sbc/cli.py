@@ -94,6 +94,11 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="export the built-in reference model to ONNX")
     e.add_argument("--config", default="tiny")
     e.add_argument("-o", "--output", required=True)
+    e.add_argument("--form", default="parallel", choices=["parallel", "chunked", "scan", "la27"],
+                   help="GLA form: parallel (T x T), chunked (long T), scan (ONNX Scan), la27 "
+                        "(ONNX-27 LinearAttention; onnxruntime cannot run it)")
+    e.add_argument("--swa", default="masked", choices=["masked", "attention"],
+                   help="SWA form: masked softmax, or ONNX Attention (opset 23)")
     e.set_defaults(command=cmd_export)
 
     g = sub.add_parser("debug", help="find the first node where the compiled model diverges")
@@ -308,8 +313,10 @@ def cmd_debug(args) -> int:
 def cmd_export(args) -> None:
     from sbc.models.export import export_onnx
     _check_config(args.config)
-    path = export_onnx(args.config, args.output)
-    print(f"exported the '{args.config}' reference model to {path}")
+    path = export_onnx(args.config, args.output, form=args.form, swa=args.swa)
+    default = (args.form, args.swa) == ("parallel", "masked")
+    forms = "" if default else f" (GLA {args.form}, SWA {args.swa})"
+    print(f"exported the '{args.config}' reference model{forms} to {path}")
 
 
 def _check_config(name: str) -> None:

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from sbc.models.export import op_histogram
-from sbc.models.spikingbrain import (SWA, SpikingBrainLM, build_model, get_config, gla_parallel,
-                                     gla_recurrent, parameter_count, spike, spike_counts)
+from sbc.models.spikingbrain import (SWA, SpikingBrainLM, build_model, forms, get_config,
+                                     gla_parallel, gla_recurrent, parameter_count, spike,
+                                     spike_counts)
 
 # The op types the tiny export (opset 18) is made of: what the compiler frontend must support.
 EXPORTED_OPS = {
@@ -41,6 +42,20 @@ def test_gla_parallel_equals_recurrent():
     g = -0.03 * torch.rand(2, 3, 50, 8, generator=gen)  # per key channel, like the model's gate
     torch.testing.assert_close(gla_parallel(q, k, v, g), gla_recurrent(q, k, v, g),
                                rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("gla, swa", [("chunked", "masked"), ("op", "attention")])
+def test_model_forms_agree_in_eager(gla, swa):
+    """Every export form computes the same logits in PyTorch; `forms` restores the defaults."""
+    model = build_model("tiny")
+    ids = torch.randint(0, 256, (2, 70), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = model(ids)
+        with forms(model, gla, swa):
+            assert {b.mixer.form for b in model.blocks} == {gla, swa}
+            got = model(ids)
+    assert {b.mixer.form for b in model.blocks} == {"parallel", "masked"}
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
 
 
 def test_swa_query_sees_exactly_window_keys():
