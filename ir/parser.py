@@ -89,7 +89,16 @@ def _parse_type(toks: _Tokens) -> TensorType:
     while not toks.accept("]"):
         dims.append(parse_dim("".join(t for _, t in toks.until({",", "]"}))))
         toks.accept(",")
-    return TensorType(dtype, tuple(dims))
+    encoding = None
+    if toks.peek()[1] == "{" and toks.peek(1)[1] == "spike":  # {spike=count}
+        toks.next(), toks.next()
+        toks.expect("=")
+        encoding = toks.next()[1]
+        toks.expect("}")
+    try:
+        return TensorType(dtype, tuple(dims), encoding)
+    except TypeError as e:
+        raise ParseError(str(e)) from None
 
 
 def _parse_scalar(tokens: list[tuple[str, str]]):

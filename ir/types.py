@@ -1,4 +1,10 @@
-"""Tensor types: an element dtype plus a shape of (possibly symbolic) dims."""
+"""Tensor types: an element dtype plus a shape of (possibly symbolic) dims, and optionally a
+spike encoding: what the integers of a spiking tensor mean (see SPIKE_ENCODINGS). Types that
+differ only in encoding are different types; a type without one prints as before.
+
+    i16[batch, seq, 512]{spike=count}      spike counts n (one integer per neuron)
+    i8[4, batch, seq, 512]{spike=ternary}  a spike train of T = 4 steps in {-1, 0, 1}
+"""
 
 from __future__ import annotations
 
@@ -16,6 +22,17 @@ DTYPES: dict[str, np.dtype] = {
     "i64": np.dtype("int64"), "u8": np.dtype("uint8"), "bool": np.dtype("bool"),
 }
 _BY_NUMPY = {v: k for k, v in DTYPES.items()}
+
+# Spike encodings (SpikingBrain's codings; the trains are [T, ...] with T leading):
+#   count                  n, the number of spikes per neuron (signed)
+#   binary                 T = max n steps in {0, 1}; n = sum_t s_t (n >= 0)
+#   ternary                T = max |n| steps in {-1, 0, 1}; n = sum_t s_t
+#   bitwise                bit planes of n >= 0, MSB first: n = sum_t 2^(T-1-t) s_t
+#   bitwise_bidirectional  sign(n) * bit planes of |n|, MSB first, steps in {-1, 0, 1}
+#   twos_complement        T-bit two's complement planes, MSB first (weight -2^(T-1))
+SPIKE_DTYPES = ("i8", "i16", "i32")
+SPIKE_ENCODINGS = ("count", "binary", "ternary", "bitwise", "bitwise_bidirectional",
+                   "twos_complement")
 
 
 def dtype_of(x) -> str:
@@ -36,11 +53,19 @@ def numpy_dtype(name: str) -> np.dtype:
 class TensorType:
     dtype: str
     shape: tuple[Dim, ...]
+    encoding: str | None = None  # a spike encoding (SPIKE_ENCODINGS) of an integer tensor
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
             raise TypeError(f"unknown dtype {self.dtype!r}")
         object.__setattr__(self, "shape", tuple(self.shape))
+        if self.encoding is not None:
+            if self.encoding not in SPIKE_ENCODINGS:
+                raise TypeError(f"unknown spike encoding {self.encoding!r} (known: "
+                                f"{', '.join(SPIKE_ENCODINGS)})")
+            if self.dtype not in SPIKE_DTYPES:
+                raise TypeError(f"a spike encoding needs a signed integer dtype "
+                                f"({', '.join(SPIKE_DTYPES)}), got {self.dtype}")
 
     @property
     def rank(self) -> int:
@@ -58,8 +83,12 @@ class TensorType:
     def symbols(self) -> set[str]:
         return {s for d in self.shape if isinstance(d, Sym) for s in d.symbols}
 
+    def with_encoding(self, encoding: str | None) -> "TensorType":
+        return TensorType(self.dtype, self.shape, encoding)
+
     def __str__(self):
-        return f"{self.dtype}{dims_str(self.shape)}"
+        spike = "" if self.encoding is None else f"{{spike={self.encoding}}}"
+        return f"{self.dtype}{dims_str(self.shape)}{spike}"
 
 
 def type_of(array: np.ndarray) -> TensorType:

@@ -113,7 +113,8 @@ _PASSES: dict[str, type[Pass]] = {}
 # Imported on first lookup; each module registers its pass with @register_pass.
 _BUILTIN_MODULES = ("cse", "dce", "fold_constants", "fold_reshape_transpose",
                     "fuse_linear_attention", "fuse_sliding_window_attention", "last_position",
-                    "pack_matmul_weights", "to_recurrent")
+                    "pack_matmul_weights", "to_recurrent", "fuse_spike_neurons",
+                    "quantize_weights_int8", "spike_matmul")
 
 
 def register_pass(cls: type[Pass]) -> type[Pass]:

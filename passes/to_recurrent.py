@@ -63,6 +63,10 @@ def _axes(node: Node, rank: int) -> list[int] | None:
         return [int(scalar(node.inputs[1])) % rank]
     if node.op in ("LayerNormalization", "RMSNormalization"):
         return list(range(a["axis"] % rank, rank))
+    if node.op in ("SpikeEncode", "SpikeMatMul"):  # the neuron's row / the contraction
+        return [rank - 1]
+    if node.op in ("SpikeExpand", "SpikeCollapse"):  # per neuron; a train's steps lead
+        return [] if node.op == "SpikeExpand" else [0]
     if node.op == "Slice":
         given = node.inputs[3] if len(node.inputs) > 3 else None
         return list(range(rank)) if given is None or given.data is None else \

@@ -2,8 +2,10 @@
 recurrence over T, an online softmax over a ring buffer). Each module builds a PrimFunc for one
 node from its checked dims; `codegen.lower` registers them as kernel lowerings."""
 
+from sbc.codegen import lower_spike  # noqa: F401  (registers the spiking ops' TE lowerings)
 from sbc.codegen.kernels.linear_attention import linear_attention_kernel
 from sbc.codegen.kernels.sliding_window import sliding_window_kernel
+from sbc.codegen.kernels.spike_matmul import spike_matmul_kernel
 from sbc.codegen.lower import kernel_lowering
 from sbc.errors import UnsupportedError
 from sbc.ir.ops.linear_attention import linear_attention_dims, sliding_window_dims
@@ -22,6 +24,11 @@ def _input(node, i):
 
 @kernel_lowering("LinearAttention")
 def _(node):
+    # Every rule and every T lowers to the recurrent kernel. The chunked kernel
+    # (linear_attention_chunked, rules linear/gated) was not faster on a 2-core znver5 at the
+    # small model's heads (Hq 8, Hkv 2, dk = dv = 64): with GQA both forms do the q.S product
+    # at dk*dv per query token, and the chunked one adds its intra-chunk scores on top
+    # (bench/bench_linear_attention_cpu.py).
     _require_f32(node)
     d = linear_attention_dims(node)
     return linear_attention_kernel(d["hq"], d["hkv"], d["dk"], d["dv"], d["scale"], d["decay"],
@@ -35,3 +42,8 @@ def _(node):
     position = _input(node, 5)
     return sliding_window_kernel(d["hq"], d["hkv"], d["d"], d["dv"], d["window"], d["scale"],
                                  d["past"], None if position is None else tuple(position.shape))
+
+
+@kernel_lowering("SpikeMatMul")
+def _(node):
+    return spike_matmul_kernel(node)

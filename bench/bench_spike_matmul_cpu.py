@@ -1,0 +1,101 @@
+"""SpikeMatMul (spike counts x int8 weights, int32 sums; and its f32-weight form) vs the fp32
+matmul the default pipeline compiles (MatMulPacked; and plain MatMul), at the small model's projection shape
+[1, M, K] x [K, N] with symbolic batch and seq, as compiled models run them. Each is built by
+sbc's codegen, warmed up, and timed as the median of --repeats calls in one process.
+
+    .venv/bin/python bench/bench_spike_matmul_cpu.py [--shapes 1024x512x1536 4096x4096x4096] [--repeats 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from sbc.codegen.build import build
+from sbc.codegen.kernels.spike_matmul import integer_dot_instruction
+from sbc.codegen.target import host_cpu_features
+from sbc.ir import Graph, Sym, TensorType
+from sbc.ir.ops.nn import pack_weight
+from sbc.ir.ops.spike import pack_spike_weight, quantize_groups
+
+ROWS = (Sym.var("batch"), Sym.var("seq"))
+
+
+def fp32_graph(w, packed: bool):
+    g = Graph()
+    x = g.add_input("x", TensorType("f32", ROWS + (w.shape[0],)))
+    weight = g.add_param("w", pack_weight(w, 16) if packed else w)
+    g.set_outputs([g.add1("MatMulPacked" if packed else "MatMul", x, weight)], ["y"])
+    return g
+
+
+def spike_graph(w, quantised: bool):
+    g = Graph()
+    n = g.add_input("n", TensorType("i16", ROWS + (w.shape[0],), "count"))
+    s = g.add_input("s", TensorType("f32", ROWS + (1,)))
+    if quantised:
+        q, scales = quantize_groups(w, 0, 128)
+        weights = [g.add_param("w", pack_spike_weight(q)), g.add_param("ws", scales)]
+    else:
+        weights = [g.add_param("w", pack_spike_weight(w))]
+    g.set_outputs([g.add1("SpikeMatMul", n, s, *weights)], ["y"])
+    return g
+
+
+def runner(graph, feeds):
+    built = build(graph)
+    vm = relax.VirtualMachine(built.executable, tvm.cpu())
+    args = [tvm.runtime.tensor(feeds[name]) for name, _ in built.inputs]
+    args += [tvm.runtime.tensor(built.params[name]) for name in built.param_names]
+    return lambda: vm["main"](*args)
+
+
+def median_ms(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def bench(m: int, k: int, n: int, repeats: int) -> dict[str, float]:
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
+    counts = rng.integers(-7, 8, (1, m, k)).astype(np.int16)  # SpikingBrain: 94% of |n| <= 7
+    scale = rng.uniform(0.05, 0.5, (1, m, 1)).astype(np.float32)
+    x = counts * scale
+    runs = {"fp32 MatMulPacked": runner(fp32_graph(w, True), {"x": x}),
+            "fp32 MatMul": runner(fp32_graph(w, False), {"x": x}),
+            "SpikeMatMul int8": runner(spike_graph(w, True), {"n": counts, "s": scale}),
+            "SpikeMatMul f32 W": runner(spike_graph(w, False), {"n": counts, "s": scale})}
+    q, scales = quantize_groups(w, 0, 128)
+    dequantised = q * np.repeat(scales, 128, axis=0)[:k]
+    for name, fn in runs.items():  # the int8 kernel against the weights it was given
+        expected = x[0] @ (dequantised if "int8" in name else w)
+        np.testing.assert_allclose(fn()[0].numpy()[0], expected, rtol=1e-3, atol=1e-3, err_msg=name)
+    return {name: median_ms(fn, repeats) for name, fn in runs.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shapes", nargs="+", default=["1024x512x1536"])
+    ap.add_argument("--repeats", type=int, default=10)
+    args = ap.parse_args()
+    print(f"cpu {host_cpu_features()['cpu']}, integer dot product: {integer_dot_instruction()}")
+    for shape in args.shapes:
+        m, k, n = map(int, shape.split("x"))
+        times = bench(m, k, n, args.repeats)
+        gflop = 2 * m * k * n / 1e9
+        cells = ", ".join(f"{name} {t:.2f} ms ({gflop / t * 1e3:.0f} GOP/s)" for name, t in times.items())
+        print(f"M={m} K={k} N={n}: {cells}")
+
+
+if __name__ == "__main__":
+    main()

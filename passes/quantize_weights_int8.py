@@ -1,0 +1,70 @@
+"""quantize-weights-int8 (opt-in, lossy): the f32 weight of a matmul fed by spikes -> symmetric
+int8 with one scale per group of `group` input channels (SpikingBrain's W8ASpike weights).
+
+    MatMul(Mul(Cast(counts), scale), W [K, N])
+        -> MatMul(..., DequantizeGroups(Wq [K, N] i8, scales [ceil(K/group), N]) {axis = 0})
+    MatMulPacked(..., Wp [N/P, K, P])
+        -> MatMulPacked(..., DequantizeGroups(Wq [N/P, K, P], scales [N/P, G, P]) {axis = 1})
+
+scale = absmax / 127 of the group, q = round(w / scale); a K below `group` is one group.
+DequantizeGroups is not foldable, so the int8 weight survives constant folding; spike-matmul
+then computes the matmul with integer products. Not in DEFAULT_PIPELINE: it changes numerics
+(the CLI's `--quantize w8` adds it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sbc.ir import Graph, Node
+from sbc.ir.ops.spike import quantize_groups
+from sbc.passes.base import Pass, PassResult, RewriteRule, apply_rules, register_pass
+from sbc.passes.fuse_spike_neurons import dequantised_spikes
+
+K_AXIS = {"MatMul": 0, "MatMulPacked": 1}  # where the input channels lie in each weight layout
+WEIGHT_RANK = {"MatMul": 2, "MatMulPacked": 3}
+
+
+class QuantizeSpikeWeight(RewriteRule):
+    ops = ("MatMul", "MatMulPacked")
+
+    def __init__(self, group: int):
+        self.group = group
+        self.done: dict[int, tuple] = {}  # id(weight) -> its quantised params (shared weights)
+
+    def check(self, node: Node) -> str | None:
+        a, w = node.inputs
+        spikes = dequantised_spikes(a)
+        if isinstance(spikes, str):
+            return spikes
+        if w.producer is not None or w.data is None:
+            return "the weight is not a param known at compile time"
+        if w.dtype != "f32" or w.type.rank != WEIGHT_RANK[node.op]:
+            return f"the weight {w.type} is not an f32 {node.op} weight"
+        return None
+
+    def rewrite(self, graph: Graph, node: Node) -> None:
+        a, w = node.inputs
+        axis = K_AXIS[node.op]
+        if id(w) not in self.done:
+            q, scales = quantize_groups(w.data, axis, self.group)
+            self.done[id(w)] = (graph.add_param(f"{w.name}:q8", q),
+                                graph.add_param(f"{w.name}:q8_scale", scales))
+        q, scales = self.done[id(w)]
+        weight = graph.add1("DequantizeGroups", q, scales, axis=axis, group=self.group,
+                            name=node.name)
+        graph.replace_uses(node.outputs[0], graph.add1(node.op, a, weight, name=node.name))
+
+
+@register_pass
+class QuantizeWeightsInt8(Pass):
+    name = "quantize-weights-int8"
+
+    @dataclass
+    class Options:
+        group: int = 128  # input channels per weight scale
+
+    def run(self, graph: Graph) -> PassResult:
+        modified = apply_rules(graph, [QuantizeSpikeWeight(self.options.group)])
+        graph.prune_params()  # the f32 weights nothing reads any more
+        return PassResult(graph, modified)

@@ -1,0 +1,96 @@
+"""The spiking ops compiled for the CPU (sbc.compile) against the reference interpreter:
+SpikeEncode's counts exactly, trains exactly, SpikeMatMul through each integer instruction
+path (VNNI / AVX2 / portable) and its f32-weight form."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import sbc
+from sbc.codegen.kernels import spike_matmul as kernels
+from sbc.codegen.target import host_cpu_features
+from sbc.ir import Graph, Sym, TensorType
+from sbc.ir.interpreter import run
+from sbc.ir.ops.spike import expand, pack_spike_weight, quantize_groups
+from sbc.passes.manager import DEFAULT_PIPELINE
+from tests.passes.spike_graphs import spiking_matmul_graph
+
+ROWS = (Sym.var("batch"), Sym.var("seq"))
+
+
+def test_spike_encode_and_trains_compile_exactly():
+    g = Graph()
+    x = g.add_input("x", TensorType("f32", ROWS + (40,)))
+    counts, scale = g.add("SpikeEncode", [x]).outputs
+    outputs, names = [counts, scale], ["n", "v"]
+    for coding, steps in (("twos_complement", 9), ("ternary", 121), ("bitwise_bidirectional", 7)):
+        train = g.add1("SpikeExpand", counts, coding=coding, steps=steps)
+        outputs += [train, g.add1("SpikeCollapse", train, coding=coding)]
+        names += [coding, f"{coding}_counts"]
+    g.set_outputs(outputs, names)
+    x = np.random.default_rng(0).standard_normal((2, 5, 40)).astype(np.float32)
+    x[0, 0] = 0
+    got, expected = sbc.compile(g, passes="dce").run({"x": x}), run(g, {"x": x})
+    np.testing.assert_allclose(got["v"], expected["v"], rtol=1e-6)
+    # V_th's sum runs in another order: a count may flip by one where x / V_th is within
+    # rounding of .5 (CONTEXT.md), never more
+    flips = got["n"].astype(int) - expected["n"]
+    assert np.abs(flips).max() <= 1 and (flips != 0).mean() < 0.01
+    for coding in ("twos_complement", "ternary", "bitwise_bidirectional"):
+        np.testing.assert_array_equal(got[f"{coding}_counts"], got["n"])  # lossless compiled
+    np.testing.assert_array_equal(got["ternary"], expand(got["n"], "ternary", 121))
+
+
+def spike_matmul_graph(counts_dtype: str, quantised: bool, bias: bool, k: int = 300) -> Graph:
+    rng = np.random.default_rng(1)
+    g = Graph()
+    n = g.add_input("n", TensorType(counts_dtype, ROWS + (k,), "count"))
+    s = g.add_input("s", TensorType("f32", ROWS + (1,)))
+    w = rng.standard_normal((k, 48)).astype(np.float32)
+    if quantised:
+        q, scales = quantize_groups(w, 0, 128)  # K = 300: two full groups and a partial one
+        weights = [g.add_param("w", pack_spike_weight(q)), g.add_param("ws", scales)]
+    else:
+        weights = [g.add_param("w", pack_spike_weight(w)), None]
+    b = g.add_param("b", rng.standard_normal(48).astype(np.float32)) if bias else None
+    g.set_outputs([g.add1("SpikeMatMul", n, s, *weights, b)], ["y"])
+    return g
+
+
+@pytest.mark.parametrize("instruction", ["vnni", "avx2", "portable"])
+@pytest.mark.parametrize("counts_dtype", ["i16", "i8"])
+def test_int8_spike_matmul_kernel(monkeypatch, instruction, counts_dtype):
+    features = host_cpu_features()["features"]
+    available = {"portable", "avx2" if "avx2" in features else "portable",
+                 kernels.integer_dot_instruction(features)}
+    if instruction not in available:
+        pytest.skip(f"this CPU has no {instruction}")
+    monkeypatch.setattr(kernels, "integer_dot_instruction", lambda: instruction)
+    g = spike_matmul_graph(counts_dtype, quantised=True, bias=counts_dtype == "i16")
+    rng = np.random.default_rng(2)
+    feeds = {"n": rng.integers(-100, 101, (2, 7, 300)).astype(counts_dtype.replace("i", "int")),
+             "s": rng.uniform(0.1, 1, (2, 7, 1)).astype(np.float32)}  # 14 rows: a short tile
+    got, expected = sbc.compile(g, passes="dce").run(feeds)["y"], run(g, feeds)["y"]
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6 * np.abs(expected).max())
+
+
+def test_float_weight_spike_matmul():
+    g = spike_matmul_graph("i16", quantised=False, bias=True, k=256)
+    rng = np.random.default_rng(3)
+    feeds = {"n": rng.integers(-9, 10, (1, 13, 256)).astype(np.int16),
+             "s": rng.uniform(0.1, 1, (1, 13, 1)).astype(np.float32)}
+    got, expected = sbc.compile(g, passes="dce").run(feeds)["y"], run(g, feeds)["y"]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_quantised_spiking_layer_through_the_pipeline():
+    graph = spiking_matmul_graph(k=256, n=32, bias=True)
+    pipeline = [q for p in DEFAULT_PIPELINE
+                for q in (["quantize-weights-int8", p] if p == "spike-matmul" else [p])]
+    module = sbc.compile(graph, passes=pipeline)
+    assert module.manifest["ops"] == {"SpikeEncode": 1, "SpikeMatMul": 1}
+    x = np.random.default_rng(4).standard_normal((2, 9, 256)).astype(np.float32)
+    y = module.run({"x": x})["y"]
+    exact = run(graph, {"x": x})["y"]  # the f32 weights: only the int8 rounding differs
+    assert np.abs(y - exact).max() <= 0.02 * np.abs(exact).max()
