@@ -11,7 +11,7 @@ import numpy as np
 from sbc.ir import Graph, Node, Value
 from sbc.ir.dims import Sym
 from sbc.ir.interpreter import evaluate
-from sbc.passes.base import RewriteRule
+from sbc.passes.base import RewriteRule, producer, scalar  # noqa: F401  (re-exported)
 
 MASK_SIZES = (17, 257, 4097)  # seq lengths at which a mask is evaluated to find its band
 
@@ -31,19 +31,6 @@ class AttentionRule(RewriteRule):
 
     def match(self, node: Node) -> dict | str:
         raise NotImplementedError
-
-
-def producer(v: Value | None, *ops: str) -> Node | None:
-    """The node that produced v if its op is one of `ops`."""
-    node = None if v is None else v.producer
-    return node if node is not None and node.op in ops else None
-
-
-def scalar(v: Value | None) -> float | None:
-    """The value of a compile-time scalar (any shape with one element), else None."""
-    if v is None or v.data is None or v.data.dtype == object or v.data.size != 1:
-        return None
-    return float(v.data.reshape(-1)[0])
 
 
 def other_operand(node: Node, v: Value) -> Value:

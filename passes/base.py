@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from sbc.errors import UnsupportedError
-from sbc.ir import Graph, Node
+from sbc.ir import Graph, Node, Value
 
 
 @dataclass
@@ -212,3 +212,18 @@ def explain(graph: Graph, rules: list[RewriteRule]) -> list[str]:
                 if why is not None:
                     notes.append(f"{type(rule).__name__} at {node.where()}: {why}")
     return notes
+
+
+# -- pattern helpers shared by rules ------------------------------------------------------------
+
+def producer(v: Value | None, *ops: str) -> Node | None:
+    """The node that produced v if its op is one of `ops`."""
+    node = None if v is None else v.producer
+    return node if node is not None and node.op in ops else None
+
+
+def scalar(v: Value | None) -> float | None:
+    """The value of a compile-time scalar (any shape with one element), else None."""
+    if v is None or v.data is None or v.data.dtype == object or v.data.size != 1:
+        return None
+    return float(v.data.reshape(-1)[0])

@@ -24,23 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from sbc.ir import Graph, Node, Value
-from sbc.passes.base import Pass, PassResult, RewriteRule, apply_rules, register_pass
+from sbc.passes.base import Pass, PassResult, RewriteRule, apply_rules, producer, register_pass, scalar
 from sbc.passes.dce import DeadCodeElimination
 
 COUNT_DTYPES = {"i8": 127, "i16": 32767, "i32": 2**31 - 1}  # dtype -> largest count it holds
-
-
-def producer(v: Value | None, *ops: str) -> Node | None:
-    """v's producer if its op is one of `ops`."""
-    node = None if v is None else v.producer
-    return node if node is not None and node.op in ops else None
-
-
-def scalar(v: Value | None) -> float | None:
-    """The value of a compile-time scalar (one element), else None."""
-    if v is None or v.data is None or v.data.dtype == object or v.data.size != 1:
-        return None
-    return float(v.data.reshape(-1)[0])
 
 
 @dataclass
