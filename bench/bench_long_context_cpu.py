@@ -8,6 +8,8 @@ vs context length, sbc vs onnxruntime vs PyTorch eager in one process on the sam
   PyTorch eager runs the parallel form up to --max-quadratic. Beyond ~2,500 tokens the
   parallel form's exp(-cumsum) overflows, so its outputs stop being finite (the table says
   so): the time is still the time of that computation.
+- Each onnxruntime / PyTorch measurement runs in a child process, so one that runs out of
+  memory (the T x T forms need O(T^2) bytes) is reported as such instead of ending the run.
 - Decode at context C is measured after a real prefill of min(C, --max-real) tokens; beyond
   that the session's position is set to C (the state has a fixed size and no kernel's work
   depends on the position, so this is the same work; the table marks these rows).
@@ -23,6 +25,8 @@ import argparse
 import json
 import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -32,7 +36,7 @@ import torch
 
 import sbc
 from sbc.models.export import export_onnx
-from sbc.models.spikingbrain import build_model
+from sbc.models.spikingbrain import build_model, get_config
 
 
 def rss_mb() -> float:
@@ -58,8 +62,8 @@ def ort_session(path: str) -> ort.InferenceSession:
 
 
 def measure_prefill(args, module, runners, vocab, rng) -> list[dict]:
-    """One row per T: seconds for sbc and for each (name, max T, fn) runner that is in range."""
-    rows = []
+    """One row per T: seconds for sbc and for each (name, max T, child argv) runner in range."""
+    rows, failed = [], set()
     for t in args.prefill:
         ids = rng.integers(0, vocab, size=(1, t), dtype=np.int64)
         sess = module.session(batch=1, chunk=args.chunk)
@@ -67,13 +71,42 @@ def measure_prefill(args, module, runners, vocab, rng) -> list[dict]:
         sess.reset()
         seconds, logits = timed(lambda: sess.prefill(ids))
         row = {"T": t, "sbc": seconds, "sbc_finite": finite(logits)}
-        for name, max_t, fn in runners:
-            if t <= max_t:
-                row[name], out = timed(lambda: fn(ids))
-                row[f"{name}_finite"] = finite(out)
+        for name, max_t, argv in runners:
+            if t <= max_t and name not in failed:  # what failed at T fails at any longer T
+                row.update(in_child(name, argv, t))
+                if f"{name}_failed" in row:
+                    failed.add(name)
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
+
+
+def in_child(name: str, argv: list[str], t: int) -> dict:
+    """One baseline measurement in a child process: {name: s, name_finite: bool}, or
+    {name_failed: why} (out of memory: the kernel's OOM killer ends the child, not the run)."""
+    proc = subprocess.run([sys.executable, __file__, "--child", *argv, str(t)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1][:120]
+        return {f"{name}_failed": "out of memory" if proc.returncode in (-9, 137) else last}
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {name: result["seconds"], f"{name}_finite": result["finite"]}
+
+
+def child(kind: str, config: str, path: str, t: str) -> None:
+    """--child ort|torch CONFIG ONNX_PATH T: time one prefill of T random tokens, print JSON."""
+    if kind == "ort":
+        session = ort_session(path)
+        fn = lambda ids: session.run(None, {"ids": ids})[0]  # noqa: E731
+    else:
+        model = build_model(config).eval()
+
+        def fn(ids):
+            with torch.inference_mode():
+                return model(torch.from_numpy(ids)).numpy()
+    ids = np.random.default_rng(int(t)).integers(0, get_config(config).vocab_size, size=(1, int(t)))
+    fn(ids[:, :64])  # warm-up: first-call set-up is not prefill time
+    seconds, out = timed(lambda: fn(ids))
+    print(json.dumps({"seconds": seconds, "finite": finite(out)}))
 
 
 def measure_decode(args, module, vocab, rng) -> list[dict]:
@@ -98,7 +131,10 @@ RUNNERS = (("onnxruntime", "onnxruntime (parallel)"), ("onnxruntime_chunked", "o
 
 
 def report(args, head: str, prefill: list[dict], decode: list[dict]) -> str:
-    cell = lambda row, k: "-" if k not in row else f"{row[k]:.2f}" + ("" if row[f"{k}_finite"] else " (inf/nan)")  # noqa: E731
+    def cell(row, k):
+        if f"{k}_failed" in row:
+            return f"failed: {row[f'{k}_failed']}"
+        return "-" if k not in row else f"{row[k]:.2f}" + ("" if row[f"{k}_finite"] else " (inf/nan)")
     ratio = lambda row, k: "-" if k not in row else f"{row[k] / row['sbc']:.2f}x"  # noqa: E731
     lines = [head, "", "Prefill, seconds (ratios > 1: sbc is faster):", "",
              "| T | sbc | " + " | ".join(label for _, label in RUNNERS) + " | "
@@ -122,7 +158,7 @@ def goals(prefill: list[dict], decode: list[dict]) -> list[str]:
     with_ort = [r for r in prefill if "onnxruntime" in r]
     if with_ort:
         r = with_ort[-1]
-        out.append(f"- onnxruntime (parallel) / sbc at its longest measured T = {r['T']}: "
+        out.append(f"- onnxruntime (parallel) / sbc at the longest T it completed, {r['T']}: "
                    f"{r['onnxruntime'] / r['sbc']:.2f}x (goal >= 100x)")
     by_t = {r["T"]: r["sbc"] for r in prefill}
     if 4096 in by_t and 32768 in by_t:
@@ -143,7 +179,7 @@ def plot(prefill: list[dict], decode: list[dict], directory: str) -> list[str]:
 
     paths = []
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for key, label in (("sbc", "sbc (streamed, fused kernels)"),) + RUNNERS:
+    for key, label in (("sbc", "sbc (streamed, fused kernels)"),) + RUNNERS:  # noqa: B007
         pts = [(r["T"], r[key]) for r in prefill if key in r]
         if pts:
             ax.loglog(*zip(*pts), marker="o", label=label)
@@ -172,13 +208,15 @@ def plot(prefill: list[dict], decode: list[dict], directory: str) -> list[str]:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--child"]:
+        return child(*sys.argv[2:])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="small")
     ap.add_argument("--prefill", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384, 32768, 65536])
     ap.add_argument("--decode", type=int, nargs="+", default=[1024, 16384, 65536, 1048576])
     ap.add_argument("--chunk", type=int, default=1024)
-    ap.add_argument("--max-quadratic", type=int, default=8192)
-    ap.add_argument("--max-chunked", type=int, default=8192)
+    ap.add_argument("--max-quadratic", type=int, default=16384)
+    ap.add_argument("--max-chunked", type=int, default=16384)
     ap.add_argument("--max-real", type=int, default=65536)
     ap.add_argument("--tokens", type=int, default=32, help="decode steps per measurement")
     ap.add_argument("--out", help="markdown report")
@@ -189,18 +227,11 @@ def main() -> None:
     parallel = export_onnx(args.config, os.path.join(work, "parallel.onnx"))
     chunked = export_onnx(args.config, os.path.join(work, "chunked.onnx"), form="chunked")
     compile_s, module = timed(lambda: sbc.compile(parallel))
-    model = build_model(args.config).eval()
-    sessions = {"onnxruntime": ort_session(parallel), "onnxruntime_chunked": ort_session(chunked)}
-
-    def torch_run(ids):
-        with torch.inference_mode():
-            return model(torch.from_numpy(ids)).numpy()
-    runners = [("onnxruntime", args.max_quadratic, lambda ids: sessions["onnxruntime"].run(None, {"ids": ids})[0]),
-               ("onnxruntime_chunked", args.max_chunked,
-                lambda ids: sessions["onnxruntime_chunked"].run(None, {"ids": ids})[0]),
-               ("pytorch", args.max_quadratic, torch_run)]
+    runners = [("onnxruntime", args.max_quadratic, ["ort", args.config, parallel]),
+               ("onnxruntime_chunked", args.max_chunked, ["ort", args.config, chunked]),
+               ("pytorch", args.max_quadratic, ["torch", args.config, "-"])]
     rng = np.random.default_rng(0)
-    vocab = model.config.vocab_size
+    vocab = get_config(args.config).vocab_size
     cert = module.manifest["recurrent"]["memory_certificate"]
     head = (f"`{args.config}` model, batch 1, {platform.machine()} ({os.cpu_count()} cores); sbc compile "
             f"{compile_s:.1f} s; recurrent state {cert['state_bytes']} bytes (memory certificate); "

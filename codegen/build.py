@@ -6,6 +6,10 @@ outputs. Further programs over the same inputs and weights (e.g. "prefill", whic
 first output at the last position only) are functions of the same executable with the same
 calling convention. Symbolic dims become one int64 TIR variable per symbol, so one executable runs every
 batch and sequence length. Weights are run-time parameters, not constants in the library.
+
+GPU targets (cuda, maca) share the lowering; they differ in scheduling (codegen.schedule_gpu:
+dlight's GPU rules and thread-bound kernels instead of sbc's CPU schedules) and in device
+codegen (nvcc for CUDA; codegen.maca's MACA source and package for MetaX), see `build_gpu`.
 """
 
 from __future__ import annotations
@@ -19,11 +23,11 @@ from tvm import relax, te, tirx
 from sbc.codegen.lower import RULES, TVM_DTYPES, Ctx, Known
 from sbc.codegen import kernels  # noqa: F401  (registers the hand-written kernel lowerings)
 from sbc.codegen.schedule_cpu import SCHEDULED, schedule_cpu
-from sbc.codegen.target import host_cpu_features, host_cpu_target
+from sbc.codegen.target import SbcTarget, host_cpu_features, host_cpu_target, resolve
 from sbc.errors import CompileError, SbcError, UnsupportedError
 from sbc.ir import Graph, TensorType, Value, get_op
 
-SUPPORTED_TARGETS = ("cpu",)
+SUPPORTED_TARGETS = ("cpu", "cuda", "maca")
 OPAQUE = 8  # relax's OpPatternKind kOpaque: FuseOps leaves the kernel alone
 
 
@@ -35,17 +39,22 @@ class BuiltModule:
     param_names: list[str]
     params: dict[str, np.ndarray]
     target: dict = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)  # further artifact members (GPU code)
 
 
-def build(graph: Graph, target: str = "cpu", programs: dict[str, Graph] | None = None) -> BuiltModule:
+def build(graph: Graph, target: str = "cpu", programs: dict[str, Graph] | None = None,
+          arch: str | None = None) -> BuiltModule:
     """Compile `graph` as "main" (and each of `programs`, graphs over the same inputs and
-    weights, under its name) for the host CPU; see the module docstring."""
+    weights, under its name) for the host CPU, or for `target` cuda / maca (`arch`: sm_80,
+    xcore1000, ...); see the module docstring."""
     if target not in SUPPORTED_TARGETS:
         raise UnsupportedError(f"target '{target}' is not supported by this build; "
                                f"supported: {', '.join(SUPPORTED_TARGETS)}")
     programs = {"main": graph, **(programs or {})}
     for g in programs.values():
         check_supported(g)
+    if target != "cpu":
+        return build_gpu(graph, programs, resolve(target, arch))
     lowerer = _Lowerer(programs)
     mod = lowerer.run()
     tvm_target = host_cpu_target()
@@ -68,6 +77,41 @@ def build(graph: Graph, target: str = "cpu", programs: dict[str, Graph] | None =
         param_names=[p.name for p in graph.params],
         params={p.name: p.data for p in graph.params},
         target={"kind": "cpu", "tvm_target": str(tvm_target.export()), **host_cpu_features()},
+    )
+
+
+def build_gpu(graph: Graph, programs: dict[str, Graph], target: SbcTarget) -> BuiltModule:
+    """The GPU path: the same lowering with the GPU kernels, dlight schedules, a refusal of
+    any kernel left unbound to threads, then TVM's CUDA codegen with sbc's device compiler
+    (codegen.gpu_compile: nvcc for cuda, the MACA rewrite and package for maca)."""
+    from sbc.codegen.gpu_compile import device_compiler
+    from sbc.codegen.schedule_gpu import GPU_KERNELS, require_thread_bound, schedule_gpu
+    lowerer = _Lowerer(programs, kernel_fns=GPU_KERNELS, where=target.kind)
+    mod = lowerer.run()
+    tvm_target = target.tvm()
+    kernels = dict(lowerer.kernels)
+    try:
+        mod = fuse_ops(mod)
+        kernels.update(fused_kernels(mod, lowerer.kernels))
+        mod = schedule_gpu(fuse_tir(mod), tvm_target)
+    except Exception as e:
+        raise CompileError(f"TVM could not schedule the model for {target.kind}; "
+                           f"the TVM error is chained below") from e
+    require_thread_bound(mod, kernels, target.kind)
+    with device_compiler(target) as device:
+        try:
+            executable = tvm.compile(mod, target=tvm_target, relax_pipeline="default_build")
+        except Exception as e:
+            raise device.failure(e) from e
+    files = device.finish(mod)
+    return BuiltModule(
+        executable=executable,
+        inputs=[(v.name, v.type) for v in graph.inputs],
+        outputs=[(n, v.type) for n, v in zip(graph.output_names, graph.outputs)],
+        param_names=[p.name for p in graph.params],
+        params={p.name: p.data for p in graph.params},
+        target={**target.manifest(), **device.manifest()},
+        files=files,
     )
 
 
@@ -131,8 +175,11 @@ def _describe_failure(mod: tvm.IRModule, target, kernels: dict[str, list]) -> st
 
 
 class _Lowerer:
-    def __init__(self, programs: dict[str, Graph]):
+    def __init__(self, programs: dict[str, Graph], kernel_fns: dict | None = None,
+                 where: str = "cpu"):
         self.programs = programs
+        self.kernel_fns = kernel_fns or {}  # op -> fn(node) replacing the kernel lowering
+        self.where = where  # the target named in error messages
         symbols = sorted({s for g in programs.values() for v in g.values() for s in v.type.symbols})
         self.ctx = Ctx({s: tirx.Var(s, "int64") for s in symbols})
         self.bb = relax.BlockBuilder()
@@ -228,13 +275,14 @@ class _Lowerer:
         except SbcError:  # already one readable line (e.g. a symbolic dim that must be known)
             raise
         except Exception as e:  # a rule's or TE's error: the message names the node, TVM's text is chained
-            raise CompileError(f"cannot lower {node.where()} for cpu ({type(e).__name__}); "
+            raise CompileError(f"cannot lower {node.where()} for {self.where} ({type(e).__name__}); "
                                f"the cause is chained below") from e
         self.bind_outputs(node, out)
 
     def lower_kernel(self, node, rule) -> None:
         """A hand-written PrimFunc: already scheduled, and opaque to fusion."""
-        func = rule.fn(node).with_attr(SCHEDULED, True).with_attr("op_pattern", OPAQUE)
+        fn = self.kernel_fns.get(node.op, rule.fn)
+        func = fn(node).with_attr(SCHEDULED, True).with_attr("op_pattern", OPAQUE)
         gv = self.bb.add_func(func, _func_name(node))
         declared = len(get_op(node.op).inputs)
         inputs = list(node.inputs) + [None] * (declared - len(node.inputs))

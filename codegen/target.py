@@ -1,11 +1,32 @@
-"""The host CPU as a TVM target, and the CPU facts recorded in compiled artifacts."""
+"""Targets: the host CPU (LLVM), NVIDIA GPUs (CUDA) and MetaX GPUs (MACA) as TVM targets,
+and the facts about them recorded in compiled artifacts.
+
+`resolve(name, arch)` gives the `SbcTarget` a build follows: which TVM target to generate
+code for, and whether the GPU path applies (GPU schedules and kernels instead of the CPU's).
+MACA has no TVM target kind (none can be registered from Python): it is kind "cuda" plus the
+registered tag MACA_TAG (keys maca/gpu, 64-lane waves, 64 KiB shared memory), and codegen.maca
+rewrites the CUDA source TVM emits into the MACA dialect.
+
+TVM is imported inside the functions that need it: checking a target name must stay instant.
+"""
 
 from __future__ import annotations
 
 import os
 import platform
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
 
-import tvm
+from sbc.errors import UnsupportedError
+
+TARGET_KINDS = ("cpu", "cuda", "maca")
+DEFAULT_CUDA_ARCH = "sm_80"  # Ampere: the oldest arch the artifact's PTX is JIT-compiled from
+DEFAULT_MACA_ARCH = "xcore1000"  # C500-class MetaX GPUs
+MACA_TAG = "metax/maca"
+MACA_LIMITS = {"thread_warp_size": 64, "max_shared_memory_per_block": 65536,
+               "max_threads_per_block": 1024, "max_num_threads": 1024}
 
 # flags worth knowing for sbc's kernels (vector width, integer dot products), as sbc names
 # them -> the names /proc/cpuinfo uses
@@ -15,12 +36,14 @@ FLAGS = {"avx2": "avx2", "fma": "fma", "avx512f": "avx512f", "avx512bw": "avx512
 
 def host_cpu_name() -> str:
     """LLVM's name for this CPU (e.g. 'znver1'), the `mcpu` of the target."""
+    import tvm
     return str(tvm.target.codegen.llvm_get_system_cpu())
 
 
-def host_cpu_target(num_cores: int | None = None) -> tvm.target.Target:
+def host_cpu_target(num_cores: int | None = None) -> "tvm.target.Target":
     """LLVM for this machine's CPU; without mcpu LLVM targets generic x86-64 (2-3x slower).
     `num-cores` sizes TVM's thread pool for parallel loops (default: all cores)."""
+    import tvm
     cores = num_cores or os.cpu_count() or 1
     return tvm.target.Target({"kind": "llvm", "mcpu": host_cpu_name(), "num-cores": cores})
 
@@ -50,8 +73,113 @@ def _proc_cpuinfo_flags() -> set[str]:
 
 def _llvm_has(feature: str) -> bool:
     """LLVM's view of the host CPU (LLVM spells the features without underscores)."""
+    import tvm
     try:
         target = tvm.target.Target({"kind": "llvm", "mcpu": host_cpu_name()})
         return bool(tvm.target.codegen.llvm_cpu_has_features(feature, target))
     except Exception:  # an LLVM without that feature name
         return False
+
+
+# -- GPU targets -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SbcTarget:
+    """What a build is for: kind (cpu, cuda, maca) and arch (sm_80, xcore1000; the CPU name)."""
+    kind: str
+    arch: str
+
+    @property
+    def gpu(self) -> bool:
+        return self.kind != "cpu"
+
+    def tvm(self) -> "tvm.target.Target":
+        """The TVM target. GPU ones carry a generic x86-64 (or this ISA's baseline) host: the
+        host code only launches kernels, and must run on whatever CPU the GPU machine has."""
+        import tvm
+        if self.kind == "cpu":
+            return host_cpu_target()
+        host = {"kind": "llvm"}
+        if self.kind == "cuda":
+            return tvm.target.Target({"kind": "cuda", "arch": self.arch}, host=host)
+        register_maca_tag()
+        return tvm.target.Target(MACA_TAG, host=host)
+
+    def manifest(self) -> dict:
+        """The artifact's target entry (the host ISA too: the host program runs there)."""
+        entry = {"kind": self.kind, "arch": self.arch, "tvm_target": str(self.tvm().export()),
+                 "host_arch": platform.machine()}
+        if self.kind == "maca":
+            entry["warp_size"] = MACA_LIMITS["thread_warp_size"]
+        return entry
+
+
+def resolve(name: str, arch: str | None = None) -> SbcTarget:
+    """The target for `--target name [--arch arch]`; UnsupportedError on a bad name or arch."""
+    if name not in TARGET_KINDS:
+        raise UnsupportedError(f"unknown target '{name}'; supported: {', '.join(TARGET_KINDS)}")
+    if name == "cpu":
+        if arch is not None:
+            raise UnsupportedError("--arch applies to the cuda and maca targets; the cpu target "
+                                   "always compiles for this machine's CPU")
+        return SbcTarget("cpu", host_cpu_name())
+    if name == "cuda":
+        arch = arch or DEFAULT_CUDA_ARCH
+        if not re.fullmatch(r"sm_\d{2,3}[af]?", arch):
+            raise UnsupportedError(f"unknown CUDA arch '{arch}'; expected sm_<major><minor>, "
+                                   f"e.g. sm_80 or sm_90")
+        if int(re.match(r"sm_(\d+)", arch).group(1)) < 75:
+            raise UnsupportedError(f"CUDA arch '{arch}' is older than sm_75, which CUDA 13 "
+                                   f"no longer compiles for")
+        return SbcTarget("cuda", arch)
+    arch = arch or maca_arch()
+    if not re.fullmatch(r"xcore\d+", arch):
+        raise UnsupportedError(f"unknown MACA arch '{arch}'; expected xcore<N>, e.g. xcore1000")
+    return SbcTarget("maca", arch)
+
+
+def register_maca_tag() -> None:
+    """MACA_TAG: kind cuda, keys maca/gpu, MetaX's limits. The CUDA `arch` only selects the
+    CUDA codegen's feature level; codegen.maca checks nothing NVIDIA-only survives."""
+    import tvm
+    tvm.target.register_tag(MACA_TAG, {"kind": "cuda", "keys": ["maca", "gpu"], "arch": "sm_80",
+                                       **MACA_LIMITS}, override=True)
+
+
+# -- toolchains --------------------------------------------------------------------------------
+
+def find_nvcc() -> str | None:
+    """nvcc on PATH, else under CUDA_HOME / CUDA_PATH or /usr/local/cuda."""
+    found = shutil.which("nvcc")
+    if found:
+        return found
+    for root in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if root and os.access(os.path.join(root, "bin", "nvcc"), os.X_OK):
+            return os.path.join(root, "bin", "nvcc")
+    return None
+
+
+def maca_path() -> str:
+    return os.environ.get("MACA_PATH", "/opt/maca")
+
+
+def find_mxcc() -> str | None:
+    """$MACA_PATH/mxgpu_llvm/bin/mxcc, if the MACA SDK is installed."""
+    path = os.path.join(maca_path(), "mxgpu_llvm", "bin", "mxcc")
+    return path if os.access(path, os.X_OK) else None
+
+
+def maca_arch() -> str:
+    """MACA_ARCH, else what `macainfo` reports (an xcore name), else DEFAULT_MACA_ARCH."""
+    if os.environ.get("MACA_ARCH"):
+        return os.environ["MACA_ARCH"]
+    tool = shutil.which("macainfo") or os.path.join(maca_path(), "bin", "macainfo")
+    if os.access(tool, os.X_OK):
+        try:
+            out = subprocess.run([tool], capture_output=True, text=True, timeout=20).stdout
+        except (OSError, subprocess.SubprocessError):
+            out = ""
+        found = re.search(r"\bxcore\d+\b", out)
+        if found:
+            return found.group(0)
+    return DEFAULT_MACA_ARCH

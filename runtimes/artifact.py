@@ -5,8 +5,11 @@
                     strings, symbolic ones by name), param_names, weights (dtype, shape, offset
                     and size of each parameter in weights.bin), ops, source model (name,
                     sha256) and files: the sha256 and size of every other member
-    lib.so          the TVM-compiled library (relax VM executable)
+    lib.so          the TVM-compiled library (relax VM executable; for cuda its host code)
     weights.bin     the parameters' raw bytes, each 64-byte aligned, in param_names order
+    cuda/...        cuda: kernels.cu (the CUDA source) and kernels.fatbin (nvcc's SASS + PTX)
+    maca/...        maca: kernels.maca, launches.json (the host program), build.sh, and
+                    kernels.bin once built with mxcc (see codegen.maca); no lib.so
 
 Writing is atomic (temp file in the destination directory, fsync, rename): an interrupted or
 failed write leaves neither a partial artifact nor a temp file. Reading checks the zip, the
@@ -24,7 +27,7 @@ import tempfile
 import time
 import zipfile
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -128,11 +131,14 @@ def unpack_weights(blob: bytes, table: list[dict]) -> dict[str, np.ndarray]:
     return params
 
 
-def write_artifact(path: str | os.PathLike, library: bytes, params: dict[str, np.ndarray],
-                   manifest: dict) -> dict:
-    """Write library + params + manifest atomically to `path`; return the manifest written."""
+def write_artifact(path: str | os.PathLike, library: bytes | None, params: dict[str, np.ndarray],
+                   manifest: dict, files: dict[str, bytes] | None = None) -> dict:
+    """Write library + params + manifest (+ further `files`, e.g. device code) atomically to
+    `path`; return the manifest written. library None: a target without one (maca)."""
     weights, table = pack_weights(params, list(manifest["param_names"]))
-    members = {LIBRARY: library, WEIGHTS: weights}
+    members = {WEIGHTS: weights, **(files or {})}
+    if library is not None:
+        members = {LIBRARY: library, **members}
     manifest = dict(manifest, format=FORMAT, format_version=FORMAT_VERSION,
                     sbc_version=sbc.__version__,
                     created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), weights=table,
@@ -151,8 +157,9 @@ def write_artifact(path: str | os.PathLike, library: bytes, params: dict[str, np
 @dataclass
 class Artifact:
     manifest: dict
-    library: bytes
+    library: bytes | None
     params: dict[str, np.ndarray]
+    files: dict[str, bytes] = field(default_factory=dict)  # members beyond lib.so / weights
 
     @property
     def inputs(self):
@@ -238,7 +245,7 @@ def read_artifact(path: str | os.PathLike) -> Artifact:
     z, manifest = read_manifest(path)
     with z:
         files = manifest["files"]
-        for name in (LIBRARY, WEIGHTS):
+        for name in required_members(manifest):
             if not isinstance(files, dict) or name not in files:
                 raise ArtifactError(f"{path}: the manifest lists no {name}")
         members = {name: _read_member(path, z, name, expected or {})
@@ -246,7 +253,16 @@ def read_artifact(path: str | os.PathLike) -> Artifact:
     params = unpack_weights(members[WEIGHTS], manifest["weights"])
     if list(params) != list(manifest["param_names"]):
         raise ArtifactError(f"{path}: the weight table does not match param_names")
-    return Artifact(manifest, members[LIBRARY], params)
+    extra = {n: b for n, b in members.items() if n not in (LIBRARY, WEIGHTS)}
+    return Artifact(manifest, members.get(LIBRARY), params, extra)
+
+
+def required_members(manifest: dict) -> tuple[str, ...]:
+    """maca artifacts carry no TVM library (the host program is launches.json). The device
+    members are checked by the runtime that loads them, after the device check: an artifact
+    for a missing device says so first."""
+    kind = (manifest.get("target") or {}).get("kind")
+    return (WEIGHTS,) if kind == "maca" else (LIBRARY, WEIGHTS)
 
 
 # -- can it run here? ------------------------------------------------------------------------
@@ -256,12 +272,35 @@ def check_runnable(manifest: dict, path: str = "the artifact", *, host_cpu: bool
     host_cpu=False checks the target kind only (that needs no TVM, so it is instant)."""
     target = manifest.get("target") or {}
     kind = target.get("kind")
+    if kind in ("cuda", "maca"):
+        _check_gpu(target, path)
+        return
     if kind != "cpu":
         raise TargetUnavailableError(
             f"{path} was compiled for target '{kind}', which is not available on this machine "
-            f"(this sbc runs: cpu); recompile with --target cpu or run it where {kind} exists")
+            f"(this sbc runs: cpu, cuda, maca); recompile with --target cpu")
     if host_cpu:
         _check_host_cpu(target, path)
+
+
+def _check_gpu(target: dict, path: str) -> None:
+    """The device (through its driver, via ctypes: no TVM needed) and the host ISA."""
+    import platform
+    kind = target["kind"]
+    if kind == "cuda":
+        from sbc.runtimes.cuda import cuda_device_count as count
+        missing = "no CUDA device was found"
+    else:
+        from sbc.runtimes.maca import maca_device_count as count
+        missing = "no MetaX runtime was found (libmcruntime) or no MetaX GPU is present"
+    if count() == 0:
+        raise TargetUnavailableError(
+            f"{path} was compiled for target '{kind}', which is not available on this machine: "
+            f"{missing}; recompile with --target cpu or run it where {kind} exists")
+    host = target.get("host_arch")
+    if host and host != platform.machine():
+        raise TargetUnavailableError(f"{path} has {host} host code; this machine is "
+                                     f"{platform.machine()}: recompile it here")
 
 
 def _check_host_cpu(target: dict, path: str) -> None:

@@ -24,10 +24,10 @@ from sbc.ir.types import TensorType, bind_symbols
 class CpuRuntime:
     def __init__(self, executable, inputs: list[tuple[str, TensorType]],
                  outputs: list[tuple[str, TensorType]], param_names: list[str],
-                 params: dict[str, np.ndarray]):
+                 params: dict[str, np.ndarray], device=None):
         self.inputs = inputs
         self.outputs = outputs
-        self.device = tvm.cpu()
+        self.device = device or tvm.cpu()  # runtimes.cuda passes tvm.cuda(0)
         self.vm = relax.VirtualMachine(executable, self.device)
         # np.asarray(order="C"), not ascontiguousarray: the latter turns 0-d weights into 1-d
         self.params = [tvm.runtime.tensor(np.asarray(params[n], order="C"), self.device)

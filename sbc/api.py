@@ -18,8 +18,8 @@ from sbc.errors import UnsupportedError
 from sbc.runtimes.artifact import check_runnable, read_artifact, signature_from_json, \
     signature_to_json, write_artifact
 
-TARGETS = ("cpu",)
-PLANNED_TARGETS = ("cuda", "maca")  # known names, not built in this version
+TARGETS = ("cpu", "cuda", "maca")
+GPU_TARGETS = ("cuda", "maca")  # compiled anywhere; run where the device is (runtimes.cuda/maca)
 
 
 class Module:
@@ -29,13 +29,18 @@ class Module:
     inputs / outputs: [(name, TensorType)], symbolic dims kept (e.g. f32[batch, 8]); the
     recurrent state and position are not among them (sessions manage them).
     manifest: what `save` writes (target, signature, source, ops, memory certificate, ...).
+    files: further artifact members (GPU device code; see runtimes.artifact).
+
+    A cpu module loads its library at once; a cuda / maca one on its first run, so that it
+    can be compiled and saved on a machine without the device.
     """
 
-    def __init__(self, library: bytes, params: dict[str, np.ndarray], manifest: dict):
-        from sbc.runtimes.cpu import CpuRuntime
+    def __init__(self, library: bytes | None, params: dict[str, np.ndarray], manifest: dict,
+                 files: dict[str, bytes] | None = None):
         self.library = library
         self.params = params
         self.manifest = manifest
+        self.files = dict(files or {})
         program_inputs = signature_from_json(manifest["inputs"])
         program_outputs = signature_from_json(manifest["outputs"])
         self.recurrent = manifest.get("recurrent")
@@ -43,9 +48,32 @@ class Module:
         self.inputs = [(n, t) for n, t in program_inputs if n not in hidden]
         self.outputs = [(n, t) for n, t in program_outputs if n not in hidden]
         self.state_types = {n: t for n, t in program_inputs if n in hidden}
-        self._runtime = CpuRuntime.from_library_bytes(
-            library, inputs=program_inputs, outputs=program_outputs,
-            param_names=manifest["param_names"], params=params)
+        self._signature = {"inputs": program_inputs, "outputs": program_outputs,
+                           "param_names": manifest["param_names"], "params": params}
+        self._loaded = None
+        if self.kind == "cpu":
+            self._loaded = self._load_runtime()
+
+    @property
+    def kind(self) -> str:
+        return self.manifest["target"]["kind"]
+
+    @property
+    def _runtime(self):
+        if self._loaded is None:
+            self._loaded = self._load_runtime()
+        return self._loaded
+
+    def _load_runtime(self):
+        """The runtime for the target: TargetUnavailableError (one line) without the device."""
+        if self.kind == "cuda":
+            from sbc.runtimes.cuda import cuda_runtime
+            return cuda_runtime(self.library, self.files, **self._signature)
+        if self.kind == "maca":
+            from sbc.runtimes.maca import MacaRuntime
+            return MacaRuntime(self.files, self.manifest, **self._signature)
+        from sbc.runtimes.cpu import CpuRuntime
+        return CpuRuntime.from_library_bytes(self.library, **self._signature)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run on `feeds` (arrays by input name, exact dtypes); return arrays by output name.
@@ -86,7 +114,7 @@ class Module:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the `.sbc` artifact atomically (nothing is left behind if interrupted)."""
-        self.manifest = write_artifact(path, self.library, self.params, self.manifest)
+        self.manifest = write_artifact(path, self.library, self.params, self.manifest, self.files)
 
     def __repr__(self):
         sig = lambda s: ", ".join(f"{n}: {t}" for n, t in s)  # noqa: E731
@@ -94,23 +122,23 @@ class Module:
                 f"on {self.manifest['target']['kind']}>")
 
 
-def check_target(target: str) -> None:
-    """Only cpu is built in this version; name what is supported either way."""
-    if target in PLANNED_TARGETS:
-        raise UnsupportedError(f"target '{target}' is not implemented in this sbc build yet; "
-                               f"supported: {', '.join(TARGETS)}")
+def check_target(target: str, arch: str | None = None) -> None:
+    """A known target (and arch); the error names what is supported. Needs no TVM."""
     if target not in TARGETS:
         raise UnsupportedError(f"unknown target '{target}'; supported: {', '.join(TARGETS)}")
+    from sbc.codegen.target import resolve
+    resolve(target, arch)
 
 
-def compile(model, target: str = "cpu", *, passes=None, print_after=(), time_passes=False,
-            verify_each=False, dump_dir=None) -> Module:
-    """Compile an ONNX file path, onnx.ModelProto or sbc.ir.Graph for `target`.
+def compile(model, target: str = "cpu", *, arch=None, passes=None, print_after=(),
+            time_passes=False, verify_each=False, dump_dir=None) -> Module:
+    """Compile an ONNX file path, onnx.ModelProto or sbc.ir.Graph for `target` (cpu, cuda,
+    maca; `arch`: the GPU arch, e.g. sm_90 or xcore1000, default sm_80 / $MACA_ARCH).
 
     passes: None for the default pipeline, else a pipeline string ("dce,cse") or list;
     print_after / time_passes / verify_each / dump_dir: the pass manager's debugging aids.
     """
-    check_target(target)  # before any work: an unsupported target should fail at once
+    check_target(target, arch)  # before any work: an unsupported target should fail at once
     from sbc.frontend import import_onnx
     from sbc.ir import Graph
     from sbc.passes import run_passes
@@ -123,7 +151,7 @@ def compile(model, target: str = "cpu", *, passes=None, print_after=(), time_pas
     from sbc.passes.to_recurrent import POSITION, memory_certificate, state_names
     from sbc.codegen.build import build
     programs = {"prefill": prefill_program(graph)} if state_names(graph) else {}
-    built = build(graph, target, {n: g for n, g in programs.items() if g is not None})
+    built = build(graph, target, {n: g for n, g in programs.items() if g is not None}, arch=arch)
     manifest = {
         "sbc_version": _version(),
         "target": built.target,
@@ -138,7 +166,8 @@ def compile(model, target: str = "cpu", *, passes=None, print_after=(), time_pas
                                  "memory_certificate": memory_certificate(graph),
                                  "prefill_program": programs["prefill"] is not None}
     manifest["notes"] = fusion_notes(graph)
-    return Module(_library_bytes(built.executable), built.params, manifest)
+    library = None if target == "maca" else _library_bytes(built.executable)
+    return Module(library, built.params, manifest, built.files)
 
 
 def prefill_program(graph):
@@ -207,4 +236,4 @@ def load(path: str | os.PathLike) -> Module:
 def module_from_artifact(artifact, path: str = "the artifact") -> Module:
     """A Module from an already verified artifact, once its target is known to run here."""
     check_runnable(artifact.manifest, path)
-    return Module(artifact.library, artifact.params, artifact.manifest)
+    return Module(artifact.library, artifact.params, artifact.manifest, artifact.files)

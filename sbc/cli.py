@@ -57,7 +57,10 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compile", help="compile an ONNX model to a .sbc artifact")
     c.add_argument("model")
-    c.add_argument("--target", default="cpu", help="cpu (cuda and maca: not in this build)")
+    c.add_argument("--target", default="cpu",
+                   help="cpu (this machine), cuda (NVIDIA GPUs) or maca (MetaX GPUs)")
+    c.add_argument("--arch", help="GPU arch: sm_80 (cuda default), sm_90, ...; "
+                                  "xcore1000 (maca default, or $MACA_ARCH / macainfo)")
     c.add_argument("-o", "--output", help="artifact path (default: <model>.sbc)")
     c.add_argument("--passes", help="comma-separated pass pipeline (default: the standard one)")
     c.add_argument("--print-after", action="append", default=[], metavar="PASS|all",
@@ -124,7 +127,7 @@ def cmd_compile(args) -> None:
     _check_output_dir(output)  # before the compile, not after it
     start = time.perf_counter()
     # the pipeline string goes as is: pass options may hold commas ("a{x=1,y=2},b")
-    module = sbc.compile(args.model, target=args.target, passes=args.passes,
+    module = sbc.compile(args.model, target=args.target, arch=args.arch, passes=args.passes,
                          print_after=[p for a in args.print_after for p in a.split(",") if p],
                          time_passes=args.time_passes,
                          verify_each=args.verify_each, dump_dir=args.dump_dir)

@@ -1,0 +1,164 @@
+"""Device compilation for the GPU targets, hooked into TVM's CUDA codegen.
+
+TVM 0.27's CUDA build emits CUDA source only: the CUDA module keeps the source and compiles it
+when it is loaded (through `tvm_callback_cuda_compile`, NVRTC by default). sbc compiles at
+build time instead, so an artifact needs no compiler on the GPU machine and a kernel that does
+not compile fails `sbc compile`, not `sbc run`:
+
+  cuda  the source TVM emitted (taken at `tvm_callback_cuda_postproc`) -> nvcc -> a fatbin
+        with SASS for the arch and its PTX (newer GPUs JIT it), without --use_fast_math (an
+        approximate division moves spike counts); runtimes.cuda hands it back to TVM when the
+        module asks for the compiled source
+  maca  postproc rewrites the source into the MACA dialect (codegen.maca.to_maca), and the
+        host side of every kernel launch is recorded on the way (codegen.maca.record_launches)
+        so the MACA runtime can drive the same program without TVM's CUDA runtime; the package
+        (codegen.maca.package) holds source, launch plan and a build script
+
+`device_compiler(target)` owns the postproc callback for one build (the previous one comes
+back after); `finish()` returns the extra artifact members.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+import tvm
+import tvm_ffi
+
+from sbc.codegen.target import SbcTarget, find_nvcc
+from sbc.errors import CompileError, SbcError
+
+POSTPROC = "tvm_callback_cuda_postproc"
+
+
+class DeviceCompiler:
+    """State of one GPU build: the emitted source and what went wrong, if anything."""
+
+    def __init__(self, target: SbcTarget):
+        self.target = target
+        self.source: str | None = None  # the device source: CUDA (cuda) or MACA (maca)
+        self.cuda_source: str | None = None  # what TVM emitted, before any rewrite
+        self.launches: dict = {}  # maca: host function -> its kernel launches
+        self.error: Exception | None = None  # the first failure inside a callback
+
+    def postproc(self, code: str, *_target) -> str:
+        """TVM's hook on the emitted source (called with the source, on some versions also
+        the target)."""
+        self.cuda_source = self.source = str(code)
+        if self.target.kind == "maca":
+            from sbc.codegen.maca import to_maca
+            self.source = self._guard(to_maca, self.cuda_source)
+        return self.source
+
+    def _guard(self, fn, *args):
+        try:
+            return fn(*args)
+        except Exception as e:  # TVM would wrap it in a C++ trace: keep it for `failure`
+            self.error = self.error or e
+            raise
+
+    # -- results -------------------------------------------------------------------------
+
+    def failure(self, e: Exception) -> SbcError:
+        """One line for a failed tvm.compile: sbc's own error if a callback raised one."""
+        if isinstance(self.error, SbcError):
+            return self.error
+        if self.error is not None:
+            return CompileError(f"{self.target.kind} device compilation failed: "
+                                f"{_first_line(self.error)}")
+        return CompileError(f"TVM failed to build the model for {self.target.kind}; "
+                            f"the TVM error is chained below")
+
+    def manifest(self) -> dict:
+        """Target entries the artifact records: the device kernels by name."""
+        return {"kernels": kernel_names(self.source or "")}
+
+    def finish(self, mod: tvm.IRModule) -> dict[str, bytes]:
+        """The artifact members: cuda: source + nvcc's fatbin; maca: the package (its host
+        program read from `mod`, the scheduled module that was compiled)."""
+        if self.source is None:
+            raise CompileError(f"TVM emitted no {self.target.kind} kernels for the model")
+        if self.target.kind == "cuda":
+            return {CUDA_SOURCE: self.source.encode(),
+                    CUDA_FATBIN: nvcc_fatbin(self.source, self.target.arch)}
+        from sbc.codegen.maca import package
+        return package(self.source, self.launches, self.target, mod)
+
+
+CUDA_SOURCE, CUDA_FATBIN = "cuda/kernels.cu", "cuda/kernels.fatbin"
+
+
+@contextmanager
+def device_compiler(target: SbcTarget):
+    """sbc's postproc callback (and for maca the launch recorder) for one build."""
+    if target.kind == "cuda" and find_nvcc() is None:
+        raise CompileError("the cuda target compiles kernels with nvcc, which was not found "
+                           "(PATH, CUDA_HOME, /usr/local/cuda): install the CUDA toolkit")
+    device = DeviceCompiler(target)
+    saved = tvm.get_global_func(POSTPROC, allow_missing=True)
+    tvm_ffi.register_global_func(POSTPROC, device.postproc, override=True)
+    try:
+        if target.kind == "maca":
+            from sbc.codegen.maca import record_launches
+            with record_launches(device.launches):
+                yield device
+        else:
+            yield device
+    finally:  # without a previous callback, one that passes the source through
+        tvm_ffi.register_global_func(POSTPROC, saved or _identity, override=True)
+
+
+def _identity(code, *_):
+    return code
+
+
+@contextmanager
+def _env(**values):
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def nvcc_fatbin(source: str, arch: str) -> bytes:
+    """SASS for `arch` plus its PTX in one fatbin; exact math (no --use_fast_math)."""
+    from tvm.support import nvcc
+    version = arch[3:]
+    gencode = ["-gencode", f"arch=compute_{version},code=sm_{version}",
+               "-gencode", f"arch=compute_{version},code=compute_{version}"]
+    path = os.path.dirname(find_nvcc())
+    # compile_cuda reads the compute version from the current target
+    with _env(TVM_CUDA_NVCC_NO_FAST_MATH="1", PATH=path + os.pathsep + os.environ.get("PATH", "")), \
+            tvm.target.Target({"kind": "cuda", "arch": arch}):
+        try:
+            return bytes(nvcc.compile_cuda(source, target_format="fatbin", arch=gencode,
+                                           compiler="nvcc"))
+        except RuntimeError as e:
+            raise CompileError(f"nvcc could not compile the CUDA kernels for {arch}: "
+                               f"{_nvcc_error(e)}") from e
+
+
+def _nvcc_error(e: Exception) -> str:
+    """The first line of nvcc's output that names an error."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "error" in ln.lower()]
+    return (errors or lines or ["unknown error"])[0][:300]
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+
+
+def kernel_names(source: str) -> list[str]:
+    """The __global__ functions of a CUDA / MACA source, in order (TVM declares each one
+    before defining it: listed once)."""
+    import re
+    names = re.findall(r'extern "C" __global__ void(?: __launch_bounds__\(\d+\))? (\w+)\(', source)
+    return list(dict.fromkeys(names))

@@ -1,0 +1,111 @@
+"""LinearAttention as a recurrent GPU kernel (CUDA and MACA): one thread block per
+(batch, KV head), one thread per value column, the state in registers.
+
+Thread j of block (b, h) owns column j of that head's state S [dk, dv], dk floats in
+registers, and walks the tokens in order (the recurrence is serial in T; the parallelism is
+B * H_kv blocks x dv threads):
+    the block loads k_t, exp(g_t) and the `groups` query rows of token t into shared memory
+    S[:, j] <- exp(g_t) * S[:, j]                  (gated rules)
+    v'_j = beta_t * (v_tj - S[:, j] . k_t)         (delta rules; else v'_j = v_tj)
+    S[:, j] <- S[:, j] + k_t v'_j
+    o_t[h*groups + gq, j] = scale * q_t[gq] . S[:, j]   for each query head of this KV head
+Every update of column j reads only column j, so threads never exchange state: the only
+synchronisation is the shared-memory token load. Loads and stores of v, o and the state are
+coalesced (adjacent threads, adjacent columns). The state goes to present_state once, at the
+end. Same PrimFunc signature as the CPU kernel (codegen.kernels.linear_attention), so one
+lowering call serves both; absent optional inputs are 1-element placeholders never read.
+"""
+
+from __future__ import annotations
+
+from tvm.script import tirx as T
+
+from sbc.errors import UnsupportedError
+
+MAX_THREADS = 1024  # CUDA's and MACA's threads per block: dv must fit in one block
+MAX_STATE_REGS = 256  # dk floats per thread: beyond that the state spills to local memory
+
+
+def linear_attention_gpu_kernel(hq: int, hkv: int, dk: int, dv: int, scale: float,
+                                decay: str | None, beta: str | None, past: bool):
+    """PrimFunc(q, k, v, past_state, decay, beta) -> (output, present_state), thread-bound."""
+    if dv > MAX_THREADS or dk > MAX_STATE_REGS:
+        raise UnsupportedError(f"the GPU LinearAttention kernel takes dv <= {MAX_THREADS} and "
+                               f"dk <= {MAX_STATE_REGS}, got dk={dk}, dv={dv}")
+    groups = hq // hkv
+    gw = {None: 1, "head": hkv, "key": hkv * dk}[decay]
+    bw = {None: 1, "head": hkv, "one": 1}[beta]
+    gated, delta = decay is not None, beta is not None
+    n_load = (groups + 2) * dk  # shared row: q of every group, then k, then exp(g)
+    sc = T.float32(scale)
+
+    @T.prim_func(private=True)
+    def kernel(q_h: T.handle, k_h: T.handle, v_h: T.handle, s0_h: T.handle, g_h: T.handle,
+               beta_h: T.handle, o_h: T.handle, s_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        B = T.int64()
+        L = T.int64()
+        q = T.match_buffer(q_h, (B, L, hq * dk), "float32")
+        k = T.match_buffer(k_h, (B, L, hkv * dk), "float32")
+        v = T.match_buffer(v_h, (B, L, hkv * dv), "float32")
+        s0 = T.match_buffer(s0_h, (B, hkv, dk, dv) if past else (1,), "float32")
+        g = T.match_buffer(g_h, (B, L, gw) if gated else (1,), "float32")
+        bt = T.match_buffer(beta_h, (B, L, bw) if delta else (1,), "float32")
+        o = T.match_buffer(o_h, (B, L, hq * dv), "float32")
+        s = T.match_buffer(s_h, (B, hkv, dk, dv), "float32")
+        for bh in T.thread_binding(B * hkv, thread="blockIdx.x"):
+            row = T.alloc_buffer((n_load,), "float32", scope="shared")
+            for j in T.thread_binding(dv, thread="threadIdx.x"):
+                b = bh // hkv
+                h = bh % hkv
+                st = T.alloc_buffer((dk,), "float32", scope="local")
+                acc = T.alloc_buffer((groups,), "float32", scope="local")
+                vt = T.alloc_buffer((1,), "float32", scope="local")
+                for i in T.unroll(dk):
+                    if past:
+                        st[i] = s0[b, h, i, j]
+                    else:
+                        st[i] = T.float32(0)
+                for t in range(L):
+                    # the token's rows, loaded cooperatively (dv threads stride over them)
+                    for c in range((n_load + dv - 1) // dv):
+                        if c * dv + j < groups * dk:
+                            row[c * dv + j] = q[b, t, h * groups * dk + c * dv + j]
+                        elif c * dv + j < (groups + 1) * dk:
+                            row[c * dv + j] = k[b, t, h * dk + c * dv + j - groups * dk]
+                        elif c * dv + j < n_load:
+                            if decay == "key":
+                                row[c * dv + j] = T.exp(g[b, t, h * dk + c * dv + j - (groups + 1) * dk])
+                            elif decay == "head":
+                                row[c * dv + j] = T.exp(g[b, t, h])
+                            else:
+                                row[c * dv + j] = T.float32(1)
+                    T.tvm_storage_sync("shared")
+                    if delta:
+                        vt[0] = T.float32(0)
+                        for i in T.unroll(dk):
+                            if gated:
+                                st[i] = st[i] * row[(groups + 1) * dk + i]
+                            vt[0] = vt[0] + row[groups * dk + i] * st[i]
+                        if beta == "head":
+                            vt[0] = bt[b, t, h] * (v[b, t, h * dv + j] - vt[0])
+                        else:
+                            vt[0] = bt[b, t, 0] * (v[b, t, h * dv + j] - vt[0])
+                    else:
+                        vt[0] = v[b, t, h * dv + j]
+                    for gq in T.unroll(groups):
+                        acc[gq] = T.float32(0)
+                    for i in T.unroll(dk):
+                        if gated and not delta:
+                            st[i] = st[i] * row[(groups + 1) * dk + i] + row[groups * dk + i] * vt[0]
+                        else:
+                            st[i] = st[i] + row[groups * dk + i] * vt[0]
+                        for gq in T.unroll(groups):
+                            acc[gq] = acc[gq] + row[gq * dk + i] * st[i]
+                    for gq in T.unroll(groups):
+                        o[b, t, (h * groups + gq) * dv + j] = acc[gq] * sc
+                    T.tvm_storage_sync("shared")  # the row is reused by the next token
+                for i in T.unroll(dk):
+                    s[b, h, i, j] = st[i]
+
+    return kernel

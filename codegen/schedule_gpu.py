@@ -1,0 +1,80 @@
+"""GPU schedules (CUDA and MACA): TVM's dlight GPU rules for the generic kernels, sbc's
+thread-bound TIR for LinearAttention and SlidingWindowAttention, and a check that every
+kernel ended up bound to GPU threads.
+
+The lowering (codegen.lower's TE rules) is the CPU's; only scheduling differs. dlight tries,
+per PrimFunc, Matmul, GEMV, Reduction, GeneralReduction and then Fallback (a plain
+blockIdx/threadIdx split), using the target's warp size and thread limits (64-lane waves on
+MACA). A PrimFunc that no rule binds to threads would be compiled silently as a HOST function
+of the CUDA build, reading device memory from the CPU: `require_thread_bound` refuses that.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import tirx
+from tvm.s_tir import dlight as dl
+
+from sbc.codegen.kernels.linear_attention_gpu import linear_attention_gpu_kernel
+from sbc.codegen.kernels.sliding_window_gpu import sliding_window_gpu_kernel
+from sbc.errors import CompileError, UnsupportedError
+from sbc.ir.ops.linear_attention import linear_attention_dims, sliding_window_dims
+
+
+def schedule_gpu(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    """dlight's GPU rules on every PrimFunc not marked scheduled (the hand-written kernels
+    are)."""
+    with target:
+        return dl.ApplyDefaultSchedule(
+            dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
+            dl.gpu.Fallback())(mod)
+
+
+def thread_bound(func: tirx.PrimFunc) -> bool:
+    """Whether `func` launches on the device: some loop bound to a GPU thread axis. TVM 0.27's
+    Python API has no TIR visitor, so this reads the printed function (a thread-bound loop
+    prints as T.thread_binding, a lowered one as T.launch_thread)."""
+    text = func.script()
+    return "T.thread_binding(" in text or "T.launch_thread(" in text
+
+
+def require_thread_bound(mod: tvm.IRModule, kernels: dict[str, list], kind: str) -> None:
+    """CompileError naming the first PrimFunc (and its sbc nodes) left without threads."""
+    for gv, func in mod.functions_items():
+        if isinstance(func, tirx.PrimFunc) and not thread_bound(func):
+            nodes = ", ".join(n.where() for n in kernels.get(gv.name_hint, [])) or "unknown nodes"
+            raise CompileError(f"kernel '{gv.name_hint}' ({nodes}) has no GPU schedule: no loop "
+                               f"is bound to GPU threads, so the {kind} build would run it on "
+                               f"the host; refusing to build it")
+
+
+# -- the hand-written kernels ----------------------------------------------------------------
+
+def _require_f32(node, kind: str) -> None:
+    dtypes = {v.dtype for v in node.inputs if v is not None and v.dtype != "i64"}
+    if dtypes != {"f32"}:
+        raise UnsupportedError(f"{node.where()}: the {kind} {node.op} kernel takes float32, "
+                               f"got {', '.join(sorted(dtypes))}")
+
+
+def _input(node, i):
+    return node.inputs[i] if i < len(node.inputs) else None
+
+
+def _linear_attention(node):
+    _require_f32(node, "gpu")
+    d = linear_attention_dims(node)
+    return linear_attention_gpu_kernel(d["hq"], d["hkv"], d["dk"], d["dv"], d["scale"],
+                                       d["decay"], d["beta"], past=_input(node, 3) is not None)
+
+
+def _sliding_window(node):
+    _require_f32(node, "gpu")
+    d = sliding_window_dims(node)
+    position = _input(node, 5)
+    return sliding_window_gpu_kernel(d["hq"], d["hkv"], d["d"], d["dv"], d["window"], d["scale"],
+                                     d["past"], None if position is None else tuple(position.shape))
+
+
+# op -> fn(node) -> thread-bound PrimFunc, replacing the CPU kernel lowering of that op
+GPU_KERNELS = {"LinearAttention": _linear_attention, "SlidingWindowAttention": _sliding_window}

@@ -1,0 +1,142 @@
+"""The cuda target: the tiny model compiles for CUDA with every kernel bound to GPU threads,
+nvcc compiles every kernel, a kernel left without threads is refused, and without a GPU
+loading / running says so in one line. The comparison with the CPU runs where a GPU is."""
+
+import re
+
+import numpy as np
+import pytest
+
+import sbc
+from sbc.errors import CompileError, TargetUnavailableError, UnsupportedError
+from tests.targets.gpu_env import has_cuda_gpu, nvcc_or_skip, token_ids
+
+FATBIN_MAGIC = b"\x50\xed\x55\xba"  # little-endian 0xBA55ED50
+
+
+@pytest.fixture(scope="module")
+def tiny_cuda(tiny_onnx):
+    nvcc_or_skip()  # the build runs nvcc
+    return sbc.compile(tiny_onnx, target="cuda")
+
+
+def test_tiny_compiles_with_every_kernel_on_the_gpu(tiny_cuda):
+    target = tiny_cuda.manifest["target"]
+    assert target["kind"] == "cuda" and target["arch"] == "sm_80"
+    kernels = target["kernels"]
+    # the hand-written recurrent / sliding-window kernels are GPU kernels, not host code
+    assert {"linearattention_kernel", "slidingwindowattention_kernel",
+            "slidingwindowattention_kernel_1"} <= set(kernels)
+    assert len(kernels) == len(set(kernels)) > 20
+    fatbin = tiny_cuda.files["cuda/kernels.fatbin"]
+    assert fatbin[:4] == FATBIN_MAGIC and len(fatbin) > 10000
+
+
+def test_nvcc_compiles_every_kernel_to_ptx(tiny_cuda, monkeypatch):
+    import tvm
+    from tvm.support import nvcc
+    monkeypatch.setenv("TVM_CUDA_NVCC_NO_FAST_MATH", "1")  # exact division: exact spikes
+    source = tiny_cuda.files["cuda/kernels.cu"].decode()
+    with tvm.target.Target({"kind": "cuda", "arch": "sm_80"}):
+        ptx = nvcc.compile_cuda(source, target_format="ptx", compiler="nvcc").decode()
+    entries = set(re.findall(r"\.entry (\w+)\(", ptx))
+    assert entries == set(tiny_cuda.manifest["target"]["kernels"])
+    assert "div.approx.f32" not in ptx  # no fast-math division anywhere
+
+
+def test_gpu_kernel_variants_bind_threads_and_compile():
+    """Every rule of the GPU kernels (gated per key / per head, delta, past state, ring
+    buffer) is thread-bound and goes through TVM's CUDA codegen."""
+    import tvm
+    from sbc.codegen.kernels.linear_attention_gpu import linear_attention_gpu_kernel
+    from sbc.codegen.kernels.sliding_window_gpu import sliding_window_gpu_kernel
+    from sbc.codegen.schedule_gpu import thread_bound
+    funcs = {
+        "la_key": linear_attention_gpu_kernel(4, 2, 16, 8, 0.25, "key", None, True),
+        "la_head_delta": linear_attention_gpu_kernel(2, 2, 8, 16, 0.5, "head", "head", False),
+        "la_linear": linear_attention_gpu_kernel(2, 1, 8, 8, 0.5, None, None, False),
+        "swa_past": sliding_window_gpu_kernel(4, 2, 16, 16, 8, 0.25, True, (1,)),
+        "swa_prefill": sliding_window_gpu_kernel(2, 2, 8, 8, 300, 0.25, False, None),
+        # SpikingBrain-7B's layer shapes: 28 query / 4 KV heads of 128, window 4096
+        "la_7b": linear_attention_gpu_kernel(28, 4, 128, 128, 128 ** -0.5, "key", None, True),
+        "swa_7b": sliding_window_gpu_kernel(28, 4, 128, 128, 4096, 128 ** -0.5, True, (1,)),
+    }
+    assert all(thread_bound(f) for f in funcs.values())
+    mod = tvm.IRModule({n: f.with_attr("global_symbol", n) for n, f in funcs.items()})
+    target = tvm.target.Target({"kind": "cuda", "arch": "sm_80"}, host={"kind": "llvm"})
+    lib = tvm.compile(mod, target=target)
+    source = lib.mod.imports[0].inspect_source("cuda")
+    assert all(f"{n}_kernel" in source for n in funcs)
+
+
+def test_gpu_kernel_limits_are_one_line():
+    from sbc.codegen.kernels.linear_attention_gpu import linear_attention_gpu_kernel
+    with pytest.raises(UnsupportedError, match="dv <= 1024"):
+        linear_attention_gpu_kernel(1, 1, 16, 2048, 1.0, None, None, False)
+
+
+def test_a_kernel_without_threads_is_refused(mlp_onnx, monkeypatch):
+    """Without its GPU schedule a kernel would silently become a host function."""
+    import sbc.codegen.schedule_gpu as sg
+    nvcc_or_skip()
+    monkeypatch.setattr(sg, "schedule_gpu", lambda mod, target: mod)
+    with pytest.raises(CompileError) as info:
+        sbc.compile(mlp_onnx, target="cuda")
+    message = str(info.value)
+    assert "\n" not in message and "no GPU schedule" in message and "host" in message
+
+
+def test_arch_is_recorded_and_checked(mlp_onnx):
+    nvcc_or_skip()
+    module = sbc.compile(mlp_onnx, target="cuda", arch="sm_90")
+    assert module.manifest["target"]["arch"] == "sm_90"
+    assert module.files["cuda/kernels.fatbin"][:4] == FATBIN_MAGIC
+    for bad in ("sm_61", "compute_80", "gfx90a"):
+        with pytest.raises(UnsupportedError, match="arch"):
+            sbc.compile(mlp_onnx, target="cuda", arch=bad)
+    with pytest.raises(UnsupportedError, match="--arch"):
+        sbc.compile(mlp_onnx, target="cpu", arch="sm_80")
+
+
+@pytest.mark.skipif(has_cuda_gpu(), reason="this machine has a CUDA GPU")
+def test_without_a_gpu_load_and_run_say_so_in_one_line(tiny_cuda, tmp_path, capsys):
+    from sbc.cli import main
+    path = tmp_path / "tiny.sbc"
+    tiny_cuda.save(path)
+    with pytest.raises(TargetUnavailableError) as info:
+        sbc.load(path)
+    assert "\n" not in str(info.value) and "no CUDA device was found" in str(info.value)
+    with pytest.raises(TargetUnavailableError, match="no CUDA device was found"):
+        tiny_cuda.run({"ids": token_ids()})
+    np.savez(tmp_path / "x.npz", ids=token_ids())
+    assert main(["run", path, "--inputs", tmp_path / "x.npz"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no CUDA device was found" in err[0]
+    assert main(["inspect", path]) == 0  # describing it needs no device
+    assert "cuda" in capsys.readouterr().out
+
+
+def test_cli_compiles_for_cuda(mlp_onnx, tmp_path, capsys):
+    from sbc.cli import main
+    nvcc_or_skip()
+    out = tmp_path / "m.sbc"
+    assert main(["compile", mlp_onnx, "--target", "cuda", "--arch", "sm_86", "-o", out]) == 0
+    import zipfile
+    names = set(zipfile.ZipFile(out).namelist())
+    assert {"lib.so", "weights.bin", "cuda/kernels.cu", "cuda/kernels.fatbin"} <= names
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not has_cuda_gpu(), reason="needs an NVIDIA GPU")
+def test_runs_like_the_cpu(tiny_cuda, tiny_module, tmp_path):
+    ids = token_ids(batch=2, seq=21)
+    expected = tiny_module.run({"ids": ids})["logits"]
+    tiny_cuda.save(tmp_path / "tiny.sbc")
+    loaded = sbc.load(tmp_path / "tiny.sbc")
+    got = loaded.run({"ids": ids})["logits"]
+    # spikes (Round) may flip where x / V_th lands within float rounding of .5
+    assert np.mean(np.abs(got - expected) < 1e-3) > 0.99
+    # a session (prefill, then decode steps) agrees with one over the CPU module
+    gpu, cpu = loaded.session(batch=1), tiny_module.session(batch=1)
+    np.testing.assert_allclose(gpu.prefill(ids[:1, :5]), cpu.prefill(ids[:1, :5]), atol=1e-3)
+    np.testing.assert_allclose(gpu.decode(ids[:1, 5:6]), cpu.decode(ids[:1, 5:6]), atol=1e-3)

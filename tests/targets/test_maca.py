@@ -1,0 +1,189 @@
+"""The maca target without MetaX hardware: the emitted source is in the MACA dialect (headers,
+no PTX, 64-bit lane masks, 64-lane shuffles), every kernel compiles with nvcc through a small
+compatibility header (tests/targets/maca_compat: it maps the MACA headers and shuffles to
+CUDA's, see mc_runtime.h there), the package holds source, host program and build script, and
+loading it here says in one line that no MetaX runtime was found."""
+
+import json
+import re
+import subprocess
+import zipfile
+
+import numpy as np
+import pytest
+
+import sbc
+from sbc.codegen.maca import FULL_MASK, check_maca, evaluate, split_kernels, to_maca
+from sbc.errors import CompileError, TargetUnavailableError
+from tests.targets.gpu_env import COMPAT, has_metax, nvcc_or_skip, token_ids
+
+
+@pytest.fixture(scope="module")
+def tiny_maca(tiny_onnx):
+    return sbc.compile(tiny_onnx, target="maca")
+
+
+@pytest.fixture(scope="module")
+def source(tiny_maca):
+    return tiny_maca.files["maca/kernels.maca"].decode()
+
+
+def nvcc_compat(code: str, tmp_path, name="k") -> subprocess.CompletedProcess:
+    nvcc = nvcc_or_skip()
+    src = tmp_path / f"{name}.maca"
+    src.write_text(code)
+    return subprocess.run([nvcc, "-x", "cu", "-ptx", "-arch=sm_80", "-I", COMPAT,
+                           "-diag-suppress", "177,1046", "-o", str(tmp_path / f"{name}.ptx"),
+                           str(src)], capture_output=True, text=True, timeout=300)
+
+
+def test_target_is_cuda_kind_with_the_maca_tag():
+    from sbc.codegen.target import resolve
+    t = resolve("maca").tvm()
+    assert t.kind.name == "cuda" and list(t.keys) == ["maca", "gpu"]
+    assert int(t.attrs["thread_warp_size"]) == 64
+    assert int(t.attrs["max_shared_memory_per_block"]) == 65536
+    assert int(t.attrs["max_threads_per_block"]) == 1024
+
+
+def test_source_is_maca_dialect(source):
+    assert "#include <mc_runtime.h>" in source and "#include <maca_fp16.h>" in source
+    for cuda_only in ("cuda.h", "cuda_fp16.h", "__CUDACC_RTC__", "__CUDA_ARCH__", "cuda/std"):
+        assert cuda_only not in source, cuda_only
+    assert not re.search(r"\basm\b|__asm__", source)  # no PTX / inline assembly
+    check_maca(source)
+
+
+def test_lane_masks_and_shuffles_are_64_wide(source):
+    assert "__activemask" not in source
+    assert not re.search(r"\b0x[fF]{8}[uU]?\b(?![fF])", source)  # no 32-bit full mask
+    assert not re.search(r"\buint \w*mask", source)  # no 32-bit mask variable
+    shuffles = re.findall(r"__shfl(?:_up|_down|_xor)?_sync\(([^;]*)\);", source)
+    assert shuffles  # the norms' reductions use warp shuffles
+    widths = {int(s.rsplit(",", 1)[1]) for s in shuffles}
+    assert 64 in widths and widths <= {1, 2, 4, 8, 16, 32, 64}
+    # a reduction over a whole wave starts at offset 32 of 64 lanes, not 16 of 32
+    assert re.search(r"__shfl_down_sync\(\w+\[0\], \w+\[0\], 32, 64\)", source)
+    masks = set(re.findall(r"unsigned long long (\w+)\[1\];", source))
+    assert masks and all(f"{m}[0] = {FULL_MASK};" in source for m in masks)
+
+
+def test_every_kernel_compiles_with_nvcc_through_the_compat_header(tiny_maca, source, tmp_path):
+    proc = nvcc_compat(source, tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ptx = (tmp_path / "k.ptx").read_text()
+    entries = set(re.findall(r"\.entry (\w+)\(", ptx))
+    assert entries == {name for name, _ in split_kernels(source)}
+    assert entries == set(tiny_maca.manifest["target"]["kernels"])
+
+
+def test_compat_header_rejects_a_32_bit_mask(tmp_path):
+    kernel = ('#include <mc_runtime.h>\nextern "C" __global__ void k(float* x) {{\n'
+              '  x[threadIdx.x] = __shfl_down_sync({mask}, x[threadIdx.x], 32, 64);\n}}\n')
+    assert nvcc_compat(kernel.format(mask=FULL_MASK), tmp_path, "ok").returncode == 0
+    bad = nvcc_compat(kernel.format(mask="0xffffffffu"), tmp_path, "bad")
+    assert bad.returncode != 0 and "64-bit" in bad.stdout + bad.stderr
+
+
+def test_rewrite_widens_masks_and_refuses_asm():
+    cuda = ('#ifdef __CUDACC_RTC__\n#include <cuda/std/cstdint>\n#else\n#include <cuda.h>\n#endif\n'
+            'extern "C" __global__ void __launch_bounds__(64) red(float* a) {\n'
+            '  uint mask[1];\n  float t0[1];\n  mask[0] = __activemask();\n'
+            '  t0[0] = __shfl_down_sync(mask[0], a[0], 32, 64);\n}\n')
+    out = to_maca(cuda)
+    assert "unsigned long long mask[1];" in out and f"mask[0] = {FULL_MASK};" in out
+    assert "__CUDACC_RTC__" not in out and "cuda.h" not in out
+    with pytest.raises(CompileError, match="'bad'.*PTX"):
+        to_maca(cuda + 'extern "C" __global__ void bad(int* p) {\n'
+                '  asm volatile("membar.gl;");\n}\n')
+    with pytest.raises(CompileError, match="128 lanes"):
+        check_maca('extern "C" __global__ void w(float* a) {\n'
+                   f'  a[0] = __shfl_sync({FULL_MASK}, a[0], 0, 128);\n}}\n')
+
+
+def test_host_program_covers_every_call_and_launch(tiny_maca, source):
+    plan = json.loads(tiny_maca.files["maca/launches.json"])
+    assert plan["arch"] == "xcore1000" and plan["warp_size"] == 64
+    assert set(plan["programs"]) == {"main", "prefill"}
+    defined = {name for name, _ in split_kernels(source)}
+    for program in plan["programs"].values():
+        for step in program["steps"]:
+            if "call" not in step:
+                continue
+            func = plan["functions"][step["call"]]
+            assert len(func["params"]) == len(step["args"]) + len(step["outputs"]) + len(step["tir_vars"])
+            launches = [s for s in func["steps"] if "launch" in s]
+            assert launches, step["call"]
+            for s in launches:
+                info = plan["kernels"][s["launch"]]
+                assert s["launch"] in defined
+                assert len(info["arg_types"]) == len(s["args"])  # TVM's parameter order
+                assert set(s["extents"]) == set(info["launch_params"])
+    la = next(f for n, f in plan["functions"].items() if n.startswith("linearattention"))
+    (launch,) = [s for s in la["steps"] if "launch" in s]
+    # one block per (batch, KV head), one thread per value column: tiny has 2 KV heads, dv 16
+    assert evaluate(launch["extents"]["blockIdx.x"], {"B": 3, "L": 7}) == 6
+    assert launch["extents"]["threadIdx.x"] == 16
+
+
+def test_package_without_the_sdk(tiny_maca, tmp_path):
+    from sbc.codegen.target import find_mxcc
+    path = tmp_path / "tiny.sbc"
+    tiny_maca.save(path)
+    names = set(zipfile.ZipFile(path).namelist())
+    assert {"manifest.json", "weights.bin", "maca/kernels.maca", "maca/launches.json",
+            "maca/build.sh"} <= names
+    assert "lib.so" not in names
+    assert ("maca/kernels.bin" in names) == (find_mxcc() is not None)
+    script = tiny_maca.files["maca/build.sh"].decode()
+    assert "mxgpu_llvm/bin/mxcc\" -x maca -offload-arch=\"$ARCH\"" in script
+    assert "xcore1000" in script
+
+
+@pytest.mark.skipif(has_metax(), reason="this machine has a MetaX runtime")
+def test_without_metax_load_and_run_say_so_in_one_line(tiny_maca, tmp_path, capsys):
+    from sbc.cli import main
+    path = tmp_path / "tiny.sbc"
+    tiny_maca.save(path)
+    with pytest.raises(TargetUnavailableError) as info:
+        sbc.load(path)
+    assert "\n" not in str(info.value) and "no MetaX runtime was found" in str(info.value)
+    with pytest.raises(TargetUnavailableError, match="no MetaX runtime was found"):
+        tiny_maca.run({"ids": token_ids()})
+    np.savez(tmp_path / "x.npz", ids=token_ids())
+    assert main(["run", path, "--inputs", tmp_path / "x.npz"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no MetaX runtime was found" in err[0]
+
+
+def test_arch_from_option_and_environment(mlp_onnx, monkeypatch):
+    from sbc.errors import UnsupportedError
+    monkeypatch.setenv("MACA_ARCH", "xcore1100")
+    assert sbc.compile(mlp_onnx, target="maca").manifest["target"]["arch"] == "xcore1100"
+    module = sbc.compile(mlp_onnx, target="maca", arch="xcore1000")
+    assert json.loads(module.files["maca/launches.json"])["arch"] == "xcore1000"
+    with pytest.raises(UnsupportedError, match="MACA arch 'sm_80'"):
+        sbc.compile(mlp_onnx, target="maca", arch="sm_80")
+
+
+def test_expression_semantics_and_argument_packing():
+    from sbc.runtimes.maca import DeviceTensor, pack_arguments
+    env = {"n": -7}
+    assert evaluate(["//", "n", 2], env) == -4 and evaluate(["%", "n", 2], env) == 1  # floor
+    assert evaluate(["/", "n", 2], env) == -3 and evaluate(["mod", "n", 2], env) == -1  # trunc
+    assert evaluate(["select", ["<", "n", 0], 1, 2], env) == 1
+    import ctypes
+    ptr = DeviceTensor(ctypes.c_void_p(0x1000), (1,), np.float32)
+    packed = pack_arguments(["handle", "int32", "int64", "float32"], [ptr, 3, 5, 0.5])
+    assert len(packed) == 8 + 4 + 4 + 8 + 4  # the int64 is 8-byte aligned
+    assert packed[:8] == (0x1000).to_bytes(8, "little")
+
+
+@pytest.mark.maca
+@pytest.mark.skipif(not has_metax(), reason="needs MetaX hardware and the MACA runtime")
+def test_runs_like_the_cpu(tiny_maca, tiny_module, tmp_path):
+    ids = token_ids(batch=2, seq=21)
+    tiny_maca.save(tmp_path / "tiny.sbc")
+    got = sbc.load(tmp_path / "tiny.sbc").run({"ids": ids})["logits"]
+    expected = tiny_module.run({"ids": ids})["logits"]
+    assert np.mean(np.abs(got - expected) < 1e-3) > 0.99
