@@ -88,9 +88,11 @@ class PassManager:
     def __init__(self, pipeline: str | list[str] | None = None, *,
                  print_after: str | list[str] | tuple[str, ...] = (), time_passes: bool = False,
                  verify_each: bool = False, dump_dir: str | os.PathLike | None = None,
-                 out: TextIO | None = None, max_rounds: int = MAX_ROUNDS):
+                 out: TextIO | None = None, max_rounds: int = MAX_ROUNDS,
+                 fixed_point: bool | None = None):
         self.passes = parse_pipeline(DEFAULT_PIPELINE if pipeline is None else pipeline)
-        self.rounds = max_rounds if pipeline is None else 1
+        fixed_point = pipeline is None if fixed_point is None else fixed_point
+        self.rounds = max_rounds if fixed_point else 1
         self.print_after = _print_after_set(print_after, self.passes)
         self.time_passes = time_passes
         self.verify_each = verify_each
@@ -170,14 +172,15 @@ def _print_after_set(print_after, passes: list[Pass]) -> set[str]:
 def run_passes(graph: Graph, pipeline: str | list[str] | None = None, *,
                print_after: str | list[str] | tuple[str, ...] = (), time_passes: bool = False,
                verify_each: bool = False, dump_dir: str | os.PathLike | None = None,
-               out: TextIO | None = None) -> Graph:
+               out: TextIO | None = None, fixed_point: bool | None = None) -> Graph:
     """Run `pipeline` on `graph` and return the result (the same graph object, mutated).
 
     pipeline: None for DEFAULT_PIPELINE (to a fixed point), else a pipeline string or a list
-    of items, run once. print_after: 'all' or pass names: print the IR after those passes.
+    of items, run once (fixed_point: to a fixed point like the default). print_after: 'all' or pass names: print the IR after those passes.
     time_passes: print a table of per-pass wall times at the end. verify_each: verify the IR
     before the first pass and after each, naming the pass that broke it. dump_dir: write
     NN-<pass>.sbcir after each pass (NN counts from 01). out: where printing goes (stderr).
     """
     return PassManager(pipeline, print_after=print_after, time_passes=time_passes,
-                       verify_each=verify_each, dump_dir=dump_dir, out=out).run(graph)
+                       verify_each=verify_each, dump_dir=dump_dir, out=out,
+                       fixed_point=fixed_point).run(graph)

@@ -130,15 +130,19 @@ def check_target(target: str, arch: str | None = None) -> None:
     resolve(target, arch)
 
 
-def compile(model, target: str = "cpu", *, arch=None, passes=None, print_after=(),
+def compile(model, target: str = "cpu", *, arch=None, passes=None, quantize=None, print_after=(),
             time_passes=False, verify_each=False, dump_dir=None) -> Module:
     """Compile an ONNX file path, onnx.ModelProto or sbc.ir.Graph for `target` (cpu, cuda,
     maca; `arch`: the GPU arch, e.g. sm_90 or xcore1000, default sm_80 / $MACA_ARCH).
 
     passes: None for the default pipeline, else a pipeline string ("dce,cse") or list;
+    quantize: None, or "w8" (int8 weights, one scale per 128 input channels, where spikes feed
+    a matmul: W8ASpike's integer matmuls) added to the default pipeline;
     print_after / time_passes / verify_each / dump_dir: the pass manager's debugging aids.
     """
     check_target(target, arch)  # before any work: an unsupported target should fail at once
+    fixed_point = passes is None  # the default pipeline, quantized or not, runs to a fixed point
+    passes = _with_quantization(passes, quantize)
     from sbc.frontend import import_onnx
     from sbc.ir import Graph
     from sbc.passes import run_passes
@@ -147,7 +151,7 @@ def compile(model, target: str = "cpu", *, arch=None, passes=None, print_after=(
     graph = copy.deepcopy(model) if isinstance(model, Graph) else import_onnx(model)
     source = _source_info(model)
     graph = run_passes(graph, passes, print_after=print_after, time_passes=time_passes,
-                       verify_each=verify_each, dump_dir=dump_dir)
+                       verify_each=verify_each, dump_dir=dump_dir, fixed_point=fixed_point)
     from sbc.passes.to_recurrent import POSITION, memory_certificate, state_names
     from sbc.codegen.build import build
     programs = {"prefill": prefill_program(graph)} if state_names(graph) else {}
@@ -168,6 +172,24 @@ def compile(model, target: str = "cpu", *, arch=None, passes=None, print_after=(
     manifest["notes"] = fusion_notes(graph)
     library = None if target == "maca" else _library_bytes(built.executable)
     return Module(library, built.params, manifest, built.files)
+
+
+QUANTIZE = {"w8": "quantize-weights-int8"}
+
+
+def _with_quantization(passes, quantize):
+    """The pipeline with the weight quantization pass before spike-matmul (which then computes
+    with the int8 weights)."""
+    if quantize is None:
+        return passes
+    if quantize not in QUANTIZE:
+        raise UnsupportedError(f"unknown quantization '{quantize}'; supported: {', '.join(QUANTIZE)}")
+    if passes is not None:
+        raise UnsupportedError("quantize= goes with the default pipeline; with passes=, name "
+                               f"'{QUANTIZE[quantize]}' in the pipeline instead")
+    from sbc.passes.manager import DEFAULT_PIPELINE
+    at = DEFAULT_PIPELINE.index("spike-matmul")
+    return DEFAULT_PIPELINE[:at] + [QUANTIZE[quantize]] + DEFAULT_PIPELINE[at:]
 
 
 def prefill_program(graph):

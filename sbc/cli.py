@@ -63,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
                                   "xcore1000 (maca default, or $MACA_ARCH / macainfo)")
     c.add_argument("-o", "--output", help="artifact path (default: <model>.sbc)")
     c.add_argument("--passes", help="comma-separated pass pipeline (default: the standard one)")
+    c.add_argument("--quantize", choices=["w8"],
+                   help="w8: int8 weights (per 128 input channels) for the spiking matmuls")
     c.add_argument("--print-after", action="append", default=[], metavar="PASS|all",
                    help="print the IR after these passes (repeatable, or comma-separated)")
     c.add_argument("--time-passes", action="store_true", help="print per-pass wall times")
@@ -128,6 +130,7 @@ def cmd_compile(args) -> None:
     start = time.perf_counter()
     # the pipeline string goes as is: pass options may hold commas ("a{x=1,y=2},b")
     module = sbc.compile(args.model, target=args.target, arch=args.arch, passes=args.passes,
+                         quantize=args.quantize,
                          print_after=[p for a in args.print_after for p in a.split(",") if p],
                          time_passes=args.time_passes,
                          verify_each=args.verify_each, dump_dir=args.dump_dir)

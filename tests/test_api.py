@@ -80,3 +80,21 @@ def test_unknown_targets_name_the_supported_ones(mlp_onnx):
 def test_public_names():
     assert sbc.__version__ and callable(sbc.compile) and callable(sbc.load)
     assert {"Module", "compile", "load", "__version__"} <= set(sbc.__all__)
+
+
+def test_quantize_w8_computes_spiking_matmuls_with_int8_weights(tiny_onnx, tiny_module):
+    module = sbc.compile(tiny_onnx, quantize="w8")
+    ops = module.manifest["ops"]
+    assert ops.get("SpikeMatMul", 0) >= 12 and "SpikeMatMul" not in tiny_module.manifest["ops"]
+    assert any(p.dtype == np.int8 for p in module.params.values())
+    ids = np.random.default_rng(5).integers(0, 256, size=(1, 24))
+    got, want = module.run({"ids": ids})["logits"], tiny_module.run({"ids": ids})["logits"]
+    # int8 weights move the tiny model's random logits a little, not beyond recognition
+    assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.95
+
+
+def test_quantize_options_are_checked(mlp_onnx):
+    with pytest.raises(sbc.errors.UnsupportedError, match="unknown quantization 'w4'; supported: w8"):
+        sbc.compile(mlp_onnx, quantize="w4")
+    with pytest.raises(sbc.errors.UnsupportedError, match="name 'quantize-weights-int8'"):
+        sbc.compile(mlp_onnx, quantize="w8", passes="dce")
