@@ -130,14 +130,16 @@ def check_target(target: str, arch: str | None = None) -> None:
     resolve(target, arch)
 
 
-def compile(model, target: str = "cpu", *, arch=None, passes=None, quantize=None, print_after=(),
-            time_passes=False, verify_each=False, dump_dir=None) -> Module:
+def compile(model, target: str = "cpu", *, arch=None, passes=None, quantize=None, calibrate=None,
+            print_after=(), time_passes=False, verify_each=False, dump_dir=None) -> Module:
     """Compile an ONNX file path, onnx.ModelProto or sbc.ir.Graph for `target` (cpu, cuda,
     maca; `arch`: the GPU arch, e.g. sm_90 or xcore1000, default sm_80 / $MACA_ARCH).
 
     passes: None for the default pipeline, else a pipeline string ("dce,cse") or list;
     quantize: None, or "w8" (int8 weights, one scale per 128 input channels, where spikes feed
     a matmul: W8ASpike's integer matmuls) added to the default pipeline;
+    calibrate: inputs ({name: array} or an .npz path) to measure the spiking sites' firing rates
+    on; the figures go to manifest["spike_stats"] (what `sbc report` reads);
     print_after / time_passes / verify_each / dump_dir: the pass manager's debugging aids.
     """
     check_target(target, arch)  # before any work: an unsupported target should fail at once
@@ -154,6 +156,7 @@ def compile(model, target: str = "cpu", *, arch=None, passes=None, quantize=None
                        verify_each=verify_each, dump_dir=dump_dir, fixed_point=fixed_point)
     from sbc.passes.to_recurrent import POSITION, memory_certificate, state_names
     from sbc.codegen.build import build
+    stats = _calibrate(graph, calibrate) if calibrate is not None else None
     programs = {"prefill": prefill_program(graph)} if state_names(graph) else {}
     built = build(graph, target, {n: g for n, g in programs.items() if g is not None}, arch=arch)
     manifest = {
@@ -169,12 +172,19 @@ def compile(model, target: str = "cpu", *, arch=None, passes=None, quantize=None
         manifest["recurrent"] = {"position": POSITION, "state": state_names(graph),
                                  "memory_certificate": memory_certificate(graph),
                                  "prefill_program": programs["prefill"] is not None}
+    if stats is not None:
+        manifest["spike_stats"] = stats
     manifest["notes"] = fusion_notes(graph)
     library = None if target == "maca" else _library_bytes(built.executable)
     return Module(library, built.params, manifest, built.files)
 
 
 QUANTIZE = {"w8": "quantize-weights-int8"}
+
+
+def _calibrate(graph, data) -> dict:
+    from sbc.calibration import calibrate, read_npz
+    return calibrate(graph, read_npz(os.fspath(data)) if isinstance(data, (str, os.PathLike)) else data)
 
 
 def _with_quantization(passes, quantize):

@@ -63,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
                                   "xcore1000 (maca default, or $MACA_ARCH / macainfo)")
     c.add_argument("-o", "--output", help="artifact path (default: <model>.sbc)")
     c.add_argument("--passes", help="comma-separated pass pipeline (default: the standard one)")
+    c.add_argument("--calibrate", metavar="DATA.npz",
+                   help="measure firing rates on these inputs and store them (see `sbc report`)")
     c.add_argument("--quantize", choices=["w8"],
                    help="w8: int8 weights (per 128 input channels) for the spiking matmuls")
     c.add_argument("--print-after", action="append", default=[], metavar="PASS|all",
@@ -120,6 +122,19 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--workdir", default=None, help="keep the ONNX file and artifact here")
     d.add_argument("--onnx", help="use this ONNX file (input ids -> logits) instead of exporting")
     d.set_defaults(command=cmd_demo)
+
+    cal = sub.add_parser("calibrate", help="measure spike sparsity on calibration inputs")
+    cal.add_argument("model", help="ONNX model")
+    cal.add_argument("--data", required=True, help=".npz whose keys are the input names "
+                                                   "(a leading sample axis is iterated over)")
+    cal.add_argument("-o", "--output", help="stats JSON (default: <model>.spike_stats.json)")
+    cal.set_defaults(command=cmd_calibrate)
+
+    rep = sub.add_parser("report", help="sparsity, MACs vs accumulates and energy estimate")
+    rep.add_argument("stats", help="a .sbc artifact with spike stats, or `sbc calibrate` JSON")
+    rep.add_argument("--json", action="store_true")
+    rep.add_argument("--plots", metavar="DIR", help="write PNG histogram and per-layer chart")
+    rep.set_defaults(command=cmd_report)
     return ap
 
 
@@ -130,7 +145,7 @@ def cmd_compile(args) -> None:
     start = time.perf_counter()
     # the pipeline string goes as is: pass options may hold commas ("a{x=1,y=2},b")
     module = sbc.compile(args.model, target=args.target, arch=args.arch, passes=args.passes,
-                         quantize=args.quantize,
+                         quantize=args.quantize, calibrate=args.calibrate,
                          print_after=[p for a in args.print_after for p in a.split(",") if p],
                          time_passes=args.time_passes,
                          verify_each=args.verify_each, dump_dir=args.dump_dir)
@@ -420,6 +435,44 @@ def _compare(ours: np.ndarray, theirs: np.ndarray) -> dict:
     return {"max_diff": float(np.abs(ours.astype(np.float64) - theirs).max(initial=0.0)),
             "close": float(close.mean()) if close.size else 1.0,
             "argmax": float(agree.mean()) if agree.size else 1.0, "positions": int(agree.size)}
+
+
+# -- calibrate, report -----------------------------------------------------------------------
+
+def cmd_calibrate(args) -> None:
+    """Import, run the default passes, measure every SpikeEncode on the data, write JSON."""
+    from sbc.calibration import calibrate, format_sites, read_npz, report
+    from sbc.frontend import import_onnx
+    from sbc.passes import run_passes
+    from sbc.runtimes.artifact import atomic_path
+    output = args.output or os.path.splitext(args.model)[0] + ".spike_stats.json"
+    _check_output_dir(output)
+    feeds = read_npz(args.data)  # before the import: a bad data file fails fast
+    stats = calibrate(run_passes(import_onnx(args.model), None), feeds)
+    stats["source"] = {"model": os.path.basename(args.model), "data": os.path.basename(args.data)}
+    total = report(stats)["total"]
+    print(f"{len(stats['sites'])} spiking sites, {stats['samples']} sample(s), "
+          f"T = {stats['steps']}")
+    print(format_sites(stats))
+    print(f"total: firing rate {total['firing_rate']:.1%}, {total['spikes_per_channel']:.3f} "
+          f"spikes per channel, {total['silent_channels']:.1%} channels silent")
+    with atomic_path(output) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(stats, f, indent=1)
+    print(f"wrote {output}")
+
+
+def cmd_report(args) -> None:
+    from sbc.calibration import format_report, load_stats, report, write_plots
+    stats = load_stats(args.stats)
+    rep = report(stats)
+    paths = write_plots(stats, rep, args.plots) if args.plots else []
+    if args.json:
+        print(json.dumps(dict(rep, plots=paths), indent=1))
+        return
+    print(format_report(rep))
+    for path in paths:
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":
