@@ -168,7 +168,7 @@ def _describe_failure(mod: tvm.IRModule, target, kernels: dict[str, list]) -> st
             # a public symbol, or TVM skips the packed-API lowering that codegen expects
             tvm.compile(tvm.IRModule({gv: func.with_attr("global_symbol", gv.name_hint)}), target=target)
         except Exception:
-            nodes = ", ".join(n.where() for n in kernels.get(gv.name_hint, [])) or "unknown nodes"
+            nodes = ", ".join(dict.fromkeys(n.where() for n in kernels.get(gv.name_hint, []))) or "unknown nodes"  # programs share nodes
             return (f"TVM could not compile kernel '{gv.name_hint}' ({nodes}) for cpu; "
                     f"the TVM error is chained below")
     return "TVM failed to build the model for cpu; the TVM error is chained below"

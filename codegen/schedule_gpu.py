@@ -42,7 +42,7 @@ def require_thread_bound(mod: tvm.IRModule, kernels: dict[str, list], kind: str)
     """CompileError naming the first PrimFunc (and its sbc nodes) left without threads."""
     for gv, func in mod.functions_items():
         if isinstance(func, tirx.PrimFunc) and not thread_bound(func):
-            nodes = ", ".join(n.where() for n in kernels.get(gv.name_hint, [])) or "unknown nodes"
+            nodes = ", ".join(dict.fromkeys(n.where() for n in kernels.get(gv.name_hint, []))) or "unknown nodes"  # programs share nodes
             raise CompileError(f"kernel '{gv.name_hint}' ({nodes}) has no GPU schedule: no loop "
                                f"is bound to GPU threads, so the {kind} build would run it on "
                                f"the host; refusing to build it")
