@@ -70,14 +70,8 @@ def build(graph: Graph, target: str = "cpu", programs: dict[str, Graph] | None =
             executable = tvm.compile(mod, target=tvm_target, relax_pipeline="default_build")
     except Exception as e:  # TVM's own errors are long C++ traces: chained, not in the message
         raise CompileError(_describe_failure(mod, tvm_target, kernels)) from e
-    return BuiltModule(
-        executable=executable,
-        inputs=[(v.name, v.type) for v in graph.inputs],
-        outputs=[(n, v.type) for n, v in zip(graph.output_names, graph.outputs)],
-        param_names=[p.name for p in graph.params],
-        params={p.name: p.data for p in graph.params},
-        target={"kind": "cpu", "tvm_target": str(tvm_target.export()), **host_cpu_features()},
-    )
+    return _built(graph, executable, {"kind": "cpu", "tvm_target": str(tvm_target.export()),
+                                      **host_cpu_features()})
 
 
 def build_gpu(graph: Graph, programs: dict[str, Graph], target: SbcTarget) -> BuiltModule:
@@ -104,14 +98,19 @@ def build_gpu(graph: Graph, programs: dict[str, Graph], target: SbcTarget) -> Bu
         except Exception as e:
             raise device.failure(e) from e
     files = device.finish(mod)
+    return _built(graph, executable, {**target.manifest(), **device.manifest()}, files)
+
+
+def _built(graph: Graph, executable, target: dict, files: dict | None = None) -> BuiltModule:
+    """The BuiltModule of `graph` (main's signature and weights) around an executable."""
     return BuiltModule(
         executable=executable,
         inputs=[(v.name, v.type) for v in graph.inputs],
         outputs=[(n, v.type) for n, v in zip(graph.output_names, graph.outputs)],
         param_names=[p.name for p in graph.params],
         params={p.name: p.data for p in graph.params},
-        target={**target.manifest(), **device.manifest()},
-        files=files,
+        target=target,
+        files=files or {},
     )
 
 
