@@ -1,7 +1,8 @@
 """SpikeMatMul (spike counts x int8 weights, int32 sums; and its f32-weight form) vs the fp32
-matmul the default pipeline compiles (MatMulPacked; and plain MatMul), at the small model's projection shape
-[1, M, K] x [K, N] with symbolic batch and seq, as compiled models run them. Each is built by
-sbc's codegen, warmed up, and timed as the median of --repeats calls in one process.
+matmul the default pipeline compiles (MatMulPacked; and plain MatMul), and onnxruntime's and
+PyTorch's fp32 MatMul, at the small model's projection shape [1, M, K] x [K, N] with symbolic
+batch and seq, as compiled models run them. Each is warmed up and timed as the median of
+--repeats calls in one process; the table's ratios are against SpikeMatMul int8.
 
     .venv/bin/python bench/bench_spike_matmul_cpu.py [--shapes 1024x512x1536 4096x4096x4096] [--repeats 10]
 """
@@ -13,7 +14,10 @@ import statistics
 import time
 
 import numpy as np
+import onnxruntime as ort
+import torch
 import tvm
+from onnx import TensorProto, helper, numpy_helper
 from tvm import relax
 
 from sbc.codegen.build import build
@@ -55,6 +59,22 @@ def runner(graph, feeds):
     return lambda: vm["main"](*args)
 
 
+def ort_matmul(w, x):
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "mm",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "t", w.shape[0]])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "t", w.shape[1]])],
+                              [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 10  # what onnxruntime 1.31 reads
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return lambda: session.run(None, {"x": x})
+
+
+def torch_matmul(w, x):
+    wt, xt = torch.from_numpy(w), torch.from_numpy(x)
+    return lambda: torch.matmul(xt, wt)
+
+
 def median_ms(fn, repeats: int) -> float:
     fn()
     times = []
@@ -80,6 +100,7 @@ def bench(m: int, k: int, n: int, repeats: int) -> dict[str, float]:
     for name, fn in runs.items():  # the int8 kernel against the weights it was given
         expected = x[0] @ (dequantised if "int8" in name else w)
         np.testing.assert_allclose(fn()[0].numpy()[0], expected, rtol=1e-3, atol=1e-3, err_msg=name)
+    runs.update({"onnxruntime fp32": ort_matmul(w, x), "PyTorch fp32": torch_matmul(w, x)})
     return {name: median_ms(fn, repeats) for name, fn in runs.items()}
 
 
@@ -93,8 +114,10 @@ def main() -> None:
         m, k, n = map(int, shape.split("x"))
         times = bench(m, k, n, args.repeats)
         gflop = 2 * m * k * n / 1e9
-        cells = ", ".join(f"{name} {t:.2f} ms ({gflop / t * 1e3:.0f} GOP/s)" for name, t in times.items())
-        print(f"M={m} K={k} N={n}: {cells}")
+        spike = times["SpikeMatMul int8"]
+        print(f"M={m} K={k} N={n}:")
+        for name, t in times.items():
+            print(f"  {name:<20} {t:8.2f} ms {gflop / t * 1e3:6.0f} GOP/s  {t / spike:5.2f}x SpikeMatMul int8")
 
 
 if __name__ == "__main__":
