@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import sbc
-from sbc.errors import ArtifactError, TargetUnavailableError
+from sbc.errors import ArtifactError, InputError, TargetUnavailableError
 from sbc.ir.dims import SymbolicError, parse_dim
 from sbc.ir.types import DTYPES, TensorType, dtype_of
 
@@ -317,3 +317,15 @@ def _check_host_cpu(target: dict, path: str) -> None:
         raise TargetUnavailableError(
             f"{path} was compiled for a CPU with {', '.join(lacking)} "
             f"({target.get('cpu')}), which this CPU ({host['cpu']}) lacks: recompile it here")
+
+
+def read_arrays(path: str, what: str = "inputs") -> dict[str, np.ndarray]:
+    """Arrays by name from a user's .npz (no pickles: an .npz from elsewhere must not run code).
+    `what` names the file in errors ("inputs", "calibration data")."""
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: no such {what} file")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError, AttributeError, zipfile.BadZipFile) as e:
+        raise InputError(f"{path}: not a readable .npz of input arrays ({e})") from e

@@ -197,15 +197,9 @@ def _columns(node, value) -> int:
 # -- files -----------------------------------------------------------------------------------
 
 def read_npz(path: str) -> dict[str, np.ndarray]:
-    """Calibration inputs by name (no pickles: data from elsewhere must not run code)."""
-    import zipfile
-    if not os.path.isfile(path):
-        raise InputError(f"{path}: no such calibration data file")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
-    except (OSError, ValueError, EOFError, AttributeError, zipfile.BadZipFile) as e:
-        raise InputError(f"{path}: not a readable .npz of input arrays ({e})") from e
+    """Calibration inputs by name."""
+    from sbc.runtimes.artifact import read_arrays
+    return read_arrays(path, "calibration data")
 
 
 def load_stats(path: str) -> dict:

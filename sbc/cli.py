@@ -308,14 +308,8 @@ def _certificate(manifest: dict) -> dict:
 
 
 def _read_npz(path: str) -> dict[str, np.ndarray]:
-    """Inputs by name from an .npz (no pickles: an .npz from elsewhere must not run code)."""
-    if not os.path.isfile(path):
-        raise InputError(f"{path}: no such inputs file")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
-    except (OSError, ValueError, EOFError, AttributeError, zipfile.BadZipFile) as e:
-        raise InputError(f"{path}: not a readable .npz of input arrays ({e})") from e
+    from sbc.runtimes.artifact import read_arrays
+    return read_arrays(path, "inputs")
 
 
 def cmd_debug(args) -> int:
