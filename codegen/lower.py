@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 from tvm import te, tirx, topi
 
-from sbc.ir.dims import Sym
+from sbc.ir.dims import FloorDiv, Sym
 
 TVM_DTYPES = {"f32": "float32", "f16": "float16", "f64": "float64", "i8": "int8", "i16": "int16",
               "i32": "int32", "i64": "int64", "u8": "uint8", "bool": "bool"}
@@ -87,13 +87,20 @@ class Ctx:
             total = None
             for mono, coef in d.terms.items():
                 term = tirx.IntImm("int64", coef)
-                for s in mono:
-                    term = term * self.var(s)
+                for atom in mono:
+                    term = term * self.atom(atom)
                 total = term if total is None else total + term
             return total
         if isinstance(d, (float, np.floating)):
             return float(d)
         return tirx.IntImm("int64", int(d))
+
+    def atom(self, atom):
+        """A symbol's var, or floor(num / den) for a FloorDiv (TIR's floordiv is floor, as
+        the dims' is: the numerator of a canonical FloorDiv is never negative anyway)."""
+        if isinstance(atom, FloorDiv):
+            return tirx.floordiv(self.expr(atom.num), tirx.IntImm("int64", atom.den))
+        return self.var(atom)
 
     def shape(self, dims) -> list:
         return [self.expr(d) for d in dims]

@@ -6,8 +6,8 @@ declare but ONNX defines by a function body (Attention, RotaryEmbedding, ...) ar
 that body. The import is 1:1 — folding and cleanup are passes; compile-time-known values
 (shapes, possibly symbolic) propagate by themselves as nodes are added.
 
-`Scan` bodies become closed sbc graphs (see `_BodyImporter`): values a body reads from the
-enclosing graph are passed explicitly. `If` and `Loop` are not supported.
+`Scan` and `Loop` bodies become closed sbc graphs (see `_BodyImporter`): values a body reads
+from the enclosing graph are passed explicitly. `If` is not supported.
 
 Every failure is an sbc error with one readable line that names the file, node or input.
 """
@@ -27,12 +27,13 @@ from onnx import numpy_helper
 from sbc.errors import InputError, InvalidModelError, SbcError, UnsupportedError
 from sbc.frontend.opset_upgrade import upgrade
 from sbc.ir import Graph, OpDef, Sym, TensorType, Value, all_ops, get_op, numpy_dtype
+from sbc.ir.ops.control_flow import CONDITION, ITER_NUM
 from sbc.ir.registry import OpError
 from sbc.ir.verifier import verify
 
 MIN_OPSET, MAX_OPSET = 13, 28  # 13: the first opset with axes/split as inputs for most ops
 CONSTANT_LIMIT = 1024  # larger Constant nodes become params, like initializers
-CONTROL_FLOW = "control flow If and Loop is not supported (Scan is)"
+CONTROL_FLOW = "control flow If is not supported (Scan and Loop are)"
 
 ONNX_DTYPES = {
     onnx.TensorProto.FLOAT: "f32", onnx.TensorProto.FLOAT16: "f16", onnx.TensorProto.DOUBLE: "f64",
@@ -352,6 +353,8 @@ class _Importer:
             return self._constant(node, name)
         if node.op_type == "Scan":
             return self._scan(node, name)
+        if node.op_type == "Loop":
+            return self._loop(node, name)
         opdef = get_op(node.op_type)
         if opdef is None or opdef.extra.get("decompose"):  # imported as its ONNX function body
             return self._expand(node, name)
@@ -504,6 +507,31 @@ class _Importer:
             types.append(TensorType(v.dtype, v.shape[:axis] + v.shape[axis + 1:]))
         return types
 
+    # -- Loop -----------------------------------------------------------------------------
+    def _loop(self, node: onnx.NodeProto, name: str) -> None:
+        """Loop: like Scan, the body becomes a closed sbc graph and the values it reads from
+        enclosing scopes are appended as captured values. The trip count and the condition
+        may be omitted (None); the loop-carried values may not."""
+        bodies = [a for a in node.attribute if a.name == "body"]
+        if len(bodies) != 1 or bodies[0].type != onnx.AttributeProto.GRAPH:
+            raise InvalidModelError(f"Loop node '{name}' must have one graph attribute 'body'")
+        inputs = [self._use(i, name) for i in node.input]
+        inputs += [None] * (2 - len(inputs))  # (the checker allows leaving out a trailing cond)
+        if None in inputs[2:]:
+            raise InvalidModelError(f"Loop node '{name}': a loop-carried value cannot be omitted")
+        types = [ITER_NUM, CONDITION] + [v.type for v in inputs[2:]]
+        sub = _BodyImporter(self, bodies[0].g, name,
+                            given="the iteration number, the condition and loop-carried values")
+        try:
+            body = sub.run(types)
+        except SbcError as e:  # the same kind of error, saying where it happened
+            raise type(e)(f"Loop node '{name}', in its body: {e}") from e
+        if len(node.output) != len(body.outputs) - 1:
+            raise InvalidModelError(f"Loop node '{name}' has {len(node.output)} outputs, its "
+                                    f"body returns {len(body.outputs) - 1} besides the condition")
+        self._add_node(node, name, inputs + sub.captured,
+                       {"body": body, "num_captured": len(sub.captured)})
+
     # -- ops defined by an ONNX function body ---------------------------------------------
     def _expand(self, node: onnx.NodeProto, name: str) -> None:
         """An op without an sbc declaration but with an ONNX function body (e.g. Attention,
@@ -530,7 +558,7 @@ class _Importer:
 
 
 class _BodyImporter(_Importer):
-    """Imports a Scan body as a closed sbc graph.
+    """Imports a Scan or Loop body as a closed sbc graph.
 
     A name the body does not define is looked up in the enclosing scopes. A small value known
     at compile time (a constant, a shape whose symbols the body's inputs bind) is copied into
@@ -540,8 +568,10 @@ class _BodyImporter(_Importer):
     constants stay Constant nodes: a nested graph holds no params."""
     nested = True
 
-    def __init__(self, parent: _Importer, proto: onnx.GraphProto, scan_name: str):
+    def __init__(self, parent: _Importer, proto: onnx.GraphProto, scan_name: str,
+                 given: str = "states and scan inputs"):
         self.parent = parent
+        self.given = given  # what the node passes to the body, for the input-count error
         self.body = proto
         self.scan_name = scan_name
         self.proto, self.opset = parent.proto, parent.opset
@@ -555,7 +585,7 @@ class _BodyImporter(_Importer):
         g = self.body
         if len(g.input) != len(types):
             raise InvalidModelError(f"the body takes {len(g.input)} inputs, but the node gives "
-                                    f"{len(types)} (states and scan inputs)")
+                                    f"{len(types)} ({self.given})")
         if g.sparse_initializer:
             raise UnsupportedError("sparse initializers are not supported")
         for vi, t in zip(g.input, types):

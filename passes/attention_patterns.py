@@ -69,6 +69,15 @@ def unrepeat_kv(v: Value) -> tuple[Value, int]:
     return x, grouped[2]
 
 
+def unrepeat_all(parts: dict, names) -> dict:
+    """parts with repeat_kv undone on parts[n] for n in names, when all were repeated alike
+    (else unchanged: undoing it on some would leave their head counts disagreeing)."""
+    unrepeated = {n: unrepeat_kv(parts[n]) for n in names if parts[n] is not None}
+    if len({groups for _, groups in unrepeated.values()}) == 1:
+        return {**parts, **{n: x for n, (x, _) in unrepeated.items()}}
+    return parts
+
+
 def pack_heads(graph: Graph, v: Value, name: str) -> Value:
     """[B, H, T, D] -> [B, T, H*D] (what the packed attention ops take)."""
     t = graph.add1("Transpose", v, name=f"{name}_bthd", perm=[0, 2, 1, 3])

@@ -7,6 +7,9 @@
         -> LinearAttention(update_rule = gated, decay g)        (the parallel GLA form)
     MatMul(Where(causal, MatMul(q, Transpose(k)), 0), v)
         -> LinearAttention(update_rule = linear)
+    Gather(chunked GLA of q, k, v, g [B, H, N*C, dv], arange(T), axis 2)
+        -> LinearAttention(update_rule = gated, decay g)        (the chunked GLA form; see
+                                                                 linear_attention_chunked_form.py)
 
 q, k, v, g are [B, H, T, D] (g may be [B, H, T, 1]: one decay per head); a repeat_kv on k, v
 and g (GQA) is undone so the op keeps one state per KV head. `causal` must evaluate to
@@ -22,6 +25,7 @@ from sbc.passes.attention_patterns import (AttentionRule, mask_window, pack_head
                                            unpack_heads, unrepeat_kv)
 from sbc.passes.base import Pass, PassResult, apply_rules, register_pass
 from sbc.passes.fold_reshape_transpose import perm_of
+from sbc.passes.linear_attention_chunked_form import ChunkedLinearAttention
 from sbc.passes.linear_attention_scan import ScanLinearAttention
 
 
@@ -110,7 +114,7 @@ class ParallelLinearAttention(AttentionRule):
         graph.replace_uses(node.outputs[0], unpack_heads(graph, la.outputs[0], hq, f"{name}_o"))
 
 
-RULES = [ParallelLinearAttention(), ScanLinearAttention()]
+RULES = [ParallelLinearAttention(), ScanLinearAttention(), ChunkedLinearAttention()]
 
 
 @register_pass

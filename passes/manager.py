@@ -24,14 +24,16 @@ from sbc.ir.printer import print_graph
 from sbc.ir.verifier import VerificationError, verify
 from sbc.passes.base import Pass, get_pass
 
+# loop-to-scan turns Loops that walk tensors along an axis into Scans, which
+# fuse-linear-attention then raises like any other Scan.
 # pack-matmul-weights (added with the MatMulPacked kernel) runs after folding, so weights
 # that fold-constants produced (e.g. transposed) are packed too.
 # fuse-spike-neurons (exact) and spike-matmul (integer matmuls where weights are int8; with
 # f32 weights it does nothing unless told to) run before to-recurrent, which knows their ops;
 # `--quantize w8` adds quantize-weights-int8 right before spike-matmul.
-DEFAULT_PIPELINE = ["fold-constants", "fold-reshape-transpose", "cse", "fuse-linear-attention",
-                    "fuse-sliding-window-attention", "fuse-spike-neurons", "spike-matmul",
-                    "to-recurrent", "pack-matmul-weights", "dce"]
+DEFAULT_PIPELINE = ["fold-constants", "fold-reshape-transpose", "cse", "loop-to-scan",
+                    "fuse-linear-attention", "fuse-sliding-window-attention", "fuse-spike-neurons",
+                    "spike-matmul", "to-recurrent", "pack-matmul-weights", "dce"]
 MAX_ROUNDS = 4
 
 _ITEM = re.compile(r"^\s*([A-Za-z0-9_-]+)\s*(?:\{([^{}]*)\})?\s*$")

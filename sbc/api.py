@@ -139,7 +139,9 @@ def compile(model, target: str = "cpu", *, arch=None, passes=None, quantize=None
     quantize: None, or "w8" (int8 weights, one scale per 128 input channels, where spikes feed
     a matmul: W8ASpike's integer matmuls) added to the default pipeline;
     calibrate: inputs ({name: array} or an .npz path) to measure the spiking sites' firing rates
-    on; the figures go to manifest["spike_stats"] (what `sbc report` reads);
+    on; the figures go to manifest["spike_stats"] (what `sbc report` reads); on cpu the
+    spike-sparsity pass then picks per SpikeMatMul the dense or zero-tile-skipping kernel
+    (spike_stats["kernels"], with the break-even timings in spike_stats["break_even"]);
     print_after / time_passes / verify_each / dump_dir: the pass manager's debugging aids.
     """
     check_target(target, arch)  # before any work: an unsupported target should fail at once
@@ -157,6 +159,8 @@ def compile(model, target: str = "cpu", *, arch=None, passes=None, quantize=None
     from sbc.passes.to_recurrent import POSITION, memory_certificate, state_names
     from sbc.codegen.build import build
     stats = _calibrate(graph, calibrate) if calibrate is not None else None
+    if stats is not None and target == "cpu":
+        graph = _choose_spike_kernels(graph, stats)
     programs = {"prefill": prefill_program(graph)} if state_names(graph) else {}
     built = build(graph, target, {n: g for n, g in programs.items() if g is not None}, arch=arch)
     manifest = {
@@ -187,6 +191,15 @@ def _calibrate(graph, data) -> dict:
     return calibrate(graph, read_npz(os.fspath(data)) if isinstance(data, (str, os.PathLike)) else data)
 
 
+def _choose_spike_kernels(graph, stats: dict):
+    """spike-sparsity with these stats; its choices and timings are added to `stats`."""
+    from sbc.passes.spike_sparsity import SpikeSparsity
+    sparsity = SpikeSparsity(stats=stats)
+    graph = sparsity.run(graph).graph
+    stats["kernels"], stats["break_even"] = sparsity.choices, sparsity.measurements
+    return graph
+
+
 def _with_quantization(passes, quantize):
     """The pipeline with the weight quantization pass before spike-matmul (which then computes
     with the int8 weights)."""
@@ -214,10 +227,10 @@ def prefill_program(graph):
 def fusion_notes(graph) -> list[str]:
     """What `--explain` prints: attention-like subgraphs left unfused and why, and why the
     model is not recurrent if it is not."""
-    from sbc.passes import fuse_linear_attention, fuse_sliding_window_attention
+    from sbc.passes import fuse_linear_attention, fuse_sliding_window_attention, loop_to_scan
     from sbc.passes.base import explain
     from sbc.passes.to_recurrent import state_names, why_not_recurrent
-    rules = fuse_linear_attention.RULES + fuse_sliding_window_attention.RULES
+    rules = loop_to_scan.RULES + fuse_linear_attention.RULES + fuse_sliding_window_attention.RULES
     notes = explain(graph, rules)
     if not state_names(graph):
         notes.append(f"not recurrent: {why_not_recurrent(graph)}")

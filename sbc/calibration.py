@@ -13,6 +13,11 @@ at every SpikeEncode (a "spiking site"), what the spike counts n look like:
                        and the unsigned codings see |n| (the sign dropped): `clipped` says
                        how many entries that clip touched
     fan_out            output columns of the matmuls the counts feed (through Cast, Mul, ...)
+    tile_density       fraction of the SpikeMatMul kernel's tiles (`tile`: 6 rows x 128
+                       channels of the [tokens, K] counts, one sample at a time) holding a
+                       nonzero count: the work zero-tile skipping cannot skip. A tile is
+                       zero only if all its 768 counts are, so this is far above the firing
+                       rate unless silent channels and quiet tokens line up
 
 Every figure comes from integer sums that add over samples, so statistics over several
 samples equal the statistics of the concatenated data exactly. The graph is only read.
@@ -42,6 +47,9 @@ ENERGY_PJ = {"fp16_mac": 1.5, "int8_mac": 0.23, "int8_add": 0.03}  # 45 nm, CONT
 TRANSPARENT = frozenset({"Cast", "Mul", "Reshape", "Identity", "Transpose", "Squeeze",
                          "Unsqueeze", "Flatten"})
 MATMULS = frozenset({"MatMul", "MatMulPacked", "SpikeMatMul", "Gemm"})
+# the int8 SpikeMatMul kernel's tile: codegen.kernels.spike_matmul.ROWS rows x one weight
+# group (quantize-weights-int8's 128 channels); kept here so calibrating needs no TVM import
+TILE = (6, 128)
 
 
 # -- calibration -----------------------------------------------------------------------------
@@ -116,6 +124,7 @@ class _Accumulator:
     def __init__(self):
         self.entries = self.nonzero = self.abs_sum = self.rows = self.max_sum = 0
         self.hist = np.zeros(HIST_BINS + 1, np.int64)
+        self.tiles = self.live_tiles = 0
         self.active = None  # per channel: fired at least once
         self.train_nonzero = dict.fromkeys(CODINGS, 0)
         self.clipped = dict.fromkeys(CODINGS, 0)
@@ -130,6 +139,8 @@ class _Accumulator:
         self.rows += mag.shape[0]
         self.max_sum += int(mag.max(axis=1, initial=0).sum())
         self.hist += np.bincount(np.minimum(mag, HIST_BINS).reshape(-1), minlength=HIST_BINS + 1)
+        self.tiles += tile_count(mag.shape)
+        self.live_tiles += live_tile_count(mag)
         fired = (mag != 0).any(axis=0)
         self.active = fired if self.active is None else self.active | fired
         for coding in CODINGS:
@@ -155,7 +166,22 @@ class _Accumulator:
             "clipped": {c: self.clipped[c] / entries for c in CODINGS},
             "clip_at": dict(CAP),
             "fan_out": fan_out,
+            "tile": list(TILE), "tile_density": self.live_tiles / max(self.tiles, 1),
         }
+
+
+def tile_count(shape: tuple[int, int]) -> int:
+    rows, k = shape
+    return -(-rows // TILE[0]) * -(-k // TILE[1])
+
+
+def live_tile_count(counts: np.ndarray) -> int:
+    """How many TILE-sized tiles of [rows, K] counts hold a nonzero (the last ones may be short)."""
+    rows, k = counts.shape
+    padded = np.zeros((-(-rows // TILE[0]) * TILE[0], -(-k // TILE[1]) * TILE[1]), bool)
+    padded[:rows, :k] = counts != 0
+    tiles = padded.reshape(padded.shape[0] // TILE[0], TILE[0], -1, TILE[1])
+    return int(tiles.any(axis=(1, 3)).sum())
 
 
 def fan_outs(graph) -> dict[str, int]:
@@ -244,7 +270,8 @@ def report(stats: dict) -> dict:
                   "spikes_per_channel": total["spikes"] / entries,
                   "silent_channels": total["silent_channel_count"] / max(total["channels"], 1)})
     total.update(energy(total["macs"], total["accumulates"]))
-    return {"energy_pj": dict(ENERGY_PJ), "layers": layers, "total": total}
+    return {"energy_pj": dict(ENERGY_PJ), "layers": layers, "total": total,
+            "kernels": stats.get("kernels", [])}
 
 
 def _layer(site: dict) -> dict:
@@ -275,15 +302,16 @@ def energy(macs: int, accumulates: int) -> dict:
 
 
 def format_sites(stats: dict) -> str:
-    """The per-site table `sbc calibrate` prints."""
+    """The per-site table `sbc calibrate` prints ("tiles": the tile density)."""
     head = (f"{'site':<24}{'tokens':>8}{'ch':>6}{'fire':>8}{'spk/ch':>8}{'silent':>8}"
-            f"{'max|n|':>8}{'zero@T3':>9}{'fan-out':>9}")
+            f"{'max|n|':>8}{'zero@T3':>9}{'fan-out':>9}{'tiles':>7}")
     rows = [head]
     for s in stats["sites"]:
         rows.append(f"{s['name']:<24}{s['tokens']:>8}{s['channels']:>6}{s['firing_rate']:>8.1%}"
                     f"{s['spikes_per_channel']:>8.3f}{s['silent_channels']:>8.1%}"
                     f"{s['mean_max_abs']:>8.2f}"
-                    f"{s['zero_fraction']['bitwise_bidirectional']:>9.1%}{s['fan_out']:>9}")
+                    f"{s['zero_fraction']['bitwise_bidirectional']:>9.1%}{s['fan_out']:>9}"
+                    + (f"{s['tile_density']:>7.1%}" if "tile_density" in s else f"{'-':>7}"))
     return "\n".join(rows)
 
 
@@ -301,7 +329,19 @@ def format_report(rep: dict) -> str:
                 f"({e['fp16_mac']} pJ/MAC), dense INT8 {t['energy_int8_pj'] / 1e6:.3f} uJ "
                 f"({e['int8_mac']} pJ/MAC), spiking {t['energy_spiking_pj'] / 1e6:.3f} uJ "
                 f"({e['int8_add']} pJ/add)")
-    return "\n".join(rows)
+    return "\n".join(rows + format_kernels(rep.get("kernels", [])))
+
+
+def format_kernels(kernels: list[dict]) -> list[str]:
+    """spike-sparsity's choice per SpikeMatMul (only in artifacts compiled with calibration)."""
+    if not kernels:
+        return []
+    figure = lambda v: f"{'-':>10}" if v is None else f"{v:>10.3f}"  # noqa: E731
+    rows = [f"{'SpikeMatMul layer':<24}{'tile dens':>10}{'break-even':>11} kernel"]
+    for k in kernels:
+        rows.append(f"{k['layer']:<24}{figure(k['tile_density'])} {figure(k['break_even'])} "
+                    f"{k['kernel']}")
+    return rows
 
 
 def _times(ratio) -> str:

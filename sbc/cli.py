@@ -286,7 +286,15 @@ def _inspect_artifact(path: str) -> dict:
                   for k, v in m["files"].items()},
         "source": m.get("source"),
         **_certificate(m),
+        **_spike_kernels(m),
     }
+
+
+def _spike_kernels(manifest: dict) -> dict:
+    """SpikeMatMul kernel per layer, as spike-sparsity chose it (compiled with --calibrate)."""
+    kernels = (manifest.get("spike_stats") or {}).get("kernels")
+    return {"spike_kernels": {k["layer"]: f"{k['kernel']} ({k['why']})" for k in kernels}} \
+        if kernels else {}
 
 
 def _certificate(manifest: dict) -> dict:

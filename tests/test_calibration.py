@@ -208,3 +208,64 @@ def test_compile_calibrate_stores_the_figures_report_reads(neuron, capsys, tmp_p
     assert json.loads(capsys.readouterr().out)["total"] == json.loads(json.dumps(report(stats)["total"]))
     with pytest.raises(InputError):
         load_stats(str(tmp_path))
+
+
+def test_tile_density_counts_all_zero_kernel_tiles(neuron):
+    """Tiles of 6 tokens x 128 channels (here all 16), per sample: 10 tokens make a full and a
+    short tile; quiet tokens zero a tile only if all of its tokens are quiet."""
+    path, _, _ = neuron
+    x = neuron_data()
+    x[0, 0] = 0  # sample 0, tokens 0..4: with 5..5 the first tile is still live
+    x[1, 0, :] = 0
+    x[1, 1, 0] = 0  # sample 1: tokens 0..5 quiet -> its first tile is all zero
+    stats = calibrate(run_passes(import_onnx(path), None), {"x": x})
+    site = stats["sites"][0]
+    n = counts_of(x).reshape(3, 10, K)
+    live = sum(bool(np.any(s[r:r + 6])) for s in n for r in (0, 6))
+    assert (site["tile"], live) == ([6, 128], 5)
+    assert site["tile_density"] == live / 6
+
+
+def test_break_even_measures_both_kernels():
+    from sbc.spike_breakeven import DENSITIES, break_even, crossing
+    result = break_even(96, 256, 64, repeats=3)
+    assert 0.0 <= result["break_even"] <= 1.0
+    assert len(result["skip_ms"]) == len(DENSITIES) and result["dense_ms"] > 0
+    assert break_even(96, 256, 64) is result  # measured once per shape
+    # the line through the skipping times meets the dense time: 1 + 2d = 2.5 at d = 0.75
+    assert crossing([0.0, 0.5, 1.0], [1.0, 2.0, 3.0], 2.5) == pytest.approx(0.75)
+    assert crossing([0.0, 0.5, 1.0], [3.0, 4.0, 5.0], 2.5) == 0.0  # never wins
+    assert crossing([0.0, 0.5, 1.0], [1.0, 1.5, 2.0], 2.5) == 1.0  # always wins
+    assert crossing([0.0, 1.0], [1.0, 1.0], 2.5) == 1.0  # flat and below
+
+
+def test_compile_calibrate_chooses_spike_kernels(tmp_path, capsys, monkeypatch):
+    """sbc.compile(calibrate=) runs spike-sparsity: per SpikeMatMul the kernel, the density
+    and the measured break-even land in the manifest and the report, the build uses that
+    kernel, and results are unchanged."""
+    import sbc
+    import sbc.spike_breakeven
+    from sbc.codegen.kernels import spike_matmul as kernels
+    from tests.passes.spike_graphs import spiking_matmul_graph
+    built, int8_kernel = [], kernels.int8_kernel
+    monkeypatch.setattr(sbc.spike_breakeven, "_CACHE", {})  # measured here, whatever ran before
+    monkeypatch.setattr(kernels, "int8_kernel", lambda *a, **kw: built.append(
+        kw["skip_zero_tiles"]) or int8_kernel(*a, **kw))
+    x = np.random.default_rng(3).standard_normal((1, 12, 256)).astype(np.float32)
+    x[..., 128:] = 0  # half the tiles all zero
+    graph = spiking_matmul_graph(k=256, n=32)
+    module = sbc.compile(graph, quantize="w8", calibrate={"x": x})
+    stats = module.manifest["spike_stats"]
+    (choice,) = stats["kernels"]
+    (measured,) = stats["break_even"]
+    assert choice["tile_density"] == 0.5 and choice["break_even"] == measured["break_even"]
+    assert 0.0 <= choice["break_even"] <= 1.0
+    assert choice["kernel"] == ("skip_zero_tiles" if 0.5 < choice["break_even"] else "dense")
+    # the break-even timed both forms; the model (main and prefill programs) got the chosen one
+    assert built[:2] == [False, True] and set(built[2:]) == {choice["kernel"] == "skip_zero_tiles"}
+    dense = sbc.compile(graph, quantize="w8")
+    np.testing.assert_array_equal(module.run({"x": x})["y"], dense.run({"x": x})["y"])
+    module.save(tmp_path / "m.sbc")
+    assert main(["report", str(tmp_path / "m.sbc")]) == 0
+    row = capsys.readouterr().out.splitlines()[-1].split()
+    assert row[0] == choice["layer"] and row[-1] == choice["kernel"] and row[1] == "0.500"

@@ -11,6 +11,14 @@ Column panels run in parallel (each panel's weights, K x 16 bytes, stay in L1). 
 the same loops multiply in plain int32 (LLVM vectorises them as it can): slower, same result.
 i8 counts are widened to 16-bit pairs per row tile first.
 
+Zero-tile skipping (node attribute kernel = "skip_zero_tiles"): a tile is the R rows x `group`
+input channels that one int32 accumulation covers. A first parallel loop marks, per (row tile,
+group), whether any count in it is nonzero; the main loops then skip the multiply-adds and the
+scaled add of every all-zero tile. Bit-identical to the dense kernel: a zero tile's int32 sum
+is 0 and adding +-0.0 to the f32 tile changes nothing (it starts at +0.0 and a sum of finite
+floats never becomes -0.0). It pays only when many tiles are all zero (spike-sparsity measures
+where).
+
 f32 weights (W [N/16, K, 16]): counts as floats times W, the TE matmul that sbc's CPU schedule
 tiles (schedule_cpu's matmul rule), then * scale + bias: exact integers times f32 weights.
 """
@@ -51,7 +59,8 @@ def spike_matmul_kernel(node, instruction: str | None = None):
     if w.dtype == "f32":
         return float_kernel(counts.type.rank, counts.dtype, k, n, has_bias)
     return int8_kernel(counts.type.rank, counts.dtype, k, n, node.attrs["group"], has_bias,
-                       instruction or integer_dot_instruction())
+                       instruction or integer_dot_instruction(),
+                       skip_zero_tiles=node.attrs["kernel"] == "skip_zero_tiles")
 
 
 def float_kernel(rank: int, counts_dtype: str, k: int, n: int, has_bias: bool):
@@ -84,10 +93,11 @@ def _pmadd(instruction: str, acc, a, b):
 
 
 def int8_kernel(rank: int, counts_dtype: str, k: int, n: int, group: int, has_bias: bool,
-                instruction: str):
+                instruction: str, skip_zero_tiles: bool = False):
     lead = _lead_vars(rank)
     m = reduce(lambda x, y: x * y, lead, tirx.IntImm("int64", 1))
     pairs, panels, groups = k // 2, n // PANEL, -(-k // group)
+    tiles = (m + ROWS - 1) // ROWS
     pairs_per_group = group // 2
     dtype = {"i8": "int8", "i16": "int16"}[counts_dtype]
     wide = counts_dtype == "i16"  # 16-bit counts are read as int32 pairs in place
@@ -109,6 +119,15 @@ def int8_kernel(rank: int, counts_dtype: str, k: int, n: int, group: int, has_bi
         S1 = T.decl_buffer((m,), "float32", data=S.data)
         W1 = T.decl_buffer((panels, pairs, 2 * PANEL), "int8", data=W.data)
         Y2 = T.decl_buffer((m, n), "float32", data=Y.data)
+        if skip_zero_tiles:  # once for all panels: is any count of the tile nonzero?
+            live = T.alloc_buffer((tiles * groups,), "int32")
+            for it in T.parallel(tiles):
+                for g in range(groups):
+                    live[it * groups + g] = 0
+                    for r, kk in T.grid(ROWS, T.min(group, k - g * group)):
+                        row = T.min(it * ROWS + r, m - 1)
+                        live[it * groups + g] = T.bitwise_or(
+                            live[it * groups + g], T.Cast("int32", A2[row, g * group + kk] != 0))
         for jp in T.parallel(panels):
             acc = T.alloc_buffer((ROWS * PANEL,), "int32", scope="local")
             ftile = T.alloc_buffer((ROWS * PANEL,), "float32", scope="local")
@@ -124,32 +143,34 @@ def int8_kernel(rank: int, counts_dtype: str, k: int, n: int, group: int, has_bi
                             T.bitwise_and(T.Cast("int32", A2[row, 2 * p]), 0xFFFF),
                             T.shift_left(T.Cast("int32", A2[row, 2 * p + 1]), 16))
                 for g in range(groups):
-                    for r in T.unroll(ROWS):
-                        for c in T.vectorized(PANEL):
-                            acc[r * PANEL + c] = 0
-                    for p in range(g * pairs_per_group, T.min((g + 1) * pairs_per_group, pairs)):
-                        if vector:
-                            lo = T.Cast("int16x16", W1[jp, p, T.ramp(0, 1, 16)])
-                            hi = T.Cast("int16x16", W1[jp, p, T.ramp(16, 1, 16)])
-                            for r in T.unroll(ROWS):
-                                row = T.min(i0 + r, m - 1)  # a short last tile repeats a row
-                                both = A32[row, p] if wide else pair[r * pairs + p]
-                                ab = T.reinterpret("int16x16", T.Broadcast(both, 8))
-                                acc[T.ramp(r * PANEL, 1, 8)] = _pmadd(
-                                    instruction, acc[T.ramp(r * PANEL, 1, 8)], ab, lo)
-                                acc[T.ramp(r * PANEL + 8, 1, 8)] = _pmadd(
-                                    instruction, acc[T.ramp(r * PANEL + 8, 1, 8)], ab, hi)
-                        else:
-                            for r in T.unroll(ROWS):
-                                row = T.min(i0 + r, m - 1)
-                                for c in T.vectorized(PANEL):
-                                    acc[r * PANEL + c] = acc[r * PANEL + c] + (
-                                        T.Cast("int32", A2[row, 2 * p]) * T.Cast("int32", W[jp, p, c, 0])
-                                        + T.Cast("int32", A2[row, 2 * p + 1]) * T.Cast("int32", W[jp, p, c, 1]))
-                    for r in T.unroll(ROWS):
-                        for c in T.vectorized(PANEL):
-                            ftile[r * PANEL + c] = ftile[r * PANEL + c] + T.Cast(
-                                "float32", acc[r * PANEL + c]) * WS[g, jp * PANEL + c]
+                    if not skip_zero_tiles or live[it * groups + g] != 0:
+                        for r in T.unroll(ROWS):
+                            for c in T.vectorized(PANEL):
+                                acc[r * PANEL + c] = 0
+                        for p in range(g * pairs_per_group,
+                                       T.min((g + 1) * pairs_per_group, pairs)):
+                            if vector:
+                                lo = T.Cast("int16x16", W1[jp, p, T.ramp(0, 1, 16)])
+                                hi = T.Cast("int16x16", W1[jp, p, T.ramp(16, 1, 16)])
+                                for r in T.unroll(ROWS):
+                                    row = T.min(i0 + r, m - 1)  # a short last tile repeats a row
+                                    both = A32[row, p] if wide else pair[r * pairs + p]
+                                    ab = T.reinterpret("int16x16", T.Broadcast(both, 8))
+                                    acc[T.ramp(r * PANEL, 1, 8)] = _pmadd(
+                                        instruction, acc[T.ramp(r * PANEL, 1, 8)], ab, lo)
+                                    acc[T.ramp(r * PANEL + 8, 1, 8)] = _pmadd(
+                                        instruction, acc[T.ramp(r * PANEL + 8, 1, 8)], ab, hi)
+                            else:
+                                for r in T.unroll(ROWS):
+                                    row = T.min(i0 + r, m - 1)
+                                    for c in T.vectorized(PANEL):
+                                        acc[r * PANEL + c] = acc[r * PANEL + c] + (
+                                            T.Cast("int32", A2[row, 2 * p]) * T.Cast("int32", W[jp, p, c, 0])
+                                            + T.Cast("int32", A2[row, 2 * p + 1]) * T.Cast("int32", W[jp, p, c, 1]))
+                        for r in T.unroll(ROWS):
+                            for c in T.vectorized(PANEL):
+                                ftile[r * PANEL + c] = ftile[r * PANEL + c] + T.Cast(
+                                    "float32", acc[r * PANEL + c]) * WS[g, jp * PANEL + c]
                 for r in range(ROWS):
                     if i0 + r < m:
                         for c in T.vectorized(PANEL):

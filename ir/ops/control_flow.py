@@ -1,4 +1,5 @@
-"""Control flow: ONNX `Scan` (opset 16 semantics) with a closed body graph.
+"""Control flow: ONNX `Scan` (opset 16 semantics) and `Loop` (opset 13+), each with a closed
+body graph.
 
     Scan(states..., scan_inputs..., captured...) -> (final_states..., scan_outputs...)
 
@@ -14,8 +15,19 @@ The captured values are sbc's addition to ONNX: an ONNX body may read values of 
 graph by name, an sbc body may not (so every pass can treat a graph on its own); the frontend
 passes such values explicitly, after the scan inputs.
 
-Scan has no lowering: a pass raises recognised bodies to dedicated ops (LinearAttention); the
-reference runs the body step by step with the IR interpreter.
+    Loop(M?, cond?, v_initial..., captured...) -> (v_final..., scan_outputs...)
+
+The body takes (iter_num i64[], cond_in bool[], v_in..., captured...) and returns (cond_out,
+v_out..., slices...). The loop runs while iter_num < M (when M is given) and cond (when given,
+then cond_out) is true; scan output k stacks the K slices along a new axis 0. Loop-carried
+values keep their types. A scan output's length must be a dim known at compile time, so a Loop
+with scan outputs needs a trip count known at compile time (a dim of an input's Shape: `seq`)
+and a condition that cannot end it early (omitted or constant true, passed through unchanged
+by the body); a Loop without scan outputs may stop whenever it likes.
+
+Neither op has a lowering: a Loop computed from constants alone folds, passes turn recognised
+Loops into Scans (loop-to-scan) and Scans into dedicated ops (LinearAttention); the references
+run the body step by step with the IR interpreter.
 """
 
 from __future__ import annotations
@@ -24,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sbc.ir.dims import Sym, evaluate
+from sbc.ir.dims import Dim, Sym, evaluate
 from sbc.ir.ops.common import normalize_axis
 from sbc.ir.registry import Attr, OpError, op
 from sbc.ir.types import TensorType, bind_symbols, numpy_dtype
@@ -112,7 +124,7 @@ def scan(node):
         if b.type != want:
             raise OpError(f"Scan: body input {i} %{b.name} is {b.type}, the node gives {want}")
     for s, out in zip(states, body.outputs):
-        _check_state(s.type, out)
+        _check_state("Scan", s.type, out)
     length = scan_length(scans, axes)
     slices = body.outputs[layout.states:]
     return [v.type for v in states] + [_insert(o.type, length, a)
@@ -132,14 +144,14 @@ def scan_length(scans: list, axes: list[int]):
     return length
 
 
-def _check_state(initial: TensorType, out) -> None:
+def _check_state(op_name: str, initial: TensorType, out) -> None:
     """A state keeps its dtype, rank and static dims across iterations. (Symbolic dims may be
     spelled differently by the body's inference; the interpreter checks them per step.)"""
     t = out.type
     same = t.dtype == initial.dtype and t.rank == initial.rank and all(
         a == b for a, b in zip(t.shape, initial.shape) if isinstance(a, int) and isinstance(b, int))
     if not same:
-        raise OpError(f"Scan: body output %{out.name} is {t}, its state starts as {initial}")
+        raise OpError(f"{op_name}: body output %{out.name} is {t}, its state starts as {initial}")
 
 
 def _drop(t: TensorType, axis: int) -> TensorType:
@@ -200,3 +212,145 @@ def _empty_outputs(body, layout: ScanLayout, states, scans, axes, captured) -> t
         shape.insert(normalize_axis(axis, len(shape) + 1), 0)
         outs.append(np.empty(shape, numpy_dtype(o.dtype)))
     return tuple(outs)
+
+
+# -- Loop --------------------------------------------------------------------------------------
+
+ITER_NUM, CONDITION = TensorType("i64", ()), TensorType("bool", ())
+
+
+@dataclass(frozen=True)
+class LoopLayout:
+    """How a Loop node's inputs and its body's outputs split up."""
+    states: int  # N, the loop-carried values
+    captured: int  # C
+    outputs: int  # K, the scan outputs
+
+    def split(self, items: list) -> tuple:
+        """Node inputs -> (trip count, condition, states, captured)."""
+        n = self.states
+        return items[0], items[1], list(items[2:2 + n]), list(items[2 + n:])
+
+
+def loop_layout(attrs: dict, n_inputs: int) -> LoopLayout:
+    """The checked layout of a Loop with these (normalized) attributes and input count."""
+    body, c = attrs["body"], attrs["num_captured"]
+    n = n_inputs - 2 - c
+    if c < 0 or n < 0:
+        raise OpError(f"Loop: {n_inputs} inputs cannot hold the trip count, the condition and "
+                      f"num_captured={c} captured values")
+    if len(body.inputs) != 2 + n + c:
+        raise OpError(f"Loop: the body takes {len(body.inputs)} inputs, the node gives the "
+                      f"iteration number, the condition, {n} loop-carried value(s) and {c} "
+                      f"captured")
+    k = len(body.outputs) - 1 - n
+    if k < 0:
+        raise OpError(f"Loop: the body returns {len(body.outputs)} outputs, fewer than the "
+                      f"condition and {n} loop-carried value(s)")
+    return LoopLayout(n, c, k)
+
+
+# foldable: a Loop computed from constants alone (ONNX's function body of Range, with its bounds
+# known) folds to its values like any op; it has no lowering to run otherwise.
+@op("Loop", inputs=["inputs*"], outputs=["outputs*"], foldable=True, attrs={
+    "body": Attr("graph"),
+    "num_captured": Attr("int", 0),
+})
+def loop(node):
+    """Final loop-carried values (typed like the initial ones) and the scan outputs (the
+    body's slices stacked along a new axis 0, as long as the trip count)."""
+    if len(node.inputs) < 2:
+        raise OpError("Loop: takes the trip count and the condition (either may be omitted) "
+                      "before the loop-carried values")
+    layout = loop_layout(node.attrs, len(node.inputs))
+    body = node.attrs["body"]
+    trip, cond, states, captured = layout.split(node.inputs)
+    if any(v is None for v in states + captured):
+        raise OpError("Loop: only the trip count and the condition may be omitted")
+    _check_scalar(trip, "i64", "trip count")
+    _check_scalar(cond, "bool", "condition")
+    expected = [ITER_NUM, CONDITION] + [v.type for v in states + captured]
+    for i, (b, want) in enumerate(zip(body.inputs, expected)):
+        if b.type != want:
+            raise OpError(f"Loop: body input {i} %{b.name} is {b.type}, the node gives {want}")
+    cond_out = body.outputs[0]
+    if cond_out.dtype != "bool" or cond_out.type.numel != 1:
+        raise OpError(f"Loop: the body's first output %{cond_out.name} is {cond_out.type}, "
+                      f"not the condition (one bool)")
+    for s, out in zip(states, body.outputs[1:]):
+        _check_state("Loop", s.type, out)
+    slices = body.outputs[1 + layout.states:]
+    if not slices:
+        return [v.type for v in states]
+    length = trip_count(node)
+    if isinstance(length, str):
+        raise OpError(f"Loop: its scan outputs need a length known at compile time, but {length}")
+    return [v.type for v in states] + [_insert(o.type, length, 0) for o in slices]
+
+
+def _check_scalar(v, dtype: str, what: str) -> None:
+    if v is not None and (v.dtype != dtype or v.type.numel != 1):
+        raise OpError(f"Loop: the {what} %{v.name} is {v.type}, not one {dtype}")
+
+
+def trip_count(node) -> Dim | str:
+    """How often the Loop's body runs, as a dim known at compile time; else why it is not."""
+    trip, cond = node.inputs[0], node.inputs[1]
+    if trip is None:
+        return "it has no trip count (it runs until its condition turns false)"
+    if trip.data is None:
+        return f"its trip count %{trip.name} is computed at run time (a dim of an input's " \
+               f"Shape, like the sequence length, is known at compile time)"
+    if cond is not None and not _all_true(cond.data):
+        return f"its initial condition %{cond.name} is not the constant true"
+    if not stays_true(node.attrs["body"]):
+        return "its body computes the condition, which may end the loop early"
+    count = trip.data.reshape(-1)[0]
+    if isinstance(count, Sym):
+        return count
+    if count < 0:
+        return f"its trip count is negative ({int(count)})"
+    return int(count)
+
+
+def stays_true(body) -> bool:
+    """Whether the body's condition output is its condition input (through Identity) or the
+    constant true: then only the trip count ends the loop."""
+    v = body.outputs[0]
+    while v.producer is not None and v.producer.op == "Identity":
+        v = v.producer.inputs[0]
+    return v is body.inputs[1] or _all_true(v.data)
+
+
+def _all_true(data) -> bool:
+    return data is not None and data.dtype == bool and bool(np.all(data))
+
+
+@loop.reference
+def _(attrs, *arrays):
+    layout = loop_layout(attrs, len(arrays))
+    body = attrs["body"]
+    trip, cond, states, captured = layout.split(list(arrays))
+    limit = None if trip is None else int(np.asarray(trip).reshape(-1)[0])
+    going = True if cond is None else bool(np.asarray(cond).reshape(-1)[0])
+    steps = []
+    while going and (limit is None or len(steps) < limit):
+        args = [np.array(len(steps), np.int64), np.array(going)] + states + captured
+        outs = _run_body(body, args)
+        going = bool(outs[0].reshape(-1)[0])
+        states, slices = outs[1:1 + layout.states], outs[1 + layout.states:]
+        steps.append(slices)
+    if not steps:
+        return tuple(states) + _empty_loop_outputs(body, layout, states, captured)
+    stacked = [np.stack([step[k] for step in steps]) for k in range(layout.outputs)]
+    return tuple(states) + tuple(stacked)
+
+
+def _empty_loop_outputs(body, layout: LoopLayout, states, captured) -> tuple:
+    """Zero-iteration scan outputs [0, ...]: their other dims come from the body's output
+    types, with the body's symbols bound by the inputs it would have got."""
+    args = [np.array(0, np.int64), np.array(False)] + states + captured
+    env = bind_symbols([(v.name, v.type) for v in body.inputs],
+                       {v.name: a for v, a in zip(body.inputs, args)})
+    return tuple(np.empty([0] + [evaluate(d, env) for d in o.shape], numpy_dtype(o.dtype))
+                 for o in body.outputs[1 + layout.states:])

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 
+from sbc.ir.dims import trunc_div
 from sbc.ir.ops.common import broadcast_shapes, same_type
 from sbc.ir.registry import Attr, OpError, op
 from sbc.ir.types import TensorType, dtype_of, numpy_dtype
@@ -123,7 +124,7 @@ def _compare_infer(node):
 def _div(a, b):
     """ONNX integer Div truncates toward zero; object arrays hold symbolic dims."""
     if a.dtype == object or b.dtype == object:
-        return np.asarray(a // b)
+        return np.asarray(np.frompyfunc(trunc_div, 2, 1)(a, b))
     if a.dtype.kind in "iu":
         # floor division, moved one up where the exact quotient is negative and not whole
         # (integer arithmetic: a detour through float64 would round big int64 values)

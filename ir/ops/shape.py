@@ -250,13 +250,9 @@ def _slice_range(dim, start, end, step):
 
 
 def _ceil_div(span, stride):
-    """ceil(span / stride) of a symbolic span: span // stride when that divides exactly
-    (2*seq // 2), else (span + stride - 1) // stride; raises SymbolicError otherwise."""
-    from sbc.ir.dims import SymbolicError
-    try:
-        return span // stride
-    except SymbolicError:
-        return (span + stride - 1) // stride
+    """ceil(span / stride) of a symbolic span: 2*seq // 2 = seq, (seq + 1) // 2 otherwise
+    (a floor-division dim)."""
+    return (span + stride - 1) // stride
 
 
 @op("Slice", inputs=["data", "starts", "ends", "axes?", "steps?"], outputs=["output"])

@@ -179,10 +179,11 @@ def _(attrs, train):
 
 PANEL = 16  # columns per weight panel: the CPU kernels' vector tile (as MatMulPacked's)
 INT_COUNT_DTYPES = ("i8", "i16")  # int32 accumulation of a 128-group stays exact for these
+SPIKE_MATMUL_KERNELS = ("dense", "skip_zero_tiles")  # how the CPU computes it; same numbers
 
 
 @op("SpikeMatMul", inputs=["counts", "scale", "W", "W_scale?", "bias?"], outputs=["Y"],
-    attrs={"group": Attr("int", 128)})
+    attrs={"group": Attr("int", 128), "kernel": Attr("str", "dense")})
 def spike_matmul(node):
     """Y = (counts * scale) @ W (+ bias), [..., K] x [K, N] -> [..., N] f32, with W in one of
     two pre-packed layouts (P = 16 columns per panel):
@@ -193,7 +194,9 @@ def spike_matmul(node):
       of `group` input channels:
           acc_g = sum_{k in group g} int32(counts_k) * int32(W_k)    (exact in int32)
           Y = (sum_g float(acc_g) * W_scale[g]) * scale + bias         (g in order, f32)
-    counts are i8/i16 spike counts, scale [..., 1] (SpikeEncode's outputs), bias f32 [N]."""
+    counts are i8/i16 spike counts, scale [..., 1] (SpikeEncode's outputs), bias f32 [N].
+    kernel: "dense", or "skip_zero_tiles" (int8 W only: the CPU kernel skips every all-zero
+    tile of rows x `group` counts; chosen per layer by the spike-sparsity pass)."""
     counts, scale, w = node.inputs[:3]
     w_scale = node.inputs[3] if len(node.inputs) > 3 else None
     bias = node.inputs[4] if len(node.inputs) > 4 else None
@@ -204,6 +207,11 @@ def spike_matmul(node):
         raise OpError(f"{node.where()}: scale must be f32 {list(map(str, counts.shape[:-1]))}"
                       f" + [1], got {scale.type}")
     n = _check_weight(node, w, w_scale, k)
+    if node.attrs["kernel"] not in SPIKE_MATMUL_KERNELS:
+        raise OpError(f"{node.where()}: kernel must be one of {SPIKE_MATMUL_KERNELS}, "
+                      f"got {node.attrs['kernel']!r}")
+    if node.attrs["kernel"] == "skip_zero_tiles" and w.dtype != "i8":
+        raise OpError(f"{node.where()}: kernel 'skip_zero_tiles' needs int8 weights, got {w.type}")
     if bias is not None and (bias.dtype != "f32" or bias.shape != (n,)):
         raise OpError(f"{node.where()}: bias must be f32 [{n}], got {bias.type}")
     return [TensorType("f32", counts.shape[:-1] + (n,))]

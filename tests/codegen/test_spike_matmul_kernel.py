@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import sbc
+import sbc.spike_breakeven
 from sbc.codegen.kernels import spike_matmul as kernels
 from sbc.codegen.target import host_cpu_features
 from sbc.ir import Graph, Sym, TensorType
@@ -94,3 +95,60 @@ def test_quantised_spiking_layer_through_the_pipeline():
     y = module.run({"x": x})["y"]
     exact = run(graph, {"x": x})["y"]  # the f32 weights: only the int8 rounding differs
     assert np.abs(y - exact).max() <= 0.02 * np.abs(exact).max()
+
+
+def zero_tile_counts(rng, rows: int, k: int, dtype, zero_tiles: bool) -> np.ndarray:
+    """Spike-like counts; with zero_tiles, most 6-row x 128-channel tiles are all zero (a run
+    of quiet tokens, a silent channel block) and a few tiles hold one nonzero count only."""
+    n = rng.integers(-100, 101, (rows, k)) * (rng.random((rows, k)) < 0.3)
+    if zero_tiles:
+        n[:, 128:256] = 0  # a silent block of channels
+        n[:7] = 0  # the first row tile and one row of the next
+        n[12:18, :128] = 0
+        n[15, 40] = -3  # a tile with a single spike must not be skipped
+    return n.astype(dtype)
+
+
+@pytest.mark.parametrize("counts_dtype", ["i16", "i8"])
+def test_skip_zero_tiles_is_bit_identical_to_dense(counts_dtype):
+    """Both attribute values through the SpikeMatMul lowering, K = 300 (a short last group),
+    20 rows (a short last row tile), counts with many zero tiles and with none."""
+    rng = np.random.default_rng(5)
+    dense = spike_matmul_graph(counts_dtype, quantised=True, bias=True)
+    skip = spike_matmul_graph(counts_dtype, quantised=True, bias=True)
+    [n for n in skip.nodes if n.op == "SpikeMatMul"][0].attrs["kernel"] = "skip_zero_tiles"
+    modules = [sbc.compile(g, passes="dce") for g in (dense, skip)]
+    for zero_tiles in (True, False):
+        feeds = {"n": zero_tile_counts(rng, 20, 300, counts_dtype.replace("i", "int"),
+                                       zero_tiles).reshape(1, 20, 300),
+                 "s": rng.uniform(0.1, 1, (1, 20, 1)).astype(np.float32)}
+        got = [m.run(feeds)["y"] for m in modules]
+        np.testing.assert_array_equal(got[1].view(np.uint32), got[0].view(np.uint32))
+        np.testing.assert_allclose(got[0], run(dense, feeds)["y"], rtol=1e-6,
+                                   atol=1e-6 * np.abs(got[0]).max())
+
+
+def test_skip_zero_tiles_portable_path_and_float_weights(monkeypatch):
+    """The portable (no AVX2) loops skip alike; f32 weights have no skipping kernel."""
+    from sbc.ir.registry import OpError
+    from sbc.spike_breakeven import kernel_args, kernel_weights
+    rng = np.random.default_rng(6)
+    monkeypatch.setattr(kernels, "integer_dot_instruction", lambda: "portable")
+    counts = zero_tile_counts(rng, 20, 256, np.int16, zero_tiles=True)
+    weights = kernel_weights(rng, 256, 32, 128)
+    outputs = []
+    for skip in (False, True):
+        fn = sbc.spike_breakeven.build_kernel(256, 32, 128, "i16", skip)
+        args = kernel_args(counts, weights, 32)
+        fn(*args)
+        outputs.append(args[-1].numpy())
+    np.testing.assert_array_equal(outputs[1].view(np.uint32), outputs[0].view(np.uint32))
+    g = spike_matmul_graph("i16", quantised=False, bias=False, k=256)
+    with pytest.raises(OpError, match="needs int8 weights"):
+        g.add1("SpikeMatMul", *[n for n in g.nodes if n.op == "SpikeMatMul"][0].inputs[:3],
+               kernel="skip_zero_tiles")
+
+
+def test_calibration_tile_is_the_kernel_tile():
+    from sbc.calibration import TILE
+    assert TILE[0] == kernels.ROWS  # calibration keeps a copy so that it needs no TVM

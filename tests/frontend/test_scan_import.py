@@ -1,7 +1,7 @@
 """ONNX Scan -> sbc IR: a hand-built gated-linear-attention recurrence (and a reversed scan)
 agree with onnxruntime; the official LinearAttention conformance cases in their
-function-expanded (Scan) form agree with their stored outputs; malformed bodies, Loop and If
-are one-line errors."""
+function-expanded (Scan) form agree with their stored outputs; malformed bodies are one-line
+errors (Loop and If: tests/frontend/test_loop_import.py)."""
 
 import warnings
 
@@ -186,23 +186,6 @@ def test_body_output_from_nowhere_is_one_line():
     with pytest.raises((InvalidModelError, UnsupportedError)) as info:
         import_onnx(gla_model(body))
     assert "\n" not in str(info.value) and "never_made" in str(info.value)
-
-
-def test_loop_and_if_stay_unsupported():
-    body = helper.make_graph([helper.make_node("Identity", ["cond"], ["cond_out"]),
-                              helper.make_node("Identity", ["x_in"], ["x_out"])], "loop_body",
-                             [vi("i", [], TensorProto.INT64), vi("cond", [], TensorProto.BOOL),
-                              vi("x_in", [2])],
-                             [vi("cond_out", [], TensorProto.BOOL), vi("x_out", [2])])
-    node = helper.make_node("Loop", ["n", "c", "x"], ["y"], body=body, name="looping")
-    proto = model([node], [vi("n", [], TensorProto.INT64), vi("c", [], TensorProto.BOOL),
-                           vi("x", [2])], [vi("y", [2])])
-    raises_one_line(UnsupportedError, proto, "'Loop'", "'looping'", "If and Loop is not supported")
-    then = helper.make_graph([helper.make_node("Identity", ["x"], ["t"])], "then", [],
-                             [vi("t", [2])])
-    node = helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=then, name="branch")
-    proto = model([node], [vi("c", [], TensorProto.BOOL), vi("x", [2])], [vi("y", [2])])
-    raises_one_line(UnsupportedError, proto, "'If'", "'branch'", "If and Loop is not supported")
 
 
 def test_codegen_rejects_scan_by_name():

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from sbc.ir.dims import Sym, SymbolicError, concretize, evaluate, parse_dim
+from sbc.ir.dims import Sym, SymbolicError, concretize, evaluate, parse_dim, trunc_div
 
 B, T = Sym.var("batch"), Sym.var("seq")
 
@@ -15,14 +15,63 @@ def test_canonical_form_makes_equal_expressions_equal():
     assert T - T == 0 and isinstance(T - T, int)
 
 
-def test_exact_division_only():
+def test_exact_division():
     assert (B * T * 64) // 64 == B * T
     assert (B * T) // T == B
     assert (4 * T + 8) // 4 == T + 2
     with pytest.raises(SymbolicError, match="exactly"):
-        (2 * T + 1) // 2
+        (B * T + 1) // T
     with pytest.raises(SymbolicError):
         T < 5
+
+
+def test_floor_division_by_a_constant_is_a_dim():
+    chunks = (T + 63) // 64 + 1  # gla_chunked's chunk count
+    assert isinstance(chunks, Sym) and str(chunks) == "(seq + 63) // 64 + 1"
+    assert str(64 * chunks) == "64*((seq + 63) // 64) + 64"
+    assert [evaluate(chunks, {"seq": n}) for n in (1, 63, 64, 65, 128)] == [2, 2, 2, 3, 3]
+    assert evaluate(64 * chunks - T, {"seq": 70}) == 122
+    assert chunks.symbols == {"seq"}
+
+
+def test_floor_division_canonical_form():
+    """Whole multiples of the divisor leave the floor; common factors cancel; so quotients
+    that are equal for every seq compare equal, and nothing else does."""
+    assert (2 * T + 1) // 2 == T
+    assert (64 * T + 70) // 64 == T + 1  # the remainder 6 is below 64
+    assert (65 * T) // 64 == T + T // 64
+    assert (2 * T + 2) // 4 == (T + 1) // 2
+    assert hash((T + 63) // 64) == hash((63 + T) // 64)
+    assert (T + 63) // 64 != (T + 62) // 64
+    assert T // -2 == (-T) // 2
+    with pytest.raises(SymbolicError):
+        T // 64 < 2
+
+
+def test_mod_is_python_remainder():
+    r = T % 64
+    assert r == T - 64 * (T // 64)
+    assert [evaluate(r, {"seq": n}) for n in (5, 64, 70)] == [5, 0, 6]
+    assert (4 * T) % 2 == 0 and (2 * T + 1) % 2 == 1
+
+
+@pytest.mark.parametrize("text", ["(seq + 63) // 64", "seq // 64 + 1", "64*((seq + 63) // 64)",
+                                  "-((seq + 63) // 64)", "seq*(batch // 3)",
+                                  "((seq + 63) // 64 + 1) // 2", "seq % 16"])
+def test_floor_division_print_parse_evaluate(text):
+    d = parse_dim(text)
+    assert parse_dim(str(d)) == d
+    for n in (1, 5, 64, 70, 129):
+        env = {"seq": n, "batch": 4}
+        assert evaluate(d, env) == eval(text, {}, env) == eval(str(d), {}, env)
+
+
+def test_truncating_division_needs_a_known_sign():
+    """ONNX's integer Div truncates: equal to floor division for sizes, unknown otherwise."""
+    assert trunc_div(T + 63, 64) == (T + 63) // 64
+    assert trunc_div(-7, 2) == -3 and trunc_div(2 * T - 4, 2) == T - 2
+    with pytest.raises(SymbolicError, match="sign"):
+        trunc_div(T - 100, 64)
 
 
 @pytest.mark.parametrize("text", ["batch", "2*seq + 1", "batch*seq", "past + seq", "-seq + 4"])
@@ -41,3 +90,5 @@ def test_object_arrays_do_shape_arithmetic():
     assert list(shape[:2] * 2) == [2 * B, 2 * T]
     assert evaluate(B * T + 3, {"batch": 2, "seq": 5}) == 13
     assert concretize(shape, {"batch": 2, "seq": 5}).tolist() == [2, 5, 64]
+    chunks = np.array([B, (T + 63) // 64], dtype=object)
+    assert concretize(chunks * 64, {"batch": 2, "seq": 70}).tolist() == [128, 128]

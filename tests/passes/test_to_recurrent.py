@@ -100,5 +100,5 @@ def test_memory_certificate_lists_constant_buffers():
     cert = memory_certificate(graph)
     assert not cert["depends_on_sequence_length"]
     # per sequence: LA state 2*8*8 floats + two SWA rings of 2*3*8 floats; plus the position
-    assert cert["state_bytes"] == f"8 + {(2 * 8 * 8 + 2 * 2 * 3 * 8) * 4}*batch"
+    assert cert["state_bytes"] == f"{(2 * 8 * 8 + 2 * 2 * 3 * 8) * 4}*batch + 8"
     assert all("seq" not in b["bytes"] for b in cert["decode_buffers"])
