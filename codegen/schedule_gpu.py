@@ -1,15 +1,20 @@
 """GPU schedules (CUDA and MACA): TVM's dlight GPU rules for the generic kernels, sbc's
-thread-bound TIR for LinearAttention and SlidingWindowAttention, and a check that every
-kernel ended up bound to GPU threads.
+thread-bound TIR for LinearAttention, SlidingWindowAttention and SpikeMatMul, and a check that
+every kernel ended up bound to GPU threads.
 
 The lowering (codegen.lower's TE rules) is the CPU's; only scheduling differs. dlight tries,
 per PrimFunc, Matmul, GEMV, Reduction, GeneralReduction and then Fallback (a plain
 blockIdx/threadIdx split), using the target's warp size and thread limits (64-lane waves on
-MACA). A PrimFunc that no rule binds to threads would be compiled silently as a HOST function
-of the CUDA build, reading device memory from the CPU: `require_thread_bound` refuses that.
+MACA). The SpikeMatMul kernel's tiles depend on the target's limits (warp size, shared memory),
+which the lowering does not know: it is lowered with limits every GPU target meets and rebuilt
+here for the actual target (SPECIALISE). A PrimFunc that no rule binds to threads would be
+compiled silently as a HOST function of the CUDA build, reading device memory from the CPU:
+`require_thread_bound` refuses that.
 """
 
 from __future__ import annotations
+
+import json
 
 import tvm
 from tvm import tirx
@@ -17,17 +22,37 @@ from tvm.s_tir import dlight as dl
 
 from sbc.codegen.kernels.linear_attention_gpu import linear_attention_gpu_kernel
 from sbc.codegen.kernels.sliding_window_gpu import sliding_window_gpu_kernel
+from sbc.codegen.kernels.spike_matmul_gpu import (GpuLimits, spike_matmul_gpu_args,
+                                                  spike_matmul_gpu_func)
 from sbc.errors import CompileError, UnsupportedError
 from sbc.ir.ops.linear_attention import linear_attention_dims, sliding_window_dims
 
 
 def schedule_gpu(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
-    """dlight's GPU rules on every PrimFunc not marked scheduled (the hand-written kernels
-    are)."""
+    """The hand-written kernels specialised for `target`, then dlight's GPU rules on every
+    PrimFunc not marked scheduled (the hand-written kernels are)."""
+    mod = specialise_for(mod, target)
     with target:
         return dl.ApplyDefaultSchedule(
             dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
             dl.gpu.Fallback())(mod)
+
+
+SPECIALISE = "sbc.spike_matmul_args"  # JSON of spike_matmul_gpu_func's arguments
+
+
+def specialise_for(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    """Every PrimFunc carrying SPECIALISE rebuilt with `target`'s limits; same signature and
+    attributes, so the calls to it stay as they are."""
+    limits = GpuLimits.of(target)
+    out = mod.clone()
+    for gv, func in mod.functions_items():
+        if isinstance(func, tirx.PrimFunc) and func.attrs is not None and SPECIALISE in func.attrs:
+            new = spike_matmul_gpu_func(**json.loads(str(func.attrs[SPECIALISE])), limits=limits)
+            for key, value in func.attrs.items():
+                new = new.with_attr(key, value)
+            out.update_func(gv, new)
+    return out
 
 
 def thread_bound(func: tirx.PrimFunc) -> bool:
@@ -76,5 +101,11 @@ def _sliding_window(node):
                                      d["past"], None if position is None else tuple(position.shape))
 
 
+def _spike_matmul(node):
+    args = spike_matmul_gpu_args(node)
+    return spike_matmul_gpu_func(**args).with_attr(SPECIALISE, json.dumps(args))
+
+
 # op -> fn(node) -> thread-bound PrimFunc, replacing the CPU kernel lowering of that op
-GPU_KERNELS = {"LinearAttention": _linear_attention, "SlidingWindowAttention": _sliding_window}
+GPU_KERNELS = {"LinearAttention": _linear_attention, "SlidingWindowAttention": _sliding_window,
+               "SpikeMatMul": _spike_matmul}

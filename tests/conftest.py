@@ -18,6 +18,13 @@ def tiny_module(tiny_onnx):
     return sbc.compile(tiny_onnx, target="cpu")
 
 
+@pytest.fixture(scope="session")
+def tiny_module_w8(tiny_onnx):
+    """The cpu reference for GPU artifacts compiled with --quantize w8."""
+    import sbc
+    return sbc.compile(tiny_onnx, target="cpu", quantize="w8")
+
+
 def make_mlp_model(path=None, opset=18) -> onnx.ModelProto:
     """A small hand-built ONNX model: y = relu(x @ W + b) with a symbolic batch dim."""
     rng = np.random.default_rng(0)

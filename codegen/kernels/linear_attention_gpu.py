@@ -14,6 +14,8 @@ synchronisation is the shared-memory token load. Loads and stores of v, o and th
 coalesced (adjacent threads, adjacent columns). The state goes to present_state once, at the
 end. Same PrimFunc signature as the CPU kernel (codegen.kernels.linear_attention), so one
 lowering call serves both; absent optional inputs are 1-element placeholders never read.
+Each phase between barriers is a macro over thread j, so `bind_threads=False` can emit them as
+serial loops over the threads (tests/codegen/test_gpu_kernels_serial).
 """
 
 from __future__ import annotations
@@ -27,8 +29,11 @@ MAX_STATE_REGS = 256  # dk floats per thread: beyond that the state spills to lo
 
 
 def linear_attention_gpu_kernel(hq: int, hkv: int, dk: int, dv: int, scale: float,
-                                decay: str | None, beta: str | None, past: bool):
-    """PrimFunc(q, k, v, past_state, decay, beta) -> (output, present_state), thread-bound."""
+                                decay: str | None, beta: str | None, past: bool,
+                                bind_threads: bool = True):
+    """PrimFunc(q, k, v, past_state, decay, beta) -> (output, present_state), thread-bound;
+    `bind_threads=False`: the same phases as serial loops over the threads, for a CPU build
+    that checks the kernel's numerics without a GPU (see spike_matmul_gpu)."""
     if dv > MAX_THREADS or dk > MAX_STATE_REGS:
         raise UnsupportedError(f"the GPU LinearAttention kernel takes dv <= {MAX_THREADS} and "
                                f"dk <= {MAX_STATE_REGS}, got dk={dk}, dv={dv}")
@@ -39,8 +44,101 @@ def linear_attention_gpu_kernel(hq: int, hkv: int, dk: int, dv: int, scale: floa
     n_load = (groups + 2) * dk  # shared row: q of every group, then k, then exp(g)
     sc = T.float32(scale)
 
+    def thread_loop(extent):
+        return T.thread_binding(extent, thread="threadIdx.x") if bind_threads else T.serial(extent)
+
+    def block_loop(extent):
+        return T.thread_binding(extent, thread="blockIdx.x") if bind_threads else T.serial(extent)
+
+    # Thread j's phases. `st`, `acc`, `vt` are its registers at offsets sb, ab, vb: 0 in the
+    # GPU kernel, j * size in the serial form (where they are arrays over all threads).
+    @T.macro
+    def init_state(s0, st, sb, b, h, j):
+        for i in T.unroll(dk):
+            if past:
+                st[sb + i] = s0[b, h, i, j]
+            else:
+                st[sb + i] = T.float32(0)
+
+    @T.macro
+    def load_token(q, k, g, row, b, h, t, j):
+        # the token's rows, loaded cooperatively (dv threads stride over them)
+        for c in range((n_load + dv - 1) // dv):
+            if c * dv + j < groups * dk:
+                row[c * dv + j] = q[b, t, h * groups * dk + c * dv + j]
+            elif c * dv + j < (groups + 1) * dk:
+                row[c * dv + j] = k[b, t, h * dk + c * dv + j - groups * dk]
+            elif c * dv + j < n_load:
+                if decay == "key":
+                    row[c * dv + j] = T.exp(g[b, t, h * dk + c * dv + j - (groups + 1) * dk])
+                elif decay == "head":
+                    row[c * dv + j] = T.exp(g[b, t, h])
+                else:
+                    row[c * dv + j] = T.float32(1)
+
+    @T.macro
+    def step(v, bt, o, row, st, sb, acc, ab, vt, vb, b, h, t, j):
+        if delta:
+            vt[vb] = T.float32(0)
+            for i in T.unroll(dk):
+                if gated:
+                    st[sb + i] = st[sb + i] * row[(groups + 1) * dk + i]
+                vt[vb] = vt[vb] + row[groups * dk + i] * st[sb + i]
+            if beta == "head":
+                vt[vb] = bt[b, t, h] * (v[b, t, h * dv + j] - vt[vb])
+            else:
+                vt[vb] = bt[b, t, 0] * (v[b, t, h * dv + j] - vt[vb])
+        else:
+            vt[vb] = v[b, t, h * dv + j]
+        for gq in T.unroll(groups):
+            acc[ab + gq] = T.float32(0)
+        for i in T.unroll(dk):
+            if gated and not delta:
+                st[sb + i] = st[sb + i] * row[(groups + 1) * dk + i] + row[groups * dk + i] * vt[vb]
+            else:
+                st[sb + i] = st[sb + i] + row[groups * dk + i] * vt[vb]
+            for gq in T.unroll(groups):
+                acc[ab + gq] = acc[ab + gq] + row[gq * dk + i] * st[sb + i]
+        for gq in T.unroll(groups):
+            o[b, t, (h * groups + gq) * dv + j] = acc[ab + gq] * sc
+
+    @T.macro
+    def store_state(s, st, sb, b, h, j):
+        for i in T.unroll(dk):
+            s[b, h, i, j] = st[sb + i]
+
+    if bind_threads:
+        @T.prim_func(private=True)
+        def kernel(q_h: T.handle, k_h: T.handle, v_h: T.handle, s0_h: T.handle, g_h: T.handle,
+                   beta_h: T.handle, o_h: T.handle, s_h: T.handle):
+            T.func_attr({"tirx.noalias": True})
+            B = T.int64()
+            L = T.int64()
+            q = T.match_buffer(q_h, (B, L, hq * dk), "float32")
+            k = T.match_buffer(k_h, (B, L, hkv * dk), "float32")
+            v = T.match_buffer(v_h, (B, L, hkv * dv), "float32")
+            s0 = T.match_buffer(s0_h, (B, hkv, dk, dv) if past else (1,), "float32")
+            g = T.match_buffer(g_h, (B, L, gw) if gated else (1,), "float32")
+            bt = T.match_buffer(beta_h, (B, L, bw) if delta else (1,), "float32")
+            o = T.match_buffer(o_h, (B, L, hq * dv), "float32")
+            s = T.match_buffer(s_h, (B, hkv, dk, dv), "float32")
+            for bh in block_loop(B * hkv):
+                row = T.alloc_buffer((n_load,), "float32", scope="shared")
+                for j in thread_loop(dv):
+                    st = T.alloc_buffer((dk,), "float32", scope="local")
+                    acc = T.alloc_buffer((groups,), "float32", scope="local")
+                    vt = T.alloc_buffer((1,), "float32", scope="local")
+                    init_state(s0, st, 0, bh // hkv, bh % hkv, j)
+                    for t in range(L):
+                        load_token(q, k, g, row, bh // hkv, bh % hkv, t, j)
+                        T.tvm_storage_sync("shared")
+                        step(v, bt, o, row, st, 0, acc, 0, vt, 0, bh // hkv, bh % hkv, t, j)
+                        T.tvm_storage_sync("shared")  # the row is reused by the next token
+                    store_state(s, st, 0, bh // hkv, bh % hkv, j)
+        return kernel
+
     @T.prim_func(private=True)
-    def kernel(q_h: T.handle, k_h: T.handle, v_h: T.handle, s0_h: T.handle, g_h: T.handle,
+    def serial(q_h: T.handle, k_h: T.handle, v_h: T.handle, s0_h: T.handle, g_h: T.handle,
                beta_h: T.handle, o_h: T.handle, s_h: T.handle):
         T.func_attr({"tirx.noalias": True})
         B = T.int64()
@@ -53,59 +151,18 @@ def linear_attention_gpu_kernel(hq: int, hkv: int, dk: int, dv: int, scale: floa
         bt = T.match_buffer(beta_h, (B, L, bw) if delta else (1,), "float32")
         o = T.match_buffer(o_h, (B, L, hq * dv), "float32")
         s = T.match_buffer(s_h, (B, hkv, dk, dv), "float32")
-        for bh in T.thread_binding(B * hkv, thread="blockIdx.x"):
-            row = T.alloc_buffer((n_load,), "float32", scope="shared")
-            for j in T.thread_binding(dv, thread="threadIdx.x"):
-                b = bh // hkv
-                h = bh % hkv
-                st = T.alloc_buffer((dk,), "float32", scope="local")
-                acc = T.alloc_buffer((groups,), "float32", scope="local")
-                vt = T.alloc_buffer((1,), "float32", scope="local")
-                for i in T.unroll(dk):
-                    if past:
-                        st[i] = s0[b, h, i, j]
-                    else:
-                        st[i] = T.float32(0)
-                for t in range(L):
-                    # the token's rows, loaded cooperatively (dv threads stride over them)
-                    for c in range((n_load + dv - 1) // dv):
-                        if c * dv + j < groups * dk:
-                            row[c * dv + j] = q[b, t, h * groups * dk + c * dv + j]
-                        elif c * dv + j < (groups + 1) * dk:
-                            row[c * dv + j] = k[b, t, h * dk + c * dv + j - groups * dk]
-                        elif c * dv + j < n_load:
-                            if decay == "key":
-                                row[c * dv + j] = T.exp(g[b, t, h * dk + c * dv + j - (groups + 1) * dk])
-                            elif decay == "head":
-                                row[c * dv + j] = T.exp(g[b, t, h])
-                            else:
-                                row[c * dv + j] = T.float32(1)
-                    T.tvm_storage_sync("shared")
-                    if delta:
-                        vt[0] = T.float32(0)
-                        for i in T.unroll(dk):
-                            if gated:
-                                st[i] = st[i] * row[(groups + 1) * dk + i]
-                            vt[0] = vt[0] + row[groups * dk + i] * st[i]
-                        if beta == "head":
-                            vt[0] = bt[b, t, h] * (v[b, t, h * dv + j] - vt[0])
-                        else:
-                            vt[0] = bt[b, t, 0] * (v[b, t, h * dv + j] - vt[0])
-                    else:
-                        vt[0] = v[b, t, h * dv + j]
-                    for gq in T.unroll(groups):
-                        acc[gq] = T.float32(0)
-                    for i in T.unroll(dk):
-                        if gated and not delta:
-                            st[i] = st[i] * row[(groups + 1) * dk + i] + row[groups * dk + i] * vt[0]
-                        else:
-                            st[i] = st[i] + row[groups * dk + i] * vt[0]
-                        for gq in T.unroll(groups):
-                            acc[gq] = acc[gq] + row[gq * dk + i] * st[i]
-                    for gq in T.unroll(groups):
-                        o[b, t, (h * groups + gq) * dv + j] = acc[gq] * sc
-                    T.tvm_storage_sync("shared")  # the row is reused by the next token
-                for i in T.unroll(dk):
-                    s[b, h, i, j] = st[i]
-
-    return kernel
+        for bh in block_loop(B * hkv):
+            row = T.alloc_buffer((n_load,), "float32")
+            st = T.alloc_buffer((dv * dk,), "float32")  # every thread's registers
+            acc = T.alloc_buffer((dv * groups,), "float32")
+            vt = T.alloc_buffer((dv,), "float32")
+            for j in thread_loop(dv):
+                init_state(s0, st, j * dk, bh // hkv, bh % hkv, j)
+            for t in range(L):
+                for j in thread_loop(dv):
+                    load_token(q, k, g, row, bh // hkv, bh % hkv, t, j)
+                for j in thread_loop(dv):  # after the barrier
+                    step(v, bt, o, row, st, j * dk, acc, j * groups, vt, j, bh // hkv, bh % hkv, t, j)
+            for j in thread_loop(dv):
+                store_state(s, st, j * dk, bh // hkv, bh % hkv, j)
+    return serial

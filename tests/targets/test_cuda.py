@@ -1,6 +1,8 @@
-"""The cuda target: the tiny model compiles for CUDA with every kernel bound to GPU threads,
-nvcc compiles every kernel, a kernel left without threads is refused, and without a GPU
-loading / running says so in one line. The comparison with the CPU runs where a GPU is."""
+"""The cuda target: the tiny model compiles for CUDA with every kernel bound to GPU threads
+(with int8 weights too: the SpikeMatMul GPU kernel), nvcc compiles every kernel, a kernel left
+without threads is refused, and without a GPU loading / running says so in one line. The
+comparison with the CPU runs where a GPU is; tests/codegen/test_gpu_kernels_serial checks the
+hand-written GPU kernels' numerics on the CPU."""
 
 import re
 
@@ -9,6 +11,7 @@ import pytest
 
 import sbc
 from sbc.errors import CompileError, TargetUnavailableError, UnsupportedError
+from tests.codegen.test_spike_matmul_kernel import spike_matmul_graph
 from tests.targets.gpu_env import has_cuda_gpu, nvcc_or_skip, token_ids
 
 FATBIN_MAGIC = b"\x50\xed\x55\xba"  # little-endian 0xBA55ED50
@@ -16,8 +19,10 @@ FATBIN_MAGIC = b"\x50\xed\x55\xba"  # little-endian 0xBA55ED50
 
 @pytest.fixture(scope="module")
 def tiny_cuda(tiny_onnx):
+    """The tiny model with int8 spiking projections (--quantize w8): every GPU kernel sbc has,
+    SpikeMatMul included, next to the fp32 matmuls of the unspiked projections."""
     nvcc_or_skip()  # the build runs nvcc
-    return sbc.compile(tiny_onnx, target="cuda")
+    return sbc.compile(tiny_onnx, target="cuda", quantize="w8")
 
 
 def test_tiny_compiles_with_every_kernel_on_the_gpu(tiny_cuda):
@@ -27,29 +32,51 @@ def test_tiny_compiles_with_every_kernel_on_the_gpu(tiny_cuda):
     # the hand-written recurrent / sliding-window kernels are GPU kernels, not host code
     assert {"linearattention_kernel", "slidingwindowattention_kernel",
             "slidingwindowattention_kernel_1"} <= set(kernels)
+    assert tiny_cuda.manifest["ops"].get("SpikeMatMul", 0) >= 12
+    assert any(k.startswith("spikematmul") for k in kernels)
     assert len(kernels) == len(set(kernels)) > 20
     fatbin = tiny_cuda.files["cuda/kernels.fatbin"]
     assert fatbin[:4] == FATBIN_MAGIC and len(fatbin) > 10000
 
 
-def test_nvcc_compiles_every_kernel_to_ptx(tiny_cuda, monkeypatch):
+def nvcc_ptx(module, monkeypatch) -> str:
     import tvm
     from tvm.support import nvcc
     monkeypatch.setenv("TVM_CUDA_NVCC_NO_FAST_MATH", "1")  # exact division: exact spikes
-    source = tiny_cuda.files["cuda/kernels.cu"].decode()
+    source = module.files["cuda/kernels.cu"].decode()
     with tvm.target.Target({"kind": "cuda", "arch": "sm_80"}):
-        ptx = nvcc.compile_cuda(source, target_format="ptx", compiler="nvcc").decode()
+        return nvcc.compile_cuda(source, target_format="ptx", compiler="nvcc").decode()
+
+
+def test_nvcc_compiles_every_kernel_to_ptx(tiny_cuda, monkeypatch):
+    ptx = nvcc_ptx(tiny_cuda, monkeypatch)
     entries = set(re.findall(r"\.entry (\w+)\(", ptx))
     assert entries == set(tiny_cuda.manifest["target"]["kernels"])
     assert "div.approx.f32" not in ptx  # no fast-math division anywhere
 
 
+@pytest.mark.parametrize("quantised, bias", [(True, True), (False, False)])
+def test_spike_matmul_compiles_for_cuda(quantised, bias, monkeypatch):
+    """One SpikeMatMul (int8 weights with group scales, or f32 weights) as a GPU kernel that
+    nvcc compiles, its shared tiles within CUDA's 48 KiB of static shared memory."""
+    nvcc_or_skip()
+    module = sbc.compile(spike_matmul_graph("i16", quantised, bias), target="cuda", passes="dce")
+    assert module.manifest["ops"] == {"SpikeMatMul": 1}
+    assert module.manifest["target"]["kernels"] == ["spikematmul_kernel"]
+    ptx = nvcc_ptx(module, monkeypatch)
+    assert re.findall(r"\.entry (\w+)\(", ptx) == ["spikematmul_kernel"]
+    shared = sum(int(b) for b in re.findall(r"\.shared .*\[(\d+)\];", ptx))
+    assert 0 < shared <= 48 * 1024
+
+
 def test_gpu_kernel_variants_bind_threads_and_compile():
     """Every rule of the GPU kernels (gated per key / per head, delta, past state, ring
-    buffer) is thread-bound and goes through TVM's CUDA codegen."""
+    buffer; SpikeMatMul's int8 and f32 weights) is thread-bound and goes through TVM's CUDA
+    codegen."""
     import tvm
     from sbc.codegen.kernels.linear_attention_gpu import linear_attention_gpu_kernel
     from sbc.codegen.kernels.sliding_window_gpu import sliding_window_gpu_kernel
+    from sbc.codegen.kernels.spike_matmul_gpu import spike_matmul_gpu_func
     from sbc.codegen.schedule_gpu import thread_bound
     funcs = {
         "la_key": linear_attention_gpu_kernel(4, 2, 16, 8, 0.25, "key", None, True),
@@ -60,6 +87,10 @@ def test_gpu_kernel_variants_bind_threads_and_compile():
         # SpikingBrain-7B's layer shapes: 28 query / 4 KV heads of 128, window 4096
         "la_7b": linear_attention_gpu_kernel(28, 4, 128, 128, 128 ** -0.5, "key", None, True),
         "swa_7b": sliding_window_gpu_kernel(28, 4, 128, 128, 4096, 128 ** -0.5, True, (1,)),
+        "smm_i8": spike_matmul_gpu_func(3, "i8", "i8", 300, 48, 128, False),
+        "smm_f32": spike_matmul_gpu_func(2, "i16", "f32", 256, 80, 128, True),
+        # SpikingBrain-7B's MLP down projection: K 18944 (148 groups), N 3584
+        "smm_7b": spike_matmul_gpu_func(3, "i16", "i8", 18944, 3584, 128, True),
     }
     assert all(thread_bound(f) for f in funcs.values())
     mod = tvm.IRModule({n: f.with_attr("global_symbol", n) for n, f in funcs.items()})
@@ -128,15 +159,32 @@ def test_cli_compiles_for_cuda(mlp_onnx, tmp_path, capsys):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not has_cuda_gpu(), reason="needs an NVIDIA GPU")
-def test_runs_like_the_cpu(tiny_cuda, tiny_module, tmp_path):
+def test_runs_like_the_cpu(tiny_cuda, tiny_module_w8, tmp_path):
     ids = token_ids(batch=2, seq=21)
-    expected = tiny_module.run({"ids": ids})["logits"]
+    expected = tiny_module_w8.run({"ids": ids})["logits"]
     tiny_cuda.save(tmp_path / "tiny.sbc")
     loaded = sbc.load(tmp_path / "tiny.sbc")
     got = loaded.run({"ids": ids})["logits"]
     # spikes (Round) may flip where x / V_th lands within float rounding of .5
     assert np.mean(np.abs(got - expected) < 1e-3) > 0.99
     # a session (prefill, then decode steps) agrees with one over the CPU module
-    gpu, cpu = loaded.session(batch=1), tiny_module.session(batch=1)
+    gpu, cpu = loaded.session(batch=1), tiny_module_w8.session(batch=1)
     np.testing.assert_allclose(gpu.prefill(ids[:1, :5]), cpu.prefill(ids[:1, :5]), atol=1e-3)
     np.testing.assert_allclose(gpu.decode(ids[:1, 5:6]), cpu.decode(ids[:1, 5:6]), atol=1e-3)
+
+
+def test_spike_matmul_tiles_are_rebuilt_for_the_target():
+    """The lowering knows no target: schedule_gpu rebuilds the SpikeMatMul kernel with the
+    target's limits (here a GPU with 8 KiB of shared memory: 32-row tiles, 64-channel chunks)."""
+    import json
+    import tvm
+    from sbc.codegen.kernels.spike_matmul_gpu import spike_matmul_gpu_func
+    from sbc.codegen.schedule_gpu import SPECIALISE, specialise_for
+    args = {"rank": 2, "counts_dtype": "i16", "weight_dtype": "i8", "k": 256, "n": 64,
+            "group": 128, "has_bias": False}
+    func = spike_matmul_gpu_func(**args).with_attr(SPECIALISE, json.dumps(args))
+    assert 'T.alloc_shared((8192,), "int16")' in func.script()  # 64 rows x 128 channels
+    small = tvm.target.Target({"kind": "cuda", "arch": "sm_80", "max_shared_memory_per_block": 8192})
+    out = specialise_for(tvm.IRModule({"smm": func}), small)["smm"]
+    assert 'T.alloc_shared((2048,), "int16")' in out.script()  # 32 rows x 64 channels
+    assert SPECIALISE in out.attrs

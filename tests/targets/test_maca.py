@@ -15,12 +15,14 @@ import pytest
 import sbc
 from sbc.codegen.maca import FULL_MASK, check_maca, evaluate, split_kernels, to_maca
 from sbc.errors import CompileError, TargetUnavailableError
+from tests.codegen.test_spike_matmul_kernel import spike_matmul_graph
 from tests.targets.gpu_env import COMPAT, has_metax, nvcc_or_skip, token_ids
 
 
 @pytest.fixture(scope="module")
 def tiny_maca(tiny_onnx):
-    return sbc.compile(tiny_onnx, target="maca")
+    """With --quantize w8, so the SpikeMatMul kernels are among the MACA ones."""
+    return sbc.compile(tiny_onnx, target="maca", quantize="w8")
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +77,25 @@ def test_every_kernel_compiles_with_nvcc_through_the_compat_header(tiny_maca, so
     entries = set(re.findall(r"\.entry (\w+)\(", ptx))
     assert entries == {name for name, _ in split_kernels(source)}
     assert entries == set(tiny_maca.manifest["target"]["kernels"])
+    assert any(name.startswith("spikematmul") for name in entries)  # w8: SpikeMatMul kernels
+
+
+def test_spike_matmul_compiles_for_maca(tmp_path):
+    """The SpikeMatMul GPU kernel for MetaX: whole 64-lane waves per block, shared tiles within
+    64 KiB, MACA dialect, and it compiles through the compat header."""
+    module = sbc.compile(spike_matmul_graph("i16", quantised=True, bias=True), target="maca",
+                         passes="dce")
+    source = module.files["maca/kernels.maca"].decode()
+    check_maca(source)
+    plan = json.loads(module.files["maca/launches.json"])
+    (launch,) = [s for f in plan["functions"].values() for s in f["steps"] if "launch" in s]
+    assert launch["launch"] == "spikematmul_kernel"
+    assert launch["extents"]["threadIdx.x"] % 64 == 0
+    shared = sum(int(n) * {"short": 2, "signed char": 1}[t] for t, n in
+                 re.findall(r"__shared__ alignas\(\d+\) (short|signed char) \w+\[(\d+)\];", source))
+    assert 0 < shared <= 64 * 1024
+    proc = nvcc_compat(source, tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_compat_header_rejects_a_32_bit_mask(tmp_path):
@@ -181,9 +202,9 @@ def test_expression_semantics_and_argument_packing():
 
 @pytest.mark.maca
 @pytest.mark.skipif(not has_metax(), reason="needs MetaX hardware and the MACA runtime")
-def test_runs_like_the_cpu(tiny_maca, tiny_module, tmp_path):
+def test_runs_like_the_cpu(tiny_maca, tiny_module_w8, tmp_path):
     ids = token_ids(batch=2, seq=21)
     tiny_maca.save(tmp_path / "tiny.sbc")
     got = sbc.load(tmp_path / "tiny.sbc").run({"ids": ids})["logits"]
-    expected = tiny_module.run({"ids": ids})["logits"]
+    expected = tiny_module_w8.run({"ids": ids})["logits"]
     assert np.mean(np.abs(got - expected) < 1e-3) > 0.99

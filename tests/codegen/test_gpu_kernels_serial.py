@@ -1,0 +1,154 @@
+"""The GPU kernels' numerics without a GPU: each hand-written GPU kernel (SpikeMatMul,
+LinearAttention, SlidingWindowAttention) emitted with `bind_threads=False` - its thread loops
+as serial loops, one loop over the threads per phase between barriers, per-thread registers
+as arrays indexed by thread, shared memory as ordinary buffers - built for the CPU (llvm) and
+compared with the op's NumPy reference.
+
+What this proves: the GPU kernels' index arithmetic (block and thread decomposition, tile
+bounds, rows past M and columns past N, partial groups of K, ring-buffer slots), the staging
+through shared memory and the epilogue compute the op, given the barriers where they are;
+the two forms share every phase body (T.macro), so the GPU kernel runs the same arithmetic.
+What it does not: data races (a phase where a thread reads what another writes would be
+serialised here in thread order), warp behaviour and real barrier semantics, occupancy and
+launch limits, nor nvcc's code generation (fused multiply-adds round differently); the
+tests in tests/targets compile the threaded form with nvcc, and a GPU run compares it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+
+from sbc.codegen.kernels.linear_attention_gpu import linear_attention_gpu_kernel
+from sbc.codegen.kernels.sliding_window_gpu import sliding_window_gpu_kernel
+from sbc.codegen.kernels.spike_matmul_gpu import (PORTABLE, GpuLimits, Tiles, choose_tiles,
+                                                  spike_matmul_gpu_func)
+from sbc.codegen.schedule_gpu import thread_bound
+from sbc.ir import get_op
+from sbc.ir.interpreter import run as interpret
+from sbc.ir.ops.linear_attention import linear_attention_dims, sliding_window_dims
+from sbc.ir.ops.spike import pack_spike_weight, quantize_groups
+from tests.codegen.test_attention_kernels import (feeds_for, linear_attention_graph,
+                                                  sliding_window_graph)
+
+LLVM = tvm.target.Target({"kind": "llvm"})
+
+
+def run_on_cpu(func, inputs: list, output_shapes: list) -> list[np.ndarray]:
+    """Build `func` (no thread bindings) for llvm and run it on NumPy inputs (None: the
+    kernels' 1-element placeholder)."""
+    assert not thread_bound(func)
+    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=LLVM)
+    args = [tvm.runtime.tensor(np.zeros(1, np.float32) if x is None else x) for x in inputs]
+    outs = [tvm.runtime.tensor(np.zeros(shape, np.float32)) for shape in output_shapes]
+    lib["main"](*args, *outs)
+    return [o.numpy() for o in outs]
+
+
+# -- SpikeMatMul -------------------------------------------------------------------------------
+
+def spike_matmul_case(rows: tuple, k: int, n: int, counts_dtype: str, weights: str, bias: bool,
+                      seed: int = 0):
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(-100, 101, rows + (k,)).astype(counts_dtype.replace("i", "int"))
+    scale = rng.uniform(0.1, 1, rows + (1,)).astype(np.float32)
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    if weights == "i8":
+        q, w_scale = quantize_groups(w, 0, 128)
+        packed = pack_spike_weight(q)
+    else:
+        packed, w_scale = pack_spike_weight(w), None
+    b = rng.standard_normal(n).astype(np.float32) if bias else None
+    return counts, scale, packed, w_scale, b
+
+
+@pytest.mark.parametrize("rows, k, n, counts_dtype, weights, bias", [
+    ((2, 35), 300, 48, "i16", "i8", True),   # 70 rows: a full 64-row tile and a short one;
+                                             # K = 300: groups 128, 128 and a partial 44
+    ((1, 1), 256, 80, "i8", "i8", False),    # decode: one row; two column tiles, the second
+                                             # 16 of 64 columns wide
+    ((3, 5, 7), 130, 16, "i16", "i8", True),  # rank 4 counts, a 2-channel last group
+    ((2, 33), 200, 64, "i16", "f32", True),  # float weights: K in chunks of 128, one past K
+])
+def test_spike_matmul_gpu_kernel_serially(rows, k, n, counts_dtype, weights, bias):
+    counts, scale, w, w_scale, b = spike_matmul_case(rows, k, n, counts_dtype, weights, bias)
+    func = spike_matmul_gpu_func(len(rows) + 1, counts_dtype, weights, k, n, 128, bias,
+                                 bind_threads=False)
+    (got,) = run_on_cpu(func, [counts, scale, w, w_scale, b], [rows + (n,)])
+    want = get_op("SpikeMatMul").ref({"group": 128}, counts, scale, w, w_scale, b)
+    if weights == "i8":
+        # exact int32 sums, then the reference's f32 epilogue in the reference's order
+        np.testing.assert_array_equal(got, want)
+    else:  # a float inner product summed in another order
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def test_spike_matmul_tiles_follow_the_target_limits():
+    cuda, maca = GpuLimits(32, 1024, 48 * 1024), GpuLimits(64, 1024, 64 * 1024)
+    for limits in (cuda, maca, PORTABLE):
+        for counts_bytes, weight_bytes, float_weights in ((2, 1, False), (1, 1, False), (2, 4, True)):
+            tiles = choose_tiles(limits, counts_bytes, weight_bytes, 128, float_weights)
+            assert tiles.cols % limits.warp_size == 0 and tiles.threads % limits.warp_size == 0
+            assert tiles.threads <= limits.max_threads
+            assert tiles.shared_bytes(counts_bytes, weight_bytes) <= limits.shared_bytes
+    assert choose_tiles(cuda, 2, 1, 128, False) == Tiles(rows=64, cols=64, chunk=128, threads=256)
+    # a small shared memory shrinks the row tile, then the K chunk (a divisor of the group)
+    assert choose_tiles(GpuLimits(32, 1024, 16 * 1024), 2, 1, 128, False).rows == 32
+    assert choose_tiles(GpuLimits(32, 1024, 8 * 1024), 2, 1, 96, False) == Tiles(8, 64, 96, 256)
+    assert choose_tiles(GpuLimits(32, 1024, 4 * 1024), 2, 1, 96, False) == Tiles(8, 64, 48, 256)
+
+
+def test_spike_matmul_serial_form_on_small_tiles():
+    """Tiles made small by a small shared memory (32-row tiles, 8 rows per thread, chunks of
+    64 channels, two per group) compute the same."""
+    limits = GpuLimits(32, 1024, 8 * 1024)
+    assert choose_tiles(limits, 2, 1, 128, False) == Tiles(rows=32, cols=64, chunk=64, threads=256)
+    counts, scale, w, w_scale, b = spike_matmul_case((1, 37), 256, 32, "i16", "i8", True, seed=4)
+    func = spike_matmul_gpu_func(3, "i16", "i8", 256, 32, 128, True, limits, bind_threads=False)
+    (got,) = run_on_cpu(func, [counts, scale, w, w_scale, b], [(1, 37, 32)])
+    np.testing.assert_array_equal(got, get_op("SpikeMatMul").ref({"group": 128}, counts, scale,
+                                                                 w, w_scale, b))
+
+
+# -- LinearAttention and SlidingWindowAttention ------------------------------------------------
+
+def check_against_interpreter(graph, func, cases, tolerance):
+    node = graph.nodes[-1]
+    declared = len(get_op(node.op).inputs)
+    for args in cases:
+        feeds = feeds_for(graph, *args)
+        inputs = [None if v is None else feeds[v.name]
+                  for v in list(node.inputs) + [None] * (declared - len(node.inputs))]
+        want = interpret(graph, feeds)
+        got = run_on_cpu(func, inputs, [want[name].shape for name in graph.output_names])
+        for name, value in zip(graph.output_names, got):
+            scale = max(1.0, float(np.abs(want[name]).max()))
+            np.testing.assert_allclose(value, want[name], atol=tolerance * scale,
+                                       err_msg=f"{name} {args}")
+
+
+@pytest.mark.parametrize("rule, decay_width, past, beta_width", [
+    ("gated", 2 * 8, True, 1), ("gated", 2, False, 1), ("linear", 0, False, 1),
+    ("delta", 0, True, 2), ("gated_delta", 2 * 8, True, 1)])
+def test_linear_attention_gpu_kernel_serially(rule, decay_width, past, beta_width):
+    graph = linear_attention_graph(rule, decay_width, past, beta_width)
+    d = linear_attention_dims(graph.nodes[-1])
+    func = linear_attention_gpu_kernel(d["hq"], d["hkv"], d["dk"], d["dv"], d["scale"],
+                                       d["decay"], d["beta"], past=past, bind_threads=False)
+    check_against_interpreter(graph, func, [(1, 1), (2, 37)], 1e-5)
+
+
+@pytest.mark.parametrize("past, cases", [
+    (False, [(1, 1), (2, 13)]),
+    # decode steps and chunks before, at and after the window fills
+    (True, [(1, 1, 0), (2, 13, 0), (1, 1, 9), (2, 3, 7), (1, 8, 2)])])
+def test_sliding_window_gpu_kernel_serially(past, cases):
+    graph = sliding_window_graph(past)
+    node = graph.nodes[-1]
+    d = sliding_window_dims(node)
+    position = node.inputs[5] if len(node.inputs) > 5 else None
+    func = sliding_window_gpu_kernel(d["hq"], d["hkv"], d["d"], d["dv"], d["window"], d["scale"],
+                                     d["past"], None if position is None else tuple(position.shape),
+                                     bind_threads=False)
+    check_against_interpreter(graph, func, cases, 1e-6)
