@@ -7,10 +7,10 @@ inlined into their consumers and injective epilogues into their producers; then 
 block gets the first rule that applies, in order:
 
   matmul      C[..., i, j] += A[..., i, k] * B[..., k, j] (S..SSR; B may be transposed or
-              pre-packed): B is re-laid out into [N/16, K, 16] column panels, a 6 x 16 tile of
-              C lives in vector registers across k, epilogues run when the tile is written back,
-              column panels run in parallel; full row tiles are split from the partial last one
-              so a symbolic row count costs no predicate in the inner loop
+              pre-packed): B is read as contiguous column panels (re-laid out per call unless
+              pre-packed), a 6 x 32 tile of C lives in vector registers across k, epilogues run
+              when the tile is written back, column tiles run in parallel; a symbolic or ragged
+              row count is padded to whole row tiles so the inner loop has no predicate
   spatial     all loops data-parallel: outer loops fused + parallel, innermost split by the
               vector width and vectorised
   reduction   leading data-parallel loops fused + parallel; the reduction stays serial
@@ -29,11 +29,17 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.tirx import IndexMap
 
+from sbc.passes.pack_matmul_weights import PANEL  # pre-packed B's panel width
+
 log = logging.getLogger(__name__)
 
 SCHEDULED = "tirx.is_scheduled"  # the attribute dlight and MetaSchedule check
 VECTOR = 16  # fp32 lanes per innermost chunk (2 AVX2 registers; LLVM splits as needed)
-TILE_I, TILE_J = 6, 16  # register tile: 6 x 16 fp32 = 12 of the 16 AVX2 registers
+# register tile: 6 x 32 fp32 = 12 zmm accumulators (of 32), 2 B vectors and 6 broadcasts of A
+# per k step: enough independent FMAs to keep both FMA pipes busy. It must stay under
+# STACK_BYTES (see _matmul); 12 x 32 would not fit.
+TILE_I, TILE_J = 6, 32
+STACK_BYTES = 1024  # TVM (LowerTVMBuiltin) puts "global" allocations below this on the stack
 
 
 def schedule_cpu(mod: tvm.IRModule, target: tvm.target.Target | None = None) -> tvm.IRModule:
@@ -129,56 +135,103 @@ def _static(extent) -> int | None:
 
 
 def _matmul(sch, info) -> bool:
-    """Register-tiled GEMM. Loops: parallel (batch, column panel) > row tile > k > 6 rows
-    (unrolled) > 16 columns (vectorised). The 6 x 16 tile of C is a local buffer that LLVM keeps
-    in registers; B's panel is copied to a contiguous K x 16 buffer first (a K x 16 slice of a
-    row-major B maps to a handful of L1 sets: every access would miss), and epilogues (bias,
-    activation, residual) are applied when the tile is written back, so C goes to memory once.
-    A row count that is symbolic or not a multiple of 6 is padded (a copy of A's row tile with
-    zero rows): predicates inside the k loop would keep the tile out of registers. Pre-packed
-    weights (MatMulPacked) defeat TVM's padding; there the build's loop partitioning splits the
-    whole row tiles from the predicated last one instead."""
+    """Register-tiled GEMM. Loops: parallel (batch, column tile[, row tile]) > row tile > k >
+    TILE_I rows (unrolled) > tile_j columns (unrolled vectors of PANEL lanes). The tile of C
+    is a small buffer that LLVM keeps in vector registers across k; epilogues (bias,
+    activation, residual) are applied when the tile is written back, so C goes to memory
+    once. The tile is a "global" buffer, not a "local" one: TVM places global allocations
+    under STACK_BYTES on the stack (an alloca), but gets local ones from its workspace pool;
+    LLVM cannot tell a pool pointer from A or B when the kernel's arguments are not marked
+    noalias (as with symbolic shapes), and then stores the whole tile on every k step."""
     kinds = info.dom_kind()
     if not (kinds.endswith("SSR") and set(kinds[:-3]) <= {"S"} and info.is_reduction()):
         return False
     block = info.block_rv
     if len(sch.get(block).reads) != 2 or len(sch.get(block).writes) != 1:
         return False
-    rows, n = _static(info.iters[-3].dom), _static(info.iters[-2].dom)
-    pad_rows = rows is None or rows % TILE_I != 0
-    pad_cols = n is not None and n % TILE_J != 0
-    if (pad_rows or pad_cols) and _b_operand(sch.get(block)) is not None:
-        sch.pad_einsum(block, [1] * (len(kinds) - 3) + [TILE_I if pad_rows else 1,
-                                                         TILE_J if pad_cols else 1, 1])
-    padded_inputs = {_written(sch, p): p for p in sch.get_producers(block)
-                     if sch.get(p).name_hint.endswith("_pad")}
-    panel = _b_operand(sch.get(block))
-    writeback = _fold_epilogues(sch, sch.cache_write(block, 0, "local"))
+    packed = _b_operand(sch.get(block)) is None  # B already in panels (MatMulPacked)
+    n = _static(info.iters[-2].dom)
+    tile_j = _tile_cols(n, packed)
+    padded = _pad_to_tiles(sch, block, _static(info.iters[-3].dom), n, tile_j)
+    panel = None if packed else _b_operand(sch.get(block))
+    writeback = _fold_epilogues(sch, sch.cache_write(block, 0, "global"))
     *batch, i, j, k = sch.get_loops(block)
     io, ii = sch.split(i, [None, TILE_I])
-    jo, ji = sch.split(j, [None, TILE_J])
-    sch.reorder(*batch, jo, io, k, ii, ji)
+    # a tile row is tile_j / PANEL vectors of PANEL lanes: each is one contiguous panel row
+    # (a wider vector would straddle two panels of pre-packed B and become a gather)
+    jo, jp, ji = sch.split(j, [None, tile_j // PANEL, PANEL])
+    sch.reorder(*batch, jo, io, k, ii, jp, ji)
     sch.reverse_compute_at(writeback, io)
-    n_padded = n if n is None else -(-n // TILE_J) * TILE_J
-    packs = panel is not None and n is not None and n_padded > TILE_J
-    if packs:  # enough column panels to share out: parallel over them, pack each one
+    repack = panel is not None and n is not None and -(-n // tile_j) > 1
+    if repack:  # plain B, several column tiles: parallel over them, pack each one's panel
+        # (a K x tile_j slice of a row-major B maps to a handful of L1 sets: every access
+        # would miss)
         outer = sch.fuse(*batch, jo) if batch else jo
         sch.parallel(outer)
-        pack = _pack_panel(sch, block, panel, outer)
-        b_pad = padded_inputs.pop(_read(sch, pack), None)
+        b_pad = padded.pop(_read(sch, _pack_panel(sch, block, panel, outer, tile_j)), None)
         if b_pad is not None:  # zero columns added to B: fill them while packing
             sch.compute_inline(b_pad)
-    else:  # one panel, or a symbolic N: parallel over row tiles too
-        outer = sch.fuse(*batch, jo, io)
+    else:  # B pre-packed, one panel or symbolic N: share out (column, row) tiles, columns outer
+        outer = sch.fuse(*batch, jo, io)  # so that one column panel serves many row tiles
         sch.parallel(outer)
-    for pad in padded_inputs.values():  # A's row tile with zero rows, copied next to its use
-        sch.compute_at(pad, io if packs else outer)
-        sch.vectorize(sch.split(sch.get_loops(pad)[-1], [None, 8])[-1])
+    for pad in padded.values():  # A with zero rows: one copy before the matmul (copied per
+        _parallel_copy(sch, pad)  # row tile, it is redone for every column tile: slow)
     sch.unroll(ii)
+    sch.unroll(jp)
     sch.vectorize(ji)
     sch.decompose_reduction(block, k)
     sch.vectorize(sch.get_loops(writeback)[-1])
     return True
+
+
+def _parallel_copy(sch, block) -> None:
+    """Rows of a copy in parallel, each row vectorised (the row length is static: K)."""
+    *rows, cols = sch.get_loops(block)
+    sch.parallel(sch.fuse(*rows) if len(rows) > 1 else rows[0])
+    sch.vectorize(sch.split(cols, [None, VECTOR])[-1])
+
+
+def _tile_cols(n, packed: bool) -> int:
+    """Columns per register tile: TILE_J, or one panel (PANEL) where a static N is not a
+    multiple of TILE_J but of PANEL (and always for pre-packed B then: padding it would copy
+    the whole weight on every call)."""
+    if n is None or n % TILE_J == 0 or (n % PANEL and not packed):
+        return TILE_J
+    return PANEL
+
+
+def _pad_to_tiles(sch, block, rows, n, tile_j) -> dict:
+    """Pad C's rows to a multiple of TILE_I (and a static N to one of tile_j) with pad_einsum:
+    A gets zero rows, C extra rows that the write-back drops. With a symbolic or ragged row
+    count the last row tile would otherwise carry a predicate (T.where) inside the k loop,
+    and a predicated tile buffer is not compacted to the tile (nor kept in registers): it is
+    allocated at C's full size. pad_einsum needs plain B indices, so pre-packed B
+    (Bp[j // P, k, j % P]) is first read through a plain [N, K] view (reindex) and read
+    directly again afterwards.
+    Returns the padded copies of the inputs, keyed by the buffer each one copies."""
+    pad_rows = rows is None or rows % TILE_I != 0
+    pad_cols = n is not None and n % tile_j != 0
+    if not (pad_rows or pad_cols):
+        return {}
+    view = None
+    if _b_operand(sch.get(block)) is None:
+        view = sch.reindex(block, ("read", _packed_b_operand(sch.get(block))))
+    lead = len(sch.get_loops(block)) - 3
+    sch.pad_einsum(block, [1] * lead + [TILE_I if pad_rows else 1, tile_j if pad_cols else 1, 1])
+    if view is not None:
+        sch.compute_inline(view)
+    return {_written(sch, p): p for p in sch.get_producers(block)
+            if sch.get(p).name_hint.endswith("_pad")}
+
+
+def _packed_b_operand(block) -> int:
+    """Index of B among the block's reads: the operand not indexed by the row iterator i."""
+    i = block.iter_vars[-3].var
+    for idx, region in enumerate(block.reads):
+        used = {v for r in region.region for v in tirx.analysis.undefined_vars(r.min, [])}
+        if not any(v.same_as(i) for v in used):
+            return idx
+    raise ValueError("no B operand")
 
 
 def _written(sch, block):
@@ -217,9 +270,9 @@ def _b_operand(block) -> int | None:
     return None
 
 
-def _pack_panel(sch, block_rv, read_index, at_loop) -> None:
-    """Copy B's K x 16 column panel to a contiguous buffer at the start of each panel's
-    iteration (layout [..., N/16, K, 16] for B stored as [..., K, N] or [..., N, K])."""
+def _pack_panel(sch, block_rv, read_index, at_loop, width):
+    """Copy B's K x `width` column panel to a contiguous buffer at the start of each panel's
+    iteration (layout [..., N/width, K, width] for B stored as [..., K, N] or [..., N, K])."""
     pack = sch.cache_read(block_rv, read_index, "global")
     sch.compute_at(pack, at_loop)
     ndim = len(sch.get(pack).writes[0].region)
@@ -228,7 +281,7 @@ def _pack_panel(sch, block_rv, read_index, at_loop) -> None:
     def panels(*idx):
         *lead, r, c = idx
         kk, nn = (c, r) if transposed else (r, c)
-        return (*lead, nn // TILE_J, kk, nn % TILE_J)
+        return (*lead, nn // width, kk, nn % width)
 
     sch.transform_layout(pack, ("write", 0),
                          IndexMap.from_func(panels, ndim=ndim, index_dtype="int64"))

@@ -1,6 +1,7 @@
 """pack-matmul-weights: MatMul(x, W) with W a [K, N] weight -> MatMulPacked(x, Wp) where
 Wp[N/16, K, 16] is W in column panels, computed once at compile time (as onnxruntime pre-packs
-its GEMM weights). The CPU matmul kernel then reads each K x 16 panel contiguously.
+its GEMM weights). The CPU matmul kernel then reads each K x 16 panel contiguously: its
+register tile is 6 rows x 2 panels, each panel row one 16-lane (AVX-512) vector load.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from sbc.ir import Graph
 from sbc.ir.ops.nn import pack_weight
 from sbc.passes.base import Pass, PassResult, RewriteRule, apply_rules, register_pass
 
-PANEL = 16  # the matmul schedule's vector tile width
+PANEL = 16  # columns per panel: one vector of fp32 (the spike kernels use the same layout)
 
 
 class PackWeight(RewriteRule):

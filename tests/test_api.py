@@ -1,6 +1,8 @@
 """The Python API: compile -> run -> save -> load -> run, signatures, manifest."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -98,3 +100,14 @@ def test_quantize_options_are_checked(mlp_onnx):
         sbc.compile(mlp_onnx, quantize="w4")
     with pytest.raises(sbc.errors.UnsupportedError, match="name 'quantize-weights-int8'"):
         sbc.compile(mlp_onnx, quantize="w8", passes="dce")
+
+
+@pytest.mark.parametrize("preset, expected", [(None, len(os.sched_getaffinity(0))), ("1", 1)])
+def test_kernels_use_every_core_unless_told(preset, expected):
+    """TVM alone would use half the cores here (it assumes two hardware threads per core)."""
+    env = {k: v for k, v in os.environ.items() if k != "TVM_NUM_THREADS"}
+    if preset:
+        env["TVM_NUM_THREADS"] = preset
+    code = "import sbc, tvm; print(tvm.get_global_func('runtime.NumThreads')())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert int(out.stdout) == expected

@@ -5,9 +5,9 @@ test fails if scheduling silently stops applying)."""
 import numpy as np
 import pytest
 import tvm
-from tvm import relax, te, tirx, topi
+from tvm import relax, s_tir, te, tirx, topi
 
-from sbc.codegen.schedule_cpu import ScheduleCPU, schedule_cpu
+from sbc.codegen.schedule_cpu import STACK_BYTES, TILE_I, TILE_J, ScheduleCPU, schedule_cpu
 from sbc.codegen.target import host_cpu_features, host_cpu_target
 
 TARGET = host_cpu_target()
@@ -38,7 +38,7 @@ CASES = {
     "matmul-bias-relu": ([(None, 64), (64, 96), (96,)],
                          lambda x, w, b: topi.nn.relu(topi.add(topi.matmul(x, w), b)),
                          lambda x, w, b: np.maximum(x @ w + b, 0), True),
-    # rows = batch x symbolic seq, B pre-packed: TVM's pad_einsum cannot pad this read pattern
+    # rows = batch x symbolic seq, B pre-packed (padded through a plain view of B)
     "matmul-packed": ([(2, None, 40), (3, 40, 16)], _matmul_packed,
                       lambda a, bp: a @ _unpacked(bp), True),
     "batched-matmul": ([(2, None, 32), (2, 32, 48)],
@@ -109,6 +109,61 @@ def test_matmul_tile_keeps_no_row_predicate_in_the_k_loop():
     update = script[script.index('T.sblock("T_matmul_update")'):]
     update = update[:update.index("T.reads")]
     assert "T.where" not in update, script
+
+
+def _allocated(stmt):
+    """Every buffer allocated by a block in `stmt`."""
+    found = list(getattr(stmt, "alloc_buffers", []))
+    for attr in ("body", "block", "then_case", "else_case"):
+        if getattr(stmt, attr, None) is not None:
+            found += _allocated(getattr(stmt, attr))
+    for s in getattr(stmt, "seq", []):
+        found += _allocated(s)
+    return found
+
+
+def _accumulator_shape(func, update="matmul_packed_update"):
+    """Shape of the buffer the matmul's k loop accumulates into, as allocated once TVM has
+    compacted buffers to the region each loop iteration touches (ints where static)."""
+    sch = s_tir.Schedule(func)
+    acc = sch.get(sch.get_sblock(update)).writes[0].source.name
+    compacted = tvm.transform.Sequential([
+        s_tir.transform.LowerInitBlock(), s_tir.transform.PlanAndUpdateBufferAllocationLocation(),
+        s_tir.transform.ConvertBlocksToOpaque(), s_tir.transform.CompactBufferAllocation(),
+    ])(tvm.IRModule({"main": func}))["main"]
+    (buf,) = [b for b in _allocated(compacted.body) if b.name == acc]
+    return [int(d) if isinstance(d, tirx.IntImm) else d for d in buf.shape]
+
+
+@pytest.mark.parametrize("rows", [None, 1000])
+def test_packed_matmul_accumulates_in_a_register_tile(rows):
+    """Symbolic (batch x seq) or ragged rows with pre-packed B: the accumulator is one
+    TILE_I x TILE_J tile small enough for the stack (so LLVM keeps it in registers), not a
+    [batch, seq, N] buffer, and the k loop carries no row predicate."""
+    shapes = [(1, rows, 64), (4, 64, 16)]  # N = 64: two tiles of 32 columns
+    mod = schedule_cpu(lower(build_module(shapes, _matmul_packed)), TARGET)
+    (func,) = prim_funcs(mod)
+    assert _accumulator_shape(func) == [1, TILE_I, TILE_J]
+    assert TILE_I * TILE_J * 4 < STACK_BYTES
+    assert 'scope="local"' not in func.script()  # "local" buffers come from the workspace pool
+    update = func.script()[func.script().index('T.sblock("matmul_packed_update")'):]
+    assert "T.where" not in update[:update.index("T.reads")]
+
+
+@pytest.mark.parametrize("n", [48, 64])
+def test_packed_matmul_exact_at_row_counts_off_the_tile(n):
+    """Row counts below, off and across the row tile; N = 48 uses one-panel tiles."""
+    shapes = [(1, None, 40), (n // 16, 40, 16), (n,)]
+    fn = lambda a, bp, bias: topi.add(_matmul_packed(a, bp), bias)  # noqa: E731
+    mod = schedule_cpu(lower(build_module(shapes, fn)), TARGET)
+    vm = relax.VirtualMachine(tvm.compile(mod, target=TARGET, relax_pipeline="default_build"), tvm.cpu())
+    rng = np.random.default_rng(1)
+    bp, bias = rng.normal(size=shapes[1]).astype(np.float32), rng.normal(size=n).astype(np.float32)
+    for rows in (1, 7, 1000):
+        a = rng.normal(size=(1, rows, 40)).astype(np.float32)
+        got = vm["main"](*[tvm.runtime.tensor(x) for x in (a, bp, bias)]).numpy()
+        want = a.astype(np.float64) @ _unpacked(bp).astype(np.float64) + bias
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_pass_object_skips_scheduled_functions():
