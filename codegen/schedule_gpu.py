@@ -7,7 +7,8 @@ per PrimFunc, Matmul, GEMV, Reduction, GeneralReduction and then Fallback (a pla
 blockIdx/threadIdx split), using the target's warp size and thread limits (64-lane waves on
 MACA). The SpikeMatMul kernel's tiles depend on the target's limits (warp size, shared memory),
 which the lowering does not know: it is lowered with limits every GPU target meets and rebuilt
-here for the actual target (SPECIALISE). A PrimFunc that no rule binds to threads would be
+here for the actual target (SPECIALISE); so is the chunked LinearAttention kernel's (chunk
+staging, SPECIALISE_CHUNKED). A PrimFunc that no rule binds to threads would be
 compiled silently as a HOST function of the CUDA build, reading device memory from the CPU:
 `require_thread_bound` refuses that.
 """
@@ -20,6 +21,9 @@ import tvm
 from tvm import tirx
 from tvm.s_tir import dlight as dl
 
+from sbc.codegen.kernels.linear_attention_chunked_gpu import (SHORT, chunked_gpu_args,
+                                                             chunked_supported,
+                                                             linear_attention_chunked_gpu_kernel)
 from sbc.codegen.kernels.linear_attention_gpu import linear_attention_gpu_kernel
 from sbc.codegen.kernels.sliding_window_gpu import sliding_window_gpu_kernel
 from sbc.codegen.kernels.spike_matmul_gpu import (GpuLimits, spike_matmul_gpu_args,
@@ -39,19 +43,35 @@ def schedule_gpu(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
 
 
 SPECIALISE = "sbc.spike_matmul_args"  # JSON of spike_matmul_gpu_func's arguments
+SPECIALISE_CHUNKED = "sbc.linear_attention_chunked_args"  # and of the chunked LinearAttention's
+
+
+def _chunked_for(target: tvm.target.Target, limits: GpuLimits, **args) -> tirx.PrimFunc:
+    # MACA's host program (codegen.maca) has no conditional steps, so there the kernel takes
+    # the chunked path at every T (three launches for a decode step too)
+    short = 0 if "maca" in [str(k) for k in target.keys] else SHORT
+    return linear_attention_chunked_gpu_kernel(**args, limits=limits, short=short)
+
+
+# attribute -> fn(target, limits, **arguments) rebuilding the kernel it holds the arguments of
+SPECIALISED = {SPECIALISE: lambda target, limits, **args: spike_matmul_gpu_func(**args, limits=limits),
+               SPECIALISE_CHUNKED: _chunked_for}
 
 
 def specialise_for(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
-    """Every PrimFunc carrying SPECIALISE rebuilt with `target`'s limits; same signature and
-    attributes, so the calls to it stay as they are."""
+    """Every PrimFunc carrying a SPECIALISED attribute rebuilt with `target`'s limits; same
+    signature and attributes, so the calls to it stay as they are."""
     limits = GpuLimits.of(target)
     out = mod.clone()
     for gv, func in mod.functions_items():
-        if isinstance(func, tirx.PrimFunc) and func.attrs is not None and SPECIALISE in func.attrs:
-            new = spike_matmul_gpu_func(**json.loads(str(func.attrs[SPECIALISE])), limits=limits)
-            for key, value in func.attrs.items():
-                new = new.with_attr(key, value)
-            out.update_func(gv, new)
+        if not isinstance(func, tirx.PrimFunc) or func.attrs is None:
+            continue
+        for attr, build in SPECIALISED.items():
+            if attr in func.attrs:
+                new = build(target, limits, **json.loads(str(func.attrs[attr])))
+                for key, value in func.attrs.items():
+                    new = new.with_attr(key, value)
+                out.update_func(gv, new)
     return out
 
 
@@ -87,10 +107,18 @@ def _input(node, i):
 
 
 def _linear_attention(node):
+    """Rules linear and gated: the chunk-parallel kernel (which runs the recurrent nest itself
+    below 16 tokens, so decode stays one launch); delta rules, and heads too large for its
+    register tiles: the recurrent kernel."""
     _require_f32(node, "gpu")
     d = linear_attention_dims(node)
+    past = _input(node, 3) is not None
+    if d["beta"] is None and chunked_supported(d["dk"], d["dv"], d["decay"]):
+        args = chunked_gpu_args(d["hq"], d["hkv"], d["dk"], d["dv"], d["scale"], d["decay"], past)
+        return linear_attention_chunked_gpu_kernel(**args).with_attr(SPECIALISE_CHUNKED,
+                                                                     json.dumps(args))
     return linear_attention_gpu_kernel(d["hq"], d["hkv"], d["dk"], d["dv"], d["scale"],
-                                       d["decay"], d["beta"], past=_input(node, 3) is not None)
+                                       d["decay"], d["beta"], past=past)
 
 
 def _sliding_window(node):

@@ -34,12 +34,37 @@ def linear_attention_gpu_kernel(hq: int, hkv: int, dk: int, dv: int, scale: floa
     """PrimFunc(q, k, v, past_state, decay, beta) -> (output, present_state), thread-bound;
     `bind_threads=False`: the same phases as serial loops over the threads, for a CPU build
     that checks the kernel's numerics without a GPU (see spike_matmul_gpu)."""
+    gw = {None: 1, "head": hkv, "key": hkv * dk}[decay]
+    bw = {None: 1, "head": hkv, "one": 1}[beta]
+    gated, delta = decay is not None, beta is not None
+    nest = recurrent_gpu_nest(hq, hkv, dk, dv, scale, decay, beta, past, bind_threads)
+
+    @T.prim_func(private=True)
+    def kernel(q_h: T.handle, k_h: T.handle, v_h: T.handle, s0_h: T.handle, g_h: T.handle,
+               beta_h: T.handle, o_h: T.handle, s_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        B = T.int64()
+        L = T.int64()
+        q = T.match_buffer(q_h, (B, L, hq * dk), "float32")
+        k = T.match_buffer(k_h, (B, L, hkv * dk), "float32")
+        v = T.match_buffer(v_h, (B, L, hkv * dv), "float32")
+        s0 = T.match_buffer(s0_h, (B, hkv, dk, dv) if past else (1,), "float32")
+        g = T.match_buffer(g_h, (B, L, gw) if gated else (1,), "float32")
+        bt = T.match_buffer(beta_h, (B, L, bw) if delta else (1,), "float32")
+        o = T.match_buffer(o_h, (B, L, hq * dv), "float32")
+        s = T.match_buffer(s_h, (B, hkv, dk, dv), "float32")
+        nest(q, k, v, s0, g, bt, o, s, B, L)
+    return kernel
+
+
+def recurrent_gpu_nest(hq: int, hkv: int, dk: int, dv: int, scale: float, decay: str | None,
+                       beta: str | None, past: bool, bind_threads: bool = True):
+    """T.macro(q, k, v, s0, g, bt, o, s, B, L): the kernel's loop nest over the buffers of its
+    PrimFunc (also the short-T branch of linear_attention_chunked_gpu)."""
     if dv > MAX_THREADS or dk > MAX_STATE_REGS:
         raise UnsupportedError(f"the GPU LinearAttention kernel takes dv <= {MAX_THREADS} and "
                                f"dk <= {MAX_STATE_REGS}, got dk={dk}, dv={dv}")
     groups = hq // hkv
-    gw = {None: 1, "head": hkv, "key": hkv * dk}[decay]
-    bw = {None: 1, "head": hkv, "one": 1}[beta]
     gated, delta = decay is not None, beta is not None
     n_load = (groups + 2) * dk  # shared row: q of every group, then k, then exp(g)
     sc = T.float32(scale)
@@ -108,20 +133,8 @@ def linear_attention_gpu_kernel(hq: int, hkv: int, dk: int, dv: int, scale: floa
             s[b, h, i, j] = st[sb + i]
 
     if bind_threads:
-        @T.prim_func(private=True)
-        def kernel(q_h: T.handle, k_h: T.handle, v_h: T.handle, s0_h: T.handle, g_h: T.handle,
-                   beta_h: T.handle, o_h: T.handle, s_h: T.handle):
-            T.func_attr({"tirx.noalias": True})
-            B = T.int64()
-            L = T.int64()
-            q = T.match_buffer(q_h, (B, L, hq * dk), "float32")
-            k = T.match_buffer(k_h, (B, L, hkv * dk), "float32")
-            v = T.match_buffer(v_h, (B, L, hkv * dv), "float32")
-            s0 = T.match_buffer(s0_h, (B, hkv, dk, dv) if past else (1,), "float32")
-            g = T.match_buffer(g_h, (B, L, gw) if gated else (1,), "float32")
-            bt = T.match_buffer(beta_h, (B, L, bw) if delta else (1,), "float32")
-            o = T.match_buffer(o_h, (B, L, hq * dv), "float32")
-            s = T.match_buffer(s_h, (B, hkv, dk, dv), "float32")
+        @T.macro
+        def nest(q, k, v, s0, g, bt, o, s, B, L):
             for bh in block_loop(B * hkv):
                 row = T.alloc_buffer((n_load,), "float32", scope="shared")
                 for j in thread_loop(dv):
@@ -135,22 +148,10 @@ def linear_attention_gpu_kernel(hq: int, hkv: int, dk: int, dv: int, scale: floa
                         step(v, bt, o, row, st, 0, acc, 0, vt, 0, bh // hkv, bh % hkv, t, j)
                         T.tvm_storage_sync("shared")  # the row is reused by the next token
                     store_state(s, st, 0, bh // hkv, bh % hkv, j)
-        return kernel
+        return nest
 
-    @T.prim_func(private=True)
-    def serial(q_h: T.handle, k_h: T.handle, v_h: T.handle, s0_h: T.handle, g_h: T.handle,
-               beta_h: T.handle, o_h: T.handle, s_h: T.handle):
-        T.func_attr({"tirx.noalias": True})
-        B = T.int64()
-        L = T.int64()
-        q = T.match_buffer(q_h, (B, L, hq * dk), "float32")
-        k = T.match_buffer(k_h, (B, L, hkv * dk), "float32")
-        v = T.match_buffer(v_h, (B, L, hkv * dv), "float32")
-        s0 = T.match_buffer(s0_h, (B, hkv, dk, dv) if past else (1,), "float32")
-        g = T.match_buffer(g_h, (B, L, gw) if gated else (1,), "float32")
-        bt = T.match_buffer(beta_h, (B, L, bw) if delta else (1,), "float32")
-        o = T.match_buffer(o_h, (B, L, hq * dv), "float32")
-        s = T.match_buffer(s_h, (B, hkv, dk, dv), "float32")
+    @T.macro
+    def serial(q, k, v, s0, g, bt, o, s, B, L):
         for bh in block_loop(B * hkv):
             row = T.alloc_buffer((n_load,), "float32")
             st = T.alloc_buffer((dv * dk,), "float32")  # every thread's registers

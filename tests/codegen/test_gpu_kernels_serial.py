@@ -1,5 +1,5 @@
 """The GPU kernels' numerics without a GPU: each hand-written GPU kernel (SpikeMatMul,
-LinearAttention, SlidingWindowAttention) emitted with `bind_threads=False` - its thread loops
+LinearAttention recurrent and chunked, SlidingWindowAttention) emitted with `bind_threads=False` - its thread loops
 as serial loops, one loop over the threads per phase between barriers, per-thread registers
 as arrays indexed by thread, shared memory as ordinary buffers - built for the CPU (llvm) and
 compared with the op's NumPy reference.
@@ -20,11 +20,14 @@ import numpy as np
 import pytest
 import tvm
 
+from sbc.codegen.kernels.linear_attention_chunked_gpu import (ChunkPlan, choose_plan,
+                                                             linear_attention_chunked_gpu_kernel)
 from sbc.codegen.kernels.linear_attention_gpu import linear_attention_gpu_kernel
 from sbc.codegen.kernels.sliding_window_gpu import sliding_window_gpu_kernel
 from sbc.codegen.kernels.spike_matmul_gpu import (PORTABLE, GpuLimits, Tiles, choose_tiles,
                                                   spike_matmul_gpu_func)
 from sbc.codegen.schedule_gpu import thread_bound
+from sbc.errors import UnsupportedError
 from sbc.ir import get_op
 from sbc.ir.interpreter import run as interpret
 from sbc.ir.ops.linear_attention import linear_attention_dims, sliding_window_dims
@@ -152,3 +155,69 @@ def test_sliding_window_gpu_kernel_serially(past, cases):
                                      d["past"], None if position is None else tuple(position.shape),
                                      bind_threads=False)
     check_against_interpreter(graph, func, cases, 1e-6)
+
+
+# -- chunked LinearAttention -------------------------------------------------------------------
+
+def linear_attention_case(hq, hkv, dk, dv, decay, past, batch, seq, g_min, seed=0):
+    """Inputs of one LinearAttention call, log decays uniform in [g_min, 0]."""
+    rng = np.random.default_rng(seed)
+    normal = lambda *shape: rng.normal(size=shape).astype(np.float32)  # noqa: E731
+    width = {"key": hkv * dk, "head": hkv}.get(decay)
+    g = rng.uniform(g_min, 0, (batch, seq, width)).astype(np.float32) if decay else None
+    return [normal(batch, seq, hq * dk), normal(batch, seq, hkv * dk), normal(batch, seq, hkv * dv),
+            normal(batch, hkv, dk, dv) if past else None, g, None]
+
+
+def check_chunked(hq, hkv, dk, dv, decay, past, seqs, g_min, **kernel_args):
+    func = linear_attention_chunked_gpu_kernel(hq, hkv, dk, dv, 0.3, decay, past,
+                                               bind_threads=False, **kernel_args)
+    attrs = {"q_num_heads": hq, "kv_num_heads": hkv, "scale": 0.3}
+    for seq in seqs:
+        inputs = linear_attention_case(hq, hkv, dk, dv, decay, past, 2, seq, g_min, seed=seq)
+        want = get_op("LinearAttention").ref(attrs, *inputs)
+        got = run_on_cpu(func, inputs, [w.shape for w in want])
+        for name, value, expected in zip(("output", "present_state"), got, want):
+            np.testing.assert_allclose(value, expected, atol=1e-5 * max(1.0, np.abs(expected).max()),
+                                       err_msg=f"{name} T={seq}")
+
+
+@pytest.mark.parametrize("decay, past, g_min", [
+    ("key", True, -5.0),  # strong decay: e^{-b} alone would overflow within a chunk
+    ("key", False, -0.3),
+    ("head", True, -5.0),
+    ("head", False, -0.3),
+    (None, True, 0.0),
+    (None, False, 0.0)])
+def test_chunked_linear_attention_serially(decay, past, g_min):
+    """Chunked at every T (short=0): one partial chunk (T = 1, 5), one whole (64), and two
+    whole plus a partial one (130); GQA groups of 3; dk = 24 is one whole and one partial
+    slice of 16 key dims."""
+    check_chunked(6, 2, 24, 16, decay, past, (1, 5, 64, 130), g_min, short=0)
+
+
+def test_chunked_linear_attention_branches_on_short_sequences():
+    """The default PrimFunc: T = 1 and 5 take the recurrent nest, 64 and 130 the chunks."""
+    check_chunked(4, 2, 8, 16, "key", True, (1, 5, 64, 130), -1.0)
+
+
+def test_chunked_linear_attention_on_small_staging():
+    """A GPU with 24 KiB of shared memory: state batches of 32 tokens, slices of 4 key dims,
+    value batches of 8 (several of each per chunk) compute the same."""
+    limits = GpuLimits(32, 1024, 24 * 1024)
+    assert choose_plan(limits, 64, 64, "key") == ChunkPlan(64, 256, 4, 32, 8)
+    check_chunked(2, 1, 64, 64, "key", True, (70,), -2.0, limits=limits, short=0)
+
+
+def test_chunked_plan_follows_the_target_limits():
+    cuda, maca = GpuLimits(32, 1024, 48 * 1024), GpuLimits(64, 1024, 64 * 1024)
+    for limits in (cuda, maca, PORTABLE):
+        for decay in ("key", "head", None):
+            plan = choose_plan(limits, 128, 128, decay)  # SpikingBrain-7B's heads
+            assert plan.threads % limits.warp_size == 0 and plan.threads <= limits.max_threads
+            assert 4 * plan.output_floats(128, decay) <= limits.shared_bytes
+            assert 4 * plan.state_floats(128, 128) <= limits.shared_bytes
+    assert choose_plan(cuda, 128, 128, "key") == ChunkPlan(64, 256, 16, 32, 16)
+    assert choose_plan(maca, 128, 128, "key") == ChunkPlan(64, 256, 32, 64, 8)
+    with pytest.raises(UnsupportedError, match="accumulators"):
+        choose_plan(cuda, 256, 256, "key")  # 256 state entries per thread: stays recurrent

@@ -69,16 +69,38 @@ def test_spike_matmul_compiles_for_cuda(quantised, bias, monkeypatch):
     assert 0 < shared <= 48 * 1024
 
 
+def test_chunked_linear_attention_compiles_for_cuda(monkeypatch):
+    """A gated (per key dim, GQA, past state) LinearAttention graph: the chunked kernel, its
+    recurrent short-T nest and three chunk launches, all thread-bound, compile with nvcc;
+    shared memory within CUDA's 48 KiB per kernel, no spills to local memory."""
+    from tests.codegen.test_attention_kernels import linear_attention_graph
+    nvcc_or_skip()
+    module = sbc.compile(linear_attention_graph("gated", 2 * 8, True), target="cuda", passes="dce")
+    kernels = module.manifest["target"]["kernels"]
+    assert sorted(kernels) == ["linearattention_kernel"] + [f"linearattention_kernel_{i}" for i in (1, 2, 3)]
+    ptx = nvcc_ptx(module, monkeypatch)
+    bodies = re.split(r"\.entry ", ptx)[1:]
+    assert sorted(re.match(r"(\w+)\(", b).group(1) for b in bodies) == sorted(kernels)
+    for body in bodies:
+        assert sum(int(n) for n in re.findall(r"\.shared .*\[(\d+)\];", body)) <= 48 * 1024
+    assert ".local" not in ptx
+
+
 def test_gpu_kernel_variants_bind_threads_and_compile():
     """Every rule of the GPU kernels (gated per key / per head, delta, past state, ring
     buffer; SpikeMatMul's int8 and f32 weights) is thread-bound and goes through TVM's CUDA
     codegen."""
     import tvm
+    from sbc.codegen.kernels.linear_attention_chunked_gpu import \
+        linear_attention_chunked_gpu_kernel as chunked
     from sbc.codegen.kernels.linear_attention_gpu import linear_attention_gpu_kernel
     from sbc.codegen.kernels.sliding_window_gpu import sliding_window_gpu_kernel
     from sbc.codegen.kernels.spike_matmul_gpu import spike_matmul_gpu_func
     from sbc.codegen.schedule_gpu import thread_bound
     funcs = {
+        "lac_head": chunked(6, 2, 24, 16, 0.25, "head", False),
+        "lac_linear": chunked(2, 2, 16, 32, 0.5, None, True, short=0),
+        "lac_7b": chunked(28, 4, 128, 128, 128 ** -0.5, "key", True),
         "la_key": linear_attention_gpu_kernel(4, 2, 16, 8, 0.25, "key", None, True),
         "la_head_delta": linear_attention_gpu_kernel(2, 2, 8, 16, 0.5, "head", "head", False),
         "la_linear": linear_attention_gpu_kernel(2, 1, 8, 8, 0.5, None, None, False),

@@ -98,6 +98,26 @@ def test_spike_matmul_compiles_for_maca(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def test_chunked_linear_attention_compiles_for_maca(tmp_path):
+    """A gated LinearAttention graph for MetaX: the chunked kernel's three launches (no
+    host-side branch: MACA's host program has none), whole 64-lane waves, shared memory
+    within 64 KiB per kernel, MACA dialect, and it compiles through the compat header."""
+    from tests.codegen.test_attention_kernels import linear_attention_graph
+    module = sbc.compile(linear_attention_graph("gated", 2, False), target="maca", passes="dce")
+    source = module.files["maca/kernels.maca"].decode()
+    check_maca(source)
+    kernels = dict(split_kernels(source))
+    assert sorted(kernels) == ["linearattention_kernel"] + [f"linearattention_kernel_{i}" for i in (1, 2)]
+    for body in kernels.values():
+        shared = sum(int(n) for n in re.findall(r"__shared__ alignas\(\d+\) float \w+\[(\d+)\];", body))
+        assert shared * 4 <= 64 * 1024
+    plan = json.loads(module.files["maca/launches.json"])
+    launches = [s for f in plan["functions"].values() for s in f["steps"] if "launch" in s]
+    assert len(launches) == 3 and all(s["extents"]["threadIdx.x"] % 64 == 0 for s in launches)
+    proc = nvcc_compat(source, tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def test_compat_header_rejects_a_32_bit_mask(tmp_path):
     kernel = ('#include <mc_runtime.h>\nextern "C" __global__ void k(float* x) {{\n'
               '  x[threadIdx.x] = __shfl_down_sync({mask}, x[threadIdx.x], 32, 64);\n}}\n')
@@ -141,10 +161,18 @@ def test_host_program_covers_every_call_and_launch(tiny_maca, source):
                 assert len(info["arg_types"]) == len(s["args"])  # TVM's parameter order
                 assert set(s["extents"]) == set(info["launch_params"])
     la = next(f for n, f in plan["functions"].items() if n.startswith("linearattention"))
-    (launch,) = [s for s in la["steps"] if "launch" in s]
-    # one block per (batch, KV head), one thread per value column: tiny has 2 KV heads, dv 16
-    assert evaluate(launch["extents"]["blockIdx.x"], {"B": 3, "L": 7}) == 6
-    assert launch["extents"]["threadIdx.x"] == 16
+    # the chunked kernel (MACA: at every T): per-chunk states into two workspaces, the carry,
+    # the outputs; tiny has 2 KV heads and 4 query heads, chunks of 64 tokens
+    assert [s["alloc"] for s in la["steps"] if "alloc" in s] == ["ws8", "ws9"]
+    state, carry, output = [s for s in la["steps"] if "launch" in s]
+    for tokens, chunks in ((1, 1), (7, 1), (130, 3)):
+        env = {"B": 3, "L": tokens}
+        for s in la["steps"]:  # the host values the extents use, as the runtime binds them
+            if "let" in s:
+                env[s["let"]] = evaluate(s["value"], env)
+        assert evaluate(state["extents"]["blockIdx.x"], env) == 3 * 2 * chunks
+        assert evaluate(output["extents"]["blockIdx.x"], env) == 3 * 4 * chunks
+    assert all(s["extents"]["threadIdx.x"] == 256 for s in (state, carry, output))  # 4 waves
 
 
 def test_package_without_the_sdk(tiny_maca, tmp_path):
