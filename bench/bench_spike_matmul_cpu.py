@@ -2,7 +2,8 @@
 matmul the default pipeline compiles (MatMulPacked; and plain MatMul), and onnxruntime's and
 PyTorch's fp32 MatMul, at the small model's projection shape [1, M, K] x [K, N] with symbolic
 batch and seq, as compiled models run them. Each is warmed up and timed as the median of
---repeats calls in one process; the table's ratios are against SpikeMatMul int8.
+--repeats calls in one process, the variants interleaved; the table's ratios are against
+SpikeMatMul int8.
 
     .venv/bin/python bench/bench_spike_matmul_cpu.py [--shapes 1024x512x1536 4096x4096x4096] [--repeats 10]
 """
@@ -75,14 +76,18 @@ def torch_matmul(w, x):
     return lambda: torch.matmul(xt, wt)
 
 
-def median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def median_ms(runs: dict, repeats: int) -> dict[str, float]:
+    """Median ms per run, the runs interleaved (one call of each per round): a neighbour's
+    load then slows all of them alike instead of whichever happened to run during it."""
+    for fn in runs.values():
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    times = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
 
 
 def bench(m: int, k: int, n: int, repeats: int) -> dict[str, float]:
@@ -101,7 +106,7 @@ def bench(m: int, k: int, n: int, repeats: int) -> dict[str, float]:
         expected = x[0] @ (dequantised if "int8" in name else w)
         np.testing.assert_allclose(fn()[0].numpy()[0], expected, rtol=1e-3, atol=1e-3, err_msg=name)
     runs.update({"onnxruntime fp32": ort_matmul(w, x), "PyTorch fp32": torch_matmul(w, x)})
-    return {name: median_ms(fn, repeats) for name, fn in runs.items()}
+    return median_ms(runs, repeats)
 
 
 def main() -> None:

@@ -1,15 +1,26 @@
 """SpikeMatMul on the CPU: Y = (counts * scale) @ W (+ bias), rows [..., K] flattened to M.
 
-int8 weights (W [N/16, K/2, 16, 2], W_scale [G, N]): a register tile of R = 6 rows x 16
-columns of int32 sums. Per pair of input channels (k, k+1) the pair of 16-bit counts of a row
-is broadcast and multiplied with the 16 columns' weight pairs (sign-extended to 16 bits) by
-`vpmaddwd` (AVX2: 8 x (a0 b0 + a1 b1) per instruction, twice the multiplies of an fp32 FMA),
-or by `vpdpwssd` (AVX-512 VNNI / AVX-VNNI: the same with the accumulate fused). After each
-group of `group` channels the int32 tile is converted and added, times the group's weight
-scales, to an f32 tile; the row scale and bias are applied once when the tile is stored.
-Column panels run in parallel (each panel's weights, K x 16 bytes, stay in L1). Without AVX2
-the same loops multiply in plain int32 (LLVM vectorises them as it can): slower, same result.
-i8 counts are widened to 16-bit pairs per row tile first.
+int8 weights (W [N/16, K/2, 16, 2], W_scale [G, N]): a register tile of R = 6 rows x 32
+columns (two adjacent 16-column panels; one panel where N / 16 is odd) of int32 sums. Per pair
+of input channels (k, k+1) each panel's 16 columns of weight pairs are sign-extended to 16 bits
+once (`vpmovsxbw`), the pair of 16-bit counts of each row is broadcast, and `vpdpwssd` on zmm
+(AVX-512 VNNI: 16 x (a0 b0 + a1 b1) accumulated per instruction, twice the multiply-adds of an
+fp32 FMA) adds their products to the row's accumulators: 12 independent zmm chains. On ymm
+the same runs as `vpdpwssd` (AVX-VNNI) or `vpmaddwd` + add (AVX2). After each group of `group`
+channels the int32 tile is converted and added, times the group's weight scales, to an f32
+tile; the row scale and bias are applied once when the tile is stored. The int32 tile is a
+constant-size stack buffer (see STACK_BYTES), so LLVM keeps it in registers. Blocks of column
+tiles run in parallel; each task runs its block's tiles per row tile, so the row tile's counts
+are fetched once per block (see WEIGHT_BLOCK_BYTES). Without AVX2 the same loops multiply in
+plain int32 (LLVM vectorises them as it can): slower, same result. i8 counts are widened to
+16-bit pairs per row tile first. Every path gives the same bits (exact int32 sums, one
+epilogue order).
+
+Not used: u8 x s8 `vpdpbusd` (4 multiply-adds per lane, 2x `vpdpwssd`, via sum((n + 128) w)
+- 128 sum(w)). It is exact only for counts that fit in int8, i.e. the i8 count dtype (i16
+counts, the common case, do not), and it reads K in quads: a second weight layout
+[N/16, K/4, 16, 4] for pack_spike_weight, the pass and the GPU kernel. The zmm `vpdpwssd`
+tile already runs at that instruction's peak (~2 per cycle) and 2x the fp32 matmul.
 
 Zero-tile skipping (node attribute kernel = "skip_zero_tiles"): a tile is the R rows x `group`
 input channels that one int32 accumulation covers. A first parallel loop marks, per (row tile,
@@ -33,16 +44,40 @@ from tvm.script import tirx as T
 from sbc.codegen.schedule_cpu import schedule_func
 from sbc.codegen.target import host_cpu_features
 
-ROWS = 6  # rows of the int32 register tile: 6 x 2 accumulators + 2 weight vectors + 1 count
-PANEL = 16
+ROWS = 6  # rows of the int32 register tile (calibration.TILE keeps a copy)
+PANEL = 16  # columns per weight panel (the layout [N/16, K/2, 16, 2])
+# register tile with 512-bit vpdpwssd: 6 rows x 32 columns (two panels) = 12 zmm accumulators
+# (of 32), 2 weight vectors and a broadcast count pair: 12 independent multiply-add chains,
+# enough to cover the instruction's latency on both vector pipes
+TILE_PANELS = 2
+# TVM (LowerTVMBuiltin) puts a "global" allocation below 1024 bytes on the stack, where LLVM
+# promotes a tile read at constant offsets to registers; a larger one (or a "local" one) comes
+# from the workspace pool, which LLVM cannot tell from the arguments: it stores the whole tile
+# on every step
+STACK_BYTES = 1024
+# A parallel task runs a block of column tiles for each row tile, so that a row tile's counts
+# (6 x K x 2 bytes: 48 KiB at K = 4096), read from L3 or memory once, serve every tile of the
+# block from L1/L2, while the block's weights stay in L2 (1 MiB per core on znver5). One
+# column tile per task read all M x K counts again for every 32 columns: at 4096 x 4096 x
+# 4096 the kernel then waited on memory (260 instead of ~370 GOP/s on one thread).
+WEIGHT_BLOCK_BYTES = 512 * 1024
+MAX_COL_TILES = 4  # keeps N / (32 x 4) tasks to share out (12 at N = 1536)
 
 
 def integer_dot_instruction(features: list[str] | None = None) -> str:
-    """'vnni' (vpdpwssd), 'avx2' (vpmaddwd) or 'portable' for this CPU."""
+    """'vnni512' (vpdpwssd on zmm), 'vnni' (vpdpwssd on ymm: AVX-VNNI or AVX-512 VNNI without
+    BW), 'avx2' (vpmaddwd) or 'portable' for this CPU."""
     features = host_cpu_features()["features"] if features is None else features
+    if "avx512vnni" in features and "avx512bw" in features:
+        return "vnni512"
     if "avx512vnni" in features or "avxvnni" in features:
         return "vnni"
     return "avx2" if "avx2" in features else "portable"
+
+
+def lanes(instruction: str) -> int:
+    """int32 lanes of one multiply-add vector (and of each accumulator)."""
+    return 16 if instruction == "vnni512" else 8
 
 
 def _lead_vars(rank: int) -> list:
@@ -86,10 +121,23 @@ def float_kernel(rank: int, counts_dtype: str, k: int, n: int, has_bias: bool):
 
 
 def _pmadd(instruction: str, acc, a, b):
-    """acc (int32x8) + pairwise a * b (int16x16)."""
+    """acc (int32 x lanes) + pairwise a * b (int16 x 2 lanes)."""
+    if instruction == "vnni512":
+        return T.call_llvm_pure_intrin("int32x16", "llvm.x86.avx512.vpdpwssd.512", acc, a, b)
     if instruction == "vnni":
         return T.call_llvm_pure_intrin("int32x8", "llvm.x86.avx512.vpdpwssd.256", acc, a, b)
     return acc + T.call_llvm_pure_intrin("int32x8", "llvm.x86.avx2.pmadd.wd", a, b)
+
+
+def tile_panels(panels: int) -> int:
+    """Weight panels per register tile: TILE_PANELS where they divide N's panels, else one."""
+    return TILE_PANELS if panels % TILE_PANELS == 0 else 1
+
+
+def col_tiles_per_block(k: int, cols: int) -> int:
+    """Column tiles that one parallel task runs per row tile: as many as keep their weights
+    (K x cols int8 each) within WEIGHT_BLOCK_BYTES, at most MAX_COL_TILES."""
+    return max(1, min(MAX_COL_TILES, WEIGHT_BLOCK_BYTES // (k * cols)))
 
 
 def int8_kernel(rank: int, counts_dtype: str, k: int, n: int, group: int, has_bias: bool,
@@ -103,6 +151,15 @@ def int8_kernel(rank: int, counts_dtype: str, k: int, n: int, group: int, has_bi
     wide = counts_dtype == "i16"  # 16-bit counts are read as int32 pairs in place
     bias_shape = (n,) if has_bias else (1,)
     vector = instruction != "portable"
+    per_tile = tile_panels(panels)
+    cols = per_tile * PANEL  # columns of the register tile
+    lane = lanes(instruction)
+    per_panel = PANEL // lane  # accumulator vectors per row and panel
+    pair_type = f"int16x{2 * lane}"  # one vector's count pairs / weight pairs
+    assert ROWS * cols * 4 < STACK_BYTES, "the int32 tile must stay on the stack"
+    col_tiles = panels // per_tile
+    per_block = col_tiles_per_block(k, cols)
+    blocks = -(-col_tiles // per_block)
 
     @T.prim_func(private=True)
     def kernel(a_h: T.handle, s_h: T.handle, w_h: T.handle, ws_h: T.handle, b_h: T.handle,
@@ -128,55 +185,61 @@ def int8_kernel(rank: int, counts_dtype: str, k: int, n: int, group: int, has_bi
                         row = T.min(it * ROWS + r, m - 1)
                         live[it * groups + g] = T.bitwise_or(
                             live[it * groups + g], T.Cast("int32", A2[row, g * group + kk] != 0))
-        for jp in T.parallel(panels):
-            acc = T.alloc_buffer((ROWS * PANEL,), "int32", scope="local")
-            ftile = T.alloc_buffer((ROWS * PANEL,), "float32", scope="local")
-            pair = T.alloc_buffer((ROWS * pairs,), "int32", scope="local")
-            for it in range((m + ROWS - 1) // ROWS):
+        for jb in T.parallel(blocks):
+            # "global": on the stack (see STACK_BYTES), so the int32 tile lives in registers
+            acc = T.alloc_buffer((ROWS * cols,), "int32", scope="global")
+            ftile = T.alloc_buffer((ROWS * cols,), "float32", scope="global")
+            pair = T.alloc_buffer((1 if wide else ROWS * pairs,), "int32", scope="local")
+            for it in range(tiles):
                 i0 = it * ROWS
-                for r, c in T.grid(ROWS, PANEL):
-                    ftile[r * PANEL + c] = T.float32(0)
                 if not wide:  # widen this row tile's i8 counts to 16-bit pairs once
                     for r, p in T.grid(ROWS, pairs):
                         row = T.min(i0 + r, m - 1)
                         pair[r * pairs + p] = T.bitwise_or(
                             T.bitwise_and(T.Cast("int32", A2[row, 2 * p]), 0xFFFF),
                             T.shift_left(T.Cast("int32", A2[row, 2 * p + 1]), 16))
-                for g in range(groups):
-                    if not skip_zero_tiles or live[it * groups + g] != 0:
-                        for r in T.unroll(ROWS):
-                            for c in T.vectorized(PANEL):
-                                acc[r * PANEL + c] = 0
-                        for p in range(g * pairs_per_group,
-                                       T.min((g + 1) * pairs_per_group, pairs)):
-                            if vector:
-                                lo = T.Cast("int16x16", W1[jp, p, T.ramp(0, 1, 16)])
-                                hi = T.Cast("int16x16", W1[jp, p, T.ramp(16, 1, 16)])
-                                for r in T.unroll(ROWS):
-                                    row = T.min(i0 + r, m - 1)  # a short last tile repeats a row
-                                    both = A32[row, p] if wide else pair[r * pairs + p]
-                                    ab = T.reinterpret("int16x16", T.Broadcast(both, 8))
-                                    acc[T.ramp(r * PANEL, 1, 8)] = _pmadd(
-                                        instruction, acc[T.ramp(r * PANEL, 1, 8)], ab, lo)
-                                    acc[T.ramp(r * PANEL + 8, 1, 8)] = _pmadd(
-                                        instruction, acc[T.ramp(r * PANEL + 8, 1, 8)], ab, hi)
-                            else:
-                                for r in T.unroll(ROWS):
-                                    row = T.min(i0 + r, m - 1)
-                                    for c in T.vectorized(PANEL):
-                                        acc[r * PANEL + c] = acc[r * PANEL + c] + (
-                                            T.Cast("int32", A2[row, 2 * p]) * T.Cast("int32", W[jp, p, c, 0])
-                                            + T.Cast("int32", A2[row, 2 * p + 1]) * T.Cast("int32", W[jp, p, c, 1]))
-                        for r in T.unroll(ROWS):
-                            for c in T.vectorized(PANEL):
-                                ftile[r * PANEL + c] = ftile[r * PANEL + c] + T.Cast(
-                                    "float32", acc[r * PANEL + c]) * WS[g, jp * PANEL + c]
-                for r in range(ROWS):
-                    if i0 + r < m:
-                        for c in T.vectorized(PANEL):
-                            if has_bias:
-                                Y2[i0 + r, jp * PANEL + c] = ftile[r * PANEL + c] * S1[i0 + r] + B[jp * PANEL + c]
-                            else:
-                                Y2[i0 + r, jp * PANEL + c] = ftile[r * PANEL + c] * S1[i0 + r]
+                for jt in range(jb * per_block, T.min((jb + 1) * per_block, col_tiles)):
+                    j0 = jt * cols
+                    for r, c in T.grid(ROWS, cols):
+                        ftile[r * cols + c] = T.float32(0)
+                    for g in range(groups):
+                        if not skip_zero_tiles or live[it * groups + g] != 0:
+                            for r in T.unroll(ROWS):
+                                for c in T.vectorized(cols):
+                                    acc[r * cols + c] = 0
+                            for p in range(g * pairs_per_group,
+                                           T.min((g + 1) * pairs_per_group, pairs)):
+                                if vector:
+                                    for t in T.unroll(per_tile):
+                                        for v in T.unroll(per_panel):
+                                            # 16 columns' weight pairs, sign-extended once for all rows
+                                            wv = T.Cast(pair_type, W1[jt * per_tile + t, p,
+                                                                      T.ramp(v * 2 * lane, 1, 2 * lane)])
+                                            for r in T.unroll(ROWS):
+                                                row = T.min(i0 + r, m - 1)  # a short last tile repeats a row
+                                                both = A32[row, p] if wide else pair[r * pairs + p]
+                                                ab = T.reinterpret(pair_type, T.Broadcast(both, lane))
+                                                at = r * cols + t * PANEL + v * lane
+                                                acc[T.ramp(at, 1, lane)] = _pmadd(
+                                                    instruction, acc[T.ramp(at, 1, lane)], ab, wv)
+                                else:
+                                    # (no let inside the vectorised loop: TVM mis-vectorises it)
+                                    for r, t in T.grid(ROWS, per_tile):
+                                        row = T.min(i0 + r, m - 1)
+                                        for c in T.vectorized(PANEL):
+                                            acc[r * cols + t * PANEL + c] = acc[r * cols + t * PANEL + c] + (
+                                                T.Cast("int32", A2[row, 2 * p]) * T.Cast("int32", W[jt * per_tile + t, p, c, 0])
+                                                + T.Cast("int32", A2[row, 2 * p + 1]) * T.Cast("int32", W[jt * per_tile + t, p, c, 1]))
+                            for r in T.unroll(ROWS):
+                                for c in T.vectorized(cols):
+                                    ftile[r * cols + c] = ftile[r * cols + c] + T.Cast(
+                                        "float32", acc[r * cols + c]) * WS[g, j0 + c]
+                    for r in range(ROWS):
+                        if i0 + r < m:
+                            for c in T.vectorized(cols):
+                                if has_bias:
+                                    Y2[i0 + r, j0 + c] = ftile[r * cols + c] * S1[i0 + r] + B[j0 + c]
+                                else:
+                                    Y2[i0 + r, j0 + c] = ftile[r * cols + c] * S1[i0 + r]
 
     return kernel

@@ -1,11 +1,15 @@
 """The spiking ops compiled for the CPU (sbc.compile) against the reference interpreter:
 SpikeEncode's counts exactly, trains exactly, SpikeMatMul through each integer instruction
-path (VNNI / AVX2 / portable) and its f32-weight form."""
+path (VNNI on zmm or ymm / AVX2 / portable) and its f32-weight form; the zmm kernel's int32
+tile stays in registers."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
+import tvm
 
 import sbc
 import sbc.spike_breakeven
@@ -43,37 +47,88 @@ def test_spike_encode_and_trains_compile_exactly():
     np.testing.assert_array_equal(got["ternary"], expand(got["n"], "ternary", 121))
 
 
-def spike_matmul_graph(counts_dtype: str, quantised: bool, bias: bool, k: int = 300) -> Graph:
+def spike_matmul_graph(counts_dtype: str, quantised: bool, bias: bool, k: int = 300,
+                       n_out: int = 48) -> Graph:
     rng = np.random.default_rng(1)
     g = Graph()
     n = g.add_input("n", TensorType(counts_dtype, ROWS + (k,), "count"))
     s = g.add_input("s", TensorType("f32", ROWS + (1,)))
-    w = rng.standard_normal((k, 48)).astype(np.float32)
+    w = rng.standard_normal((k, n_out)).astype(np.float32)
     if quantised:
         q, scales = quantize_groups(w, 0, 128)  # K = 300: two full groups and a partial one
         weights = [g.add_param("w", pack_spike_weight(q)), g.add_param("ws", scales)]
     else:
         weights = [g.add_param("w", pack_spike_weight(w)), None]
-    b = g.add_param("b", rng.standard_normal(48).astype(np.float32)) if bias else None
+    b = g.add_param("b", rng.standard_normal(n_out).astype(np.float32)) if bias else None
     g.set_outputs([g.add1("SpikeMatMul", n, s, *weights, b)], ["y"])
     return g
 
 
-@pytest.mark.parametrize("instruction", ["vnni", "avx2", "portable"])
-@pytest.mark.parametrize("counts_dtype", ["i16", "i8"])
-def test_int8_spike_matmul_kernel(monkeypatch, instruction, counts_dtype):
+def available_instructions() -> set[str]:
     features = host_cpu_features()["features"]
-    available = {"portable", "avx2" if "avx2" in features else "portable",
-                 kernels.integer_dot_instruction(features)}
-    if instruction not in available:
+    found = {"portable", kernels.integer_dot_instruction(features)}
+    if "avx512vnni" in features or "avxvnni" in features:
+        found.add("vnni")
+    if "avx2" in features:
+        found.add("avx2")
+    return found
+
+
+# N = 48: three panels, one-panel (16-column) tiles; N = 160: two-panel tiles, five of them,
+# so that a task's block of column tiles (col_tiles_per_block) is short at the end
+@pytest.mark.parametrize("n_out", [48, 160])
+@pytest.mark.parametrize("instruction", ["vnni512", "vnni", "avx2", "portable"])
+@pytest.mark.parametrize("counts_dtype", ["i16", "i8"])
+def test_int8_spike_matmul_kernel(monkeypatch, instruction, counts_dtype, n_out):
+    if instruction not in available_instructions():
         pytest.skip(f"this CPU has no {instruction}")
     monkeypatch.setattr(kernels, "integer_dot_instruction", lambda: instruction)
-    g = spike_matmul_graph(counts_dtype, quantised=True, bias=counts_dtype == "i16")
+    g = spike_matmul_graph(counts_dtype, quantised=True, bias=counts_dtype == "i16", n_out=n_out)
     rng = np.random.default_rng(2)
     feeds = {"n": rng.integers(-100, 101, (2, 7, 300)).astype(counts_dtype.replace("i", "int")),
              "s": rng.uniform(0.1, 1, (2, 7, 1)).astype(np.float32)}  # 14 rows: a short tile
     got, expected = sbc.compile(g, passes="dce").run(feeds)["y"], run(g, feeds)["y"]
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6 * np.abs(expected).max())
+
+
+def test_instruction_paths_are_bit_identical():
+    """Every integer path gives the same bits (exact int32 sums, one epilogue order)."""
+    from sbc.spike_breakeven import kernel_args, kernel_weights
+    from sbc.codegen.target import host_cpu_target
+    rng = np.random.default_rng(7)
+    counts = rng.integers(-100, 101, (13, 300)).astype(np.int16)
+    weights = kernel_weights(rng, 300, 160, 128)
+    outputs = []
+    for instruction in sorted(available_instructions()):
+        func = kernels.int8_kernel(2, "i16", 300, 160, 128, False, instruction)
+        fn = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
+                         target=host_cpu_target())
+        args = kernel_args(counts, weights, 160)
+        fn(*args)
+        outputs.append(args[-1].numpy().view(np.uint32))
+    for out in outputs[1:]:
+        np.testing.assert_array_equal(out, outputs[0])
+
+
+def test_zmm_int32_tile_is_a_stack_tile_kept_in_registers():
+    """The speed rests on this: the int32 tile is a constant-size "global" (stack) buffer,
+    so LLVM keeps it in zmm registers; the hot loop is vpdpwssd on zmm with no stack traffic
+    (a spilled tile would load and store it on every k pair)."""
+    from sbc.codegen.target import host_cpu_target
+    if "vnni512" not in available_instructions():
+        pytest.skip("this CPU has no AVX-512 VNNI")
+    func = kernels.int8_kernel(2, "i16", 512, 64, 128, False, "vnni512")
+    tile = re.search(r'acc = T\.alloc_buffer\(\((\d+),\), "int32"\)', func.script())
+    assert tile is not None, "the int32 tile is not a constant-size global buffer"
+    assert int(tile.group(1)) * 4 < kernels.STACK_BYTES
+    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
+                      target=host_cpu_target())
+    blocks = re.split(r"\n\.LBB\w+:", lib.mod.inspect_source("asm"))
+    # the loop over k pairs: the basic block with the most vpdpwssd, up to its back jump
+    hot = max(blocks, key=lambda b: b.count("vpdpwssd")).split("\n\tj")[0]
+    tile_vectors = kernels.ROWS * kernels.TILE_PANELS
+    assert len(re.findall(r"vpdpwssd\s+%zmm\d+, %zmm\d+, %zmm\d+", hot)) >= tile_vectors
+    assert "rsp" not in hot, hot
 
 
 def test_float_weight_spike_matmul():
