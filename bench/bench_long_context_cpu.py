@@ -81,6 +81,19 @@ def measure_prefill(args, module, runners, vocab, rng) -> list[dict]:
     return rows
 
 
+def measure_linearity(args, module, vocab, rng) -> list[float]:
+    """time(32k) / time(4k), the two prefills alternating --linearity times: on a shared machine
+    the speed drifts over a long run, so the table's single rows, minutes apart, can disagree."""
+    def seconds(t):
+        sess = module.session(batch=1, chunk=args.chunk)
+        return timed(lambda: sess.prefill(rng.integers(0, vocab, size=(1, t), dtype=np.int64)))[0]
+    ratios = []
+    for _ in range(args.linearity):
+        short = seconds(4096)
+        ratios.append(seconds(32768) / short)
+    return ratios
+
+
 def in_child(name: str, argv: list[str], t: int) -> dict:
     """One baseline measurement in a child process: {name: s, name_finite: bool}, or
     {name_failed: why} (out of memory: the kernel's OOM killer ends the child, not the run)."""
@@ -130,7 +143,7 @@ RUNNERS = (("onnxruntime", "onnxruntime (parallel)"), ("onnxruntime_chunked", "o
            ("pytorch", "PyTorch eager (parallel)"))
 
 
-def report(args, head: str, prefill: list[dict], decode: list[dict]) -> str:
+def report(args, head: str, prefill: list[dict], decode: list[dict], linearity: list[float]) -> str:
     def cell(row, k):
         if f"{k}_failed" in row:
             return f"failed: {row[f'{k}_failed']}"
@@ -149,10 +162,10 @@ def report(args, head: str, prefill: list[dict], decode: list[dict]) -> str:
         how = "real prefill" if row["real_prefill"] == row["context"] else f"position set (real prefill {row['real_prefill']})"
         lines.append(f"| {row['context']} | {how} | {row['ms_per_token']:.2f} | {row['rss_before_mb']:.0f} "
                      f"| {row['rss_after_mb']:.0f} |")
-    return "\n".join(lines + [""] + goals(prefill, decode)) + "\n"
+    return "\n".join(lines + [""] + goals(prefill, decode, linearity)) + "\n"
 
 
-def goals(prefill: list[dict], decode: list[dict]) -> list[str]:
+def goals(prefill: list[dict], decode: list[dict], linearity: list[float]) -> list[str]:
     """The linear-attention issue's three goals, as measured here."""
     out = ["Goals:", ""]
     with_ort = [r for r in prefill if "onnxruntime" in r]
@@ -162,7 +175,11 @@ def goals(prefill: list[dict], decode: list[dict]) -> list[str]:
                    f"{r['onnxruntime'] / r['sbc']:.2f}x (goal >= 100x)")
     by_t = {r["T"]: r["sbc"] for r in prefill}
     if 4096 in by_t and 32768 in by_t:
-        out.append(f"- sbc time(32k) / time(4k) = {by_t[32768] / by_t[4096]:.2f} (goal <= 9)")
+        out.append(f"- sbc time(32k) / time(4k) = {by_t[32768] / by_t[4096]:.2f} in the table (goal <= 9)")
+    if linearity:
+        runs = ", ".join(f"{r:.2f}" for r in linearity)
+        out.append(f"- the same, the two prefills alternating {len(linearity)} times: median "
+                   f"{float(np.median(linearity)):.2f} ({runs})")
     if len(decode) > 1:
         first, last = decode[0], decode[-1]
         out.append(f"- decode ms/token at {last['context']} vs {first['context']}: "
@@ -219,6 +236,7 @@ def main() -> None:
     ap.add_argument("--max-chunked", type=int, default=16384)
     ap.add_argument("--max-real", type=int, default=65536)
     ap.add_argument("--tokens", type=int, default=32, help="decode steps per measurement")
+    ap.add_argument("--linearity", type=int, default=3, help="alternating 4k / 32k prefill pairs (0: none)")
     ap.add_argument("--out", help="markdown report")
     ap.add_argument("--plots", help="directory for the PNG plots")
     args = ap.parse_args()
@@ -238,13 +256,14 @@ def main() -> None:
             f"sbc prefill streams chunks of {args.chunk}.")
     prefill = measure_prefill(args, module, runners, vocab, rng)
     decode = measure_decode(args, module, vocab, rng)
-    text = report(args, head, prefill, decode)
+    linearity = measure_linearity(args, module, vocab, rng)
+    text = report(args, head, prefill, decode, linearity)
     print("\n" + text)
     if args.out:
         with open(args.out, "w") as f:
             f.write(text)
         with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
-            json.dump({"prefill": prefill, "decode": decode, "head": head}, f, indent=1)
+            json.dump({"prefill": prefill, "decode": decode, "linearity": linearity, "head": head}, f, indent=1)
     if args.plots:
         print("plots:", ", ".join(plot(prefill, decode, args.plots)))
 
