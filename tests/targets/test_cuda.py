@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 import sbc
-from sbc.errors import CompileError, TargetUnavailableError, UnsupportedError
+from sbc.errors import CompileError, UnsupportedError
 from tests.codegen.test_spike_matmul_kernel import spike_matmul_graph
-from tests.targets.gpu_env import has_cuda_gpu, nvcc_or_skip, token_ids
+from tests.targets.gpu_env import (check_unavailable_in_one_line, has_cuda_gpu, nvcc_or_skip,
+                                    token_ids)
 
 FATBIN_MAGIC = b"\x50\xed\x55\xba"  # little-endian 0xBA55ED50
 
@@ -154,17 +155,7 @@ def test_arch_is_recorded_and_checked(mlp_onnx):
 @pytest.mark.skipif(has_cuda_gpu(), reason="this machine has a CUDA GPU")
 def test_without_a_gpu_load_and_run_say_so_in_one_line(tiny_cuda, tmp_path, capsys):
     from sbc.cli import main
-    path = tmp_path / "tiny.sbc"
-    tiny_cuda.save(path)
-    with pytest.raises(TargetUnavailableError) as info:
-        sbc.load(path)
-    assert "\n" not in str(info.value) and "no CUDA device was found" in str(info.value)
-    with pytest.raises(TargetUnavailableError, match="no CUDA device was found"):
-        tiny_cuda.run({"ids": token_ids()})
-    np.savez(tmp_path / "x.npz", ids=token_ids())
-    assert main(["run", path, "--inputs", tmp_path / "x.npz"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "no CUDA device was found" in err[0]
+    path = check_unavailable_in_one_line(tiny_cuda, tmp_path, capsys, "no CUDA device was found")
     assert main(["inspect", path]) == 0  # describing it needs no device
     assert "cuda" in capsys.readouterr().out
 

@@ -14,9 +14,10 @@ import pytest
 
 import sbc
 from sbc.codegen.maca import FULL_MASK, check_maca, evaluate, split_kernels, to_maca
-from sbc.errors import CompileError, TargetUnavailableError
+from sbc.errors import CompileError
 from tests.codegen.test_spike_matmul_kernel import spike_matmul_graph
-from tests.targets.gpu_env import COMPAT, has_metax, nvcc_or_skip, token_ids
+from tests.targets.gpu_env import (COMPAT, check_unavailable_in_one_line, has_metax, nvcc_or_skip,
+                                    token_ids)
 
 
 @pytest.fixture(scope="module")
@@ -191,18 +192,7 @@ def test_package_without_the_sdk(tiny_maca, tmp_path):
 
 @pytest.mark.skipif(has_metax(), reason="this machine has a MetaX runtime")
 def test_without_metax_load_and_run_say_so_in_one_line(tiny_maca, tmp_path, capsys):
-    from sbc.cli import main
-    path = tmp_path / "tiny.sbc"
-    tiny_maca.save(path)
-    with pytest.raises(TargetUnavailableError) as info:
-        sbc.load(path)
-    assert "\n" not in str(info.value) and "no MetaX runtime was found" in str(info.value)
-    with pytest.raises(TargetUnavailableError, match="no MetaX runtime was found"):
-        tiny_maca.run({"ids": token_ids()})
-    np.savez(tmp_path / "x.npz", ids=token_ids())
-    assert main(["run", path, "--inputs", tmp_path / "x.npz"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "no MetaX runtime was found" in err[0]
+    check_unavailable_in_one_line(tiny_maca, tmp_path, capsys, "no MetaX runtime was found")
 
 
 def test_arch_from_option_and_environment(mlp_onnx, monkeypatch):
