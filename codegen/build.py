@@ -29,6 +29,12 @@ from sbc.ir import Graph, TensorType, Value, get_op
 
 SUPPORTED_TARGETS = ("cpu", "cuda", "maca")
 OPAQUE = 8  # relax's OpPatternKind kOpaque: FuseOps leaves the kernel alone
+COMM_REDUCE = 3  # kCommReduce: FuseOps fuses elementwise producers into the kernel
+# Row reductions whose elementwise producers are fused into them (the RMSNorm before a spike
+# encoder): the producer's output is then not written to memory. AnnotateTIROpPattern would
+# call them kOutEWiseFusable (their epilogue after the reduction), which fuses consumers only.
+# Not ReduceMean: x^2 fused into the mean's sum becomes an FMA (other bits) and was slower.
+FUSE_PRODUCERS = {"SpikeEncode": COMM_REDUCE}
 
 
 @dataclass
@@ -270,8 +276,12 @@ class _Lowerer:
             finally:
                 self.ctx.bind_inputs([])
 
+        # the pattern goes in with the PrimFunc (not set afterwards): the block builder then
+        # still shares one PrimFunc between identical nodes, and FuseOps one group
+        attrs = {"op_pattern": FUSE_PRODUCERS[node.op]} if node.op in FUSE_PRODUCERS else None
         try:
-            out = self.bb.emit_te(compute, *runtime, primfunc_name_hint=_func_name(node))
+            out = self.bb.emit_te(compute, *runtime, primfunc_name_hint=_func_name(node),
+                                  primfunc_attrs=attrs)
         except SbcError:  # already one readable line (e.g. a symbolic dim that must be known)
             raise
         except Exception as e:  # a rule's or TE's error: the message names the node, TVM's text is chained

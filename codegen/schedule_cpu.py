@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 
 import tvm
+import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.tirx import IndexMap
@@ -84,6 +85,14 @@ def schedule_func(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
     except Exception as e:  # never let analysis break compilation
         log.debug("cannot analyse PrimFunc: %s", e)
         return None
+    if _row_reduction_fits(sch, blocks):
+        snapshot = sch.copy()
+        try:
+            _row_reduction(sch, blocks)
+            return sch.mod["main"]
+        except Exception as e:  # undo, schedule block by block
+            log.debug("row reduction failed: %s", e)
+            sch = snapshot
     for name in [b.name for b in blocks]:
         for rule in RULES:
             snapshot = sch.copy()
@@ -134,6 +143,14 @@ def _static(extent) -> int | None:
 # matmul
 
 
+def _is_matmul(sch, info) -> bool:
+    """C[..., i, j] += A[..., i, k] * B[..., k, j]-like: S..SSR over two operands."""
+    kinds = info.dom_kind()
+    block = sch.get(info.block_rv)
+    return (kinds.endswith("SSR") and set(kinds[:-3]) <= {"S"} and info.is_reduction()
+            and len(block.reads) == 2 and len(block.writes) == 1)
+
+
 def _matmul(sch, info) -> bool:
     """Register-tiled GEMM. Loops: parallel (batch, column tile[, row tile]) > row tile > k >
     TILE_I rows (unrolled) > tile_j columns (unrolled vectors of PANEL lanes). The tile of C
@@ -143,12 +160,9 @@ def _matmul(sch, info) -> bool:
     under STACK_BYTES on the stack (an alloca), but gets local ones from its workspace pool;
     LLVM cannot tell a pool pointer from A or B when the kernel's arguments are not marked
     noalias (as with symbolic shapes), and then stores the whole tile on every k step."""
-    kinds = info.dom_kind()
-    if not (kinds.endswith("SSR") and set(kinds[:-3]) <= {"S"} and info.is_reduction()):
+    if not _is_matmul(sch, info):
         return False
     block = info.block_rv
-    if len(sch.get(block).reads) != 2 or len(sch.get(block).writes) != 1:
-        return False
     packed = _b_operand(sch.get(block)) is None  # B already in panels (MatMulPacked)
     n = _static(info.iters[-2].dom)
     tile_j = _tile_cols(n, packed)
@@ -333,6 +347,83 @@ def _reduction(sch, info) -> bool:
     outer = sch.fuse(*loops[:lead]) if lead > 1 else loops[0]
     sch.parallel(outer)
     return True
+
+
+def _row_reduction_fits(sch, blocks) -> bool:
+    """A row-wise kernel: reductions over the trailing axes with per-row and per-element
+    blocks around them (norms, softmax, the spike encoder), no matmul, the last block
+    injective, and every block touching only its own row of the buffers the kernel writes
+    (so rows are independent: in parallel they cannot race)."""
+    if len(blocks) < 2 or all(b.is_injective() for b in blocks) or not blocks[-1].is_injective():
+        return False
+    if any(_is_matmul(sch, b) for b in blocks):
+        return False
+    lead = _row_dims(blocks)
+    written = {w.source for b in blocks for w in sch.get(b.block_rv).writes}
+    return lead > 0 and all(_own_row(sch.get(b.block_rv), lead, written) for b in blocks)
+
+
+def _row_dims(blocks) -> int:
+    """The number of leading data-parallel iterators all blocks share (the row index)."""
+    return min(len(b.dom_kind()) - len(b.dom_kind().lstrip("S")) for b in blocks)
+
+
+def _own_row(block, lead: int, written) -> bool:
+    """Every access of `block` to a buffer in `written` is at the row of its first `lead`
+    iterators: those, in order, are the access's leading non-constant indices."""
+    row = [iv.var for iv in block.iter_vars[:lead]]
+    for region in list(block.reads) + list(block.writes):
+        if region.source not in written:
+            continue  # inputs may be read anywhere (a norm's weight, a whole row of x)
+        index = [r.min for r in region.region if not isinstance(r.min, tirx.IntImm)]
+        if len(index) < lead or any(not (isinstance(e, tirx.Var) and e.same_as(v))
+                                     for e, v in zip(index, row)):
+            return False
+        if any(_static(r.extent) != 1 for r in region.region[:len(index)][:lead]):
+            return False
+    return True
+
+
+def _row_reduction(sch, blocks) -> None:
+    """Rows in parallel, every block under its row's iteration (the second pass over a row
+    reads it from cache; one parallel region per kernel), the per-element blocks vectorised.
+    The reductions stay serial: their summation order is the reference's."""
+    lead = _row_dims(blocks)
+    loops = sch.get_loops(blocks[0].block_rv)
+    rows = sch.fuse(*loops[:lead]) if lead > 1 else loops[0]
+    sch.parallel(rows)
+    # the later blocks move under the first one's row loop, not the earlier ones under the
+    # last one's: compute_at refuses blocks that write an output (the encoder's threshold)
+    for info in blocks[1:]:
+        sch.reverse_compute_at(info.block_rv, rows, preserve_unit_loops=True)
+    for info in blocks:
+        if info.is_injective() and _vectorizable(sch.get(info.block_rv)):
+            _vectorize_inner(sch, info.block_rv)
+        # else the loop stays whole: TVM would vectorise it lane by lane (scalar calls and a
+        # scatter store, 2x slower for the encoder's nearbyint); LLVM's loop vectoriser does
+        # not
+
+
+def _vectorizable(block) -> bool:
+    """TVM can vectorise every call in the block (tirx.nearbyint, for one, it cannot)."""
+    calls = []
+    tvm_ffi.structural_walk(block.body, (tvm.ir.Call, calls.append))
+    return all(c.op.get_attr("TVectorizable") for c in calls if isinstance(c.op, tvm.ir.Op))
+
+
+def _vectorize_inner(sch, block) -> None:
+    """Vectorise a block's innermost loop below the row loop (if it has one longer than 1)."""
+    loops = sch.get_loops(block)[1:]
+    if not loops:
+        return
+    extent = _static(sch.get(loops[-1]).extent)
+    if extent == 1:
+        return
+    if extent is not None and extent <= VECTOR:
+        sch.vectorize(loops[-1])
+        return
+    width = VECTOR if extent is None or extent % VECTOR == 0 or extent > 64 else 8
+    sch.vectorize(sch.split(loops[-1], [None, width])[-1])
 
 
 def _fallback(sch, info) -> bool:

@@ -9,7 +9,7 @@
 
 The f32 form only with the float-weights option (measured no faster than the f32 matmul).
 W' / Wq' / s' are the weights re-laid out at compile time for SpikeMatMul (f32 [N/16, K, 16];
-int8 [N/16, K/2, 16, 2]; s' [G, N]). The int8 form is exact up to the float epilogue; the f32
+int8 [N/16, K/4, 16, 4]; s' [G, N]). The int8 form is exact up to the float epilogue; the f32
 form multiplies the counts as floats (exact integers below 2^24) and applies the row scale
 after the sum instead of before it, so results move by float rounding only.
 """
@@ -78,8 +78,8 @@ class SpikeMatMulRule(RewriteRule):
         if dequantise.attrs["axis"] % q.type.rank != k_axis:
             return f"the weight is quantised along axis {dequantise.attrs['axis']}, not K"
         k = q.shape[k_axis]
-        if k % 2 or dequantise.attrs["group"] % 2:
-            return f"K = {k} and the group must be even (K is read in pairs)"
+        if k % 4 or dequantise.attrs["group"] % 4:
+            return f"K = {k} and the group must be multiples of 4 (K is read in quads)"
         return None
 
     def rewrite(self, graph: Graph, node: Node) -> None:

@@ -213,7 +213,7 @@ def _columns(node, value) -> int:
     if weight is value or weight.data is None:
         return 0
     shape = weight.data.shape
-    if node.op in ("MatMulPacked", "SpikeMatMul"):  # panels: [N/P, K, P] or [N/P, K/2, P, 2]
+    if node.op in ("MatMulPacked", "SpikeMatMul"):  # panels: [N/P, K, P] or [N/P, K/4, P, 4]
         return int(shape[0] * shape[2])
     if node.op == "Gemm" and node.attrs.get("transB"):
         return int(shape[0])

@@ -1,26 +1,27 @@
 """SpikeMatMul on the CPU: Y = (counts * scale) @ W (+ bias), rows [..., K] flattened to M.
 
-int8 weights (W [N/16, K/2, 16, 2], W_scale [G, N]): a register tile of R = 6 rows x 32
-columns (two adjacent 16-column panels; one panel where N / 16 is odd) of int32 sums. Per pair
-of input channels (k, k+1) each panel's 16 columns of weight pairs are sign-extended to 16 bits
-once (`vpmovsxbw`), the pair of 16-bit counts of each row is broadcast, and `vpdpwssd` on zmm
-(AVX-512 VNNI: 16 x (a0 b0 + a1 b1) accumulated per instruction, twice the multiply-adds of an
-fp32 FMA) adds their products to the row's accumulators: 12 independent zmm chains. On ymm
-the same runs as `vpdpwssd` (AVX-VNNI) or `vpmaddwd` + add (AVX2). After each group of `group`
-channels the int32 tile is converted and added, times the group's weight scales, to an f32
-tile; the row scale and bias are applied once when the tile is stored. The int32 tile is a
-constant-size stack buffer (see STACK_BYTES), so LLVM keeps it in registers. Blocks of column
-tiles run in parallel; each task runs its block's tiles per row tile, so the row tile's counts
-are fetched once per block (see WEIGHT_BLOCK_BYTES). Without AVX2 the same loops multiply in
-plain int32 (LLVM vectorises them as it can): slower, same result. i8 counts are widened to
-16-bit pairs per row tile first. Every path gives the same bits (exact int32 sums, one
-epilogue order).
-
-Not used: u8 x s8 `vpdpbusd` (4 multiply-adds per lane, 2x `vpdpwssd`, via sum((n + 128) w)
-- 128 sum(w)). It is exact only for counts that fit in int8, i.e. the i8 count dtype (i16
-counts, the common case, do not), and it reads K in quads: a second weight layout
-[N/16, K/4, 16, 4] for pack_spike_weight, the pass and the GPU kernel. The zmm `vpdpwssd`
-tile already runs at that instruction's peak (~2 per cycle) and 2x the fp32 matmul.
+int8 weights (W [N/16, K/4, 16, 4], W_scale [G, N]): a register tile of R = 6 rows x 32
+columns (two adjacent 16-column panels; one panel where N / 16 is odd) of int32 sums, built
+with `vpdpbusd` on zmm (AVX-512 VNNI: per int32 lane the sum of 4 unsigned x signed byte
+products, 64 multiply-adds per instruction, 4x an fp32 FMA): per quad of input channels, each
+panel's 16 columns x 4 weights are one vector, used as they are stored, and each row's 4 counts
+are one broadcast int32; 12 independent accumulator chains. The unsigned operand is the counts
+plus 128 (a byte when -128 <= n <= 127, as spike counts almost always are); the group's sums
+start at -128 x the weights' column sums (computed with the first row tile, from the weights it
+loads anyway), which takes the offset back exactly. A row tile with a count outside a byte
+(i16 counts only) is computed in two planes, n = 256 hi + lo with lo = n & 255 unsigned and
+hi + 128 the offset byte: the tile's sums of the hi plane are shifted by 8 and the lo plane's
+are added (two instructions per quad instead of one, still exact). A first parallel loop
+writes every row tile's planes (one byte per count, two for a wide tile) and whether it is
+wide. On ymm (AVX-VNNI, or AVX-512 VNNI without BW) the same runs 8 lanes wide. After each
+group of `group` channels the int32 tile is converted and added, times the group's weight
+scales, to an f32 tile; the row scale and bias are applied once when the tile is stored. The
+int32 tile is a constant-size stack buffer (see STACK_BYTES), so LLVM keeps it in registers.
+Blocks of column tiles run in parallel; each task runs its block's tiles per row tile, so the
+row tile's planes are fetched once per block (see WEIGHT_BLOCK_BYTES). Without VNNI (AVX2
+only, or no x86) the portable loops multiply counts and weights in plain int32, which LLVM
+vectorises as it can: slower, same result. Every path gives the same bits (exact int32 sums,
+one epilogue order).
 
 Zero-tile skipping (node attribute kernel = "skip_zero_tiles"): a tile is the R rows x `group`
 input channels that one int32 accumulation covers. A first parallel loop marks, per (row tile,
@@ -45,9 +46,9 @@ from sbc.codegen.schedule_cpu import schedule_func
 from sbc.codegen.target import host_cpu_features
 
 ROWS = 6  # rows of the int32 register tile (calibration.TILE keeps a copy)
-PANEL = 16  # columns per weight panel (the layout [N/16, K/2, 16, 2])
-# register tile with 512-bit vpdpwssd: 6 rows x 32 columns (two panels) = 12 zmm accumulators
-# (of 32), 2 weight vectors and a broadcast count pair: 12 independent multiply-add chains,
+PANEL = 16  # columns per weight panel (the layout [N/16, K/4, 16, 4])
+# register tile with 512-bit vpdpbusd: 6 rows x 32 columns (two panels) = 12 zmm accumulators
+# (of 32), 2 weight vectors and 6 broadcast count quads: 12 independent multiply-add chains,
 # enough to cover the instruction's latency on both vector pipes
 TILE_PANELS = 2
 # TVM (LowerTVMBuiltin) puts a "global" allocation below 1024 bytes on the stack, where LLVM
@@ -55,8 +56,8 @@ TILE_PANELS = 2
 # from the workspace pool, which LLVM cannot tell from the arguments: it stores the whole tile
 # on every step
 STACK_BYTES = 1024
-# A parallel task runs a block of column tiles for each row tile, so that a row tile's counts
-# (6 x K x 2 bytes: 48 KiB at K = 4096), read from L3 or memory once, serve every tile of the
+# A parallel task runs a block of column tiles for each row tile, so that a row tile's planes
+# (6 x K bytes: 24 KiB at K = 4096), read from L3 or memory once, serve every tile of the
 # block from L1/L2, while the block's weights stay in L2 (1 MiB per core on znver5). One
 # column tile per task read all M x K counts again for every 32 columns: at 4096 x 4096 x
 # 4096 the kernel then waited on memory (260 instead of ~370 GOP/s on one thread).
@@ -65,14 +66,14 @@ MAX_COL_TILES = 4  # keeps N / (32 x 4) tasks to share out (12 at N = 1536)
 
 
 def integer_dot_instruction(features: list[str] | None = None) -> str:
-    """'vnni512' (vpdpwssd on zmm), 'vnni' (vpdpwssd on ymm: AVX-VNNI or AVX-512 VNNI without
-    BW), 'avx2' (vpmaddwd) or 'portable' for this CPU."""
+    """'vnni512' (vpdpbusd on zmm), 'vnni' (vpdpbusd on ymm: AVX-VNNI or AVX-512 VNNI without
+    BW) or 'portable' for this CPU."""
     features = host_cpu_features()["features"] if features is None else features
     if "avx512vnni" in features and "avx512bw" in features:
         return "vnni512"
     if "avx512vnni" in features or "avxvnni" in features:
         return "vnni"
-    return "avx2" if "avx2" in features else "portable"
+    return "portable"
 
 
 def lanes(instruction: str) -> int:
@@ -120,13 +121,11 @@ def float_kernel(rank: int, counts_dtype: str, k: int, n: int, has_bias: bool):
     return schedule_func(func) or func
 
 
-def _pmadd(instruction: str, acc, a, b):
-    """acc (int32 x lanes) + pairwise a * b (int16 x 2 lanes)."""
-    if instruction == "vnni512":
-        return T.call_llvm_pure_intrin("int32x16", "llvm.x86.avx512.vpdpwssd.512", acc, a, b)
-    if instruction == "vnni":
-        return T.call_llvm_pure_intrin("int32x8", "llvm.x86.avx512.vpdpwssd.256", acc, a, b)
-    return acc + T.call_llvm_pure_intrin("int32x8", "llvm.x86.avx2.pmadd.wd", a, b)
+def _dot_bytes(instruction: str, acc, unsigned, signed):
+    """acc (int32 x lanes) + per lane the sum of 4 products of unsigned x signed bytes."""
+    bits = 512 if instruction == "vnni512" else 256
+    return T.call_llvm_pure_intrin(f"int32x{bits // 32}", f"llvm.x86.avx512.vpdpbusd.{bits}",
+                                   acc, unsigned, signed)
 
 
 def tile_panels(panels: int) -> int:
@@ -142,20 +141,22 @@ def col_tiles_per_block(k: int, cols: int) -> int:
 
 def int8_kernel(rank: int, counts_dtype: str, k: int, n: int, group: int, has_bias: bool,
                 instruction: str, skip_zero_tiles: bool = False):
+    """The int8-weight kernel (see the module docstring) for counts of `rank` dims."""
     lead = _lead_vars(rank)
     m = reduce(lambda x, y: x * y, lead, tirx.IntImm("int64", 1))
-    pairs, panels, groups = k // 2, n // PANEL, -(-k // group)
+    quads, panels, groups = k // 4, n // PANEL, -(-k // group)
     tiles = (m + ROWS - 1) // ROWS
-    pairs_per_group = group // 2
+    quads_per_group = group // 4
     dtype = {"i8": "int8", "i16": "int16"}[counts_dtype]
-    wide = counts_dtype == "i16"  # 16-bit counts are read as int32 pairs in place
+    may_be_wide = counts_dtype == "i16"  # i8 counts always fit a byte plane
     bias_shape = (n,) if has_bias else (1,)
     vector = instruction != "portable"
     per_tile = tile_panels(panels)
     cols = per_tile * PANEL  # columns of the register tile
     lane = lanes(instruction)
     per_panel = PANEL // lane  # accumulator vectors per row and panel
-    pair_type = f"int16x{2 * lane}"  # one vector's count pairs / weight pairs
+    quad_type = f"int8x{4 * lane}"  # one vector's quads of counts / weights
+    plane = ROWS * k  # bytes of one plane of a row tile
     assert ROWS * cols * 4 < STACK_BYTES, "the int32 tile must stay on the stack"
     col_tiles = panels // per_tile
     per_block = col_tiles_per_block(k, cols)
@@ -167,14 +168,13 @@ def int8_kernel(rank: int, counts_dtype: str, k: int, n: int, group: int, has_bi
         T.func_attr({"tirx.noalias": True})
         A = T.match_buffer(a_h, (*lead, k), dtype)
         S = T.match_buffer(s_h, (*lead, 1), "float32")
-        W = T.match_buffer(w_h, (panels, pairs, PANEL, 2), "int8")
+        W = T.match_buffer(w_h, (panels, quads, PANEL, 4), "int8")
         WS = T.match_buffer(ws_h, (groups, n), "float32")
         B = T.match_buffer(b_h, bias_shape, "float32")
         Y = T.match_buffer(y_h, (*lead, n), "float32")
         A2 = T.decl_buffer((m, k), dtype, data=A.data)
-        A32 = T.decl_buffer((m, pairs), "int32", data=A.data)  # (n_2p, n_2p+1) as one int32
         S1 = T.decl_buffer((m,), "float32", data=S.data)
-        W1 = T.decl_buffer((panels, pairs, 2 * PANEL), "int8", data=W.data)
+        W1 = T.decl_buffer((panels, quads, 4 * PANEL), "int8", data=W.data)
         Y2 = T.decl_buffer((m, n), "float32", data=Y.data)
         if skip_zero_tiles:  # once for all panels: is any count of the tile nonzero?
             live = T.alloc_buffer((tiles * groups,), "int32")
@@ -185,51 +185,95 @@ def int8_kernel(rank: int, counts_dtype: str, k: int, n: int, group: int, has_bi
                         row = T.min(it * ROWS + r, m - 1)
                         live[it * groups + g] = T.bitwise_or(
                             live[it * groups + g], T.Cast("int32", A2[row, g * group + kk] != 0))
+        if vector:
+            # per row tile, the counts as unsigned byte planes (n + 128, or a wide tile's
+            # hi + 128 and lo; see the module docstring) and whether it is wide
+            planes = T.alloc_buffer((tiles * 2 * plane,), "uint8")
+            planes32 = T.decl_buffer((tiles * 2 * plane // 4,), "int32", data=planes.data)
+            wide = T.alloc_buffer((tiles,), "int32")
+            for it in T.parallel(tiles):
+                wide[it] = 0
+                if may_be_wide:
+                    for r, kk in T.grid(ROWS, k):  # any count outside [-128, 127]?
+                        wide[it] = T.bitwise_or(wide[it], T.bitwise_and(
+                            T.Cast("int32", A2[T.min(it * ROWS + r, m - 1), kk]) + 128, -256))
+                    wide[it] = T.Cast("int32", wide[it] != 0)
+                if wide[it] == 0:
+                    for r, kk in T.grid(ROWS, k):
+                        planes[it * 2 * plane + r * k + kk] = T.Cast(
+                            "uint8", T.Cast("int32", A2[T.min(it * ROWS + r, m - 1), kk]) + 128)
+                else:
+                    for r, kk in T.grid(ROWS, k):
+                        count = T.Cast("int32", A2[T.min(it * ROWS + r, m - 1), kk])
+                        planes[it * 2 * plane + r * k + kk] = T.Cast(
+                            "uint8", T.shift_right(count, 8) + 128)
+                        planes[it * 2 * plane + plane + r * k + kk] = T.Cast(
+                            "uint8", T.bitwise_and(count, 255))
         for jb in T.parallel(blocks):
             # "global": on the stack (see STACK_BYTES), so the int32 tile lives in registers
             acc = T.alloc_buffer((ROWS * cols,), "int32", scope="global")
             ftile = T.alloc_buffer((ROWS * cols,), "float32", scope="global")
-            pair = T.alloc_buffer((1 if wide else ROWS * pairs,), "int32", scope="local")
+            # -128 x the column sums of W per group: the offset of the +128 planes, taken back
+            # by starting the group's int32 sums there; computed with the first row tile,
+            # from the weights it brings into L1 anyway
+            offset = T.alloc_buffer((groups * per_block * cols,), "int32")
             for it in range(tiles):
                 i0 = it * ROWS
-                if not wide:  # widen this row tile's i8 counts to 16-bit pairs once
-                    for r, p in T.grid(ROWS, pairs):
-                        row = T.min(i0 + r, m - 1)
-                        pair[r * pairs + p] = T.bitwise_or(
-                            T.bitwise_and(T.Cast("int32", A2[row, 2 * p]), 0xFFFF),
-                            T.shift_left(T.Cast("int32", A2[row, 2 * p + 1]), 16))
                 for jt in range(jb * per_block, T.min((jb + 1) * per_block, col_tiles)):
                     j0 = jt * cols
                     for r, c in T.grid(ROWS, cols):
                         ftile[r * cols + c] = T.float32(0)
                     for g in range(groups):
+                        if vector and it == 0:
+                            for t in T.unroll(per_tile):
+                                for v in T.unroll(per_panel):
+                                    colsum = T.alloc_buffer((lane,), "int32", scope="global")
+                                    colsum[T.ramp(0, 1, lane)] = T.Broadcast(0, lane)
+                                    for q in range(g * quads_per_group,
+                                                   T.min((g + 1) * quads_per_group, quads)):
+                                        colsum[T.ramp(0, 1, lane)] = _dot_bytes(
+                                            instruction, colsum[T.ramp(0, 1, lane)],
+                                            T.reinterpret(quad_type, T.Broadcast(0x01010101, lane)),
+                                            W1[jt * per_tile + t, q, T.ramp(v * 4 * lane, 1, 4 * lane)])
+                                    for c in T.vectorized(lane):
+                                        offset[(g * per_block + jt - jb * per_block) * cols + t * PANEL + v * lane + c] = colsum[c] * -128
                         if not skip_zero_tiles or live[it * groups + g] != 0:
-                            for r in T.unroll(ROWS):
-                                for c in T.vectorized(cols):
-                                    acc[r * cols + c] = 0
-                            for p in range(g * pairs_per_group,
-                                           T.min((g + 1) * pairs_per_group, pairs)):
-                                if vector:
-                                    for t in T.unroll(per_tile):
-                                        for v in T.unroll(per_panel):
-                                            # 16 columns' weight pairs, sign-extended once for all rows
-                                            wv = T.Cast(pair_type, W1[jt * per_tile + t, p,
-                                                                      T.ramp(v * 2 * lane, 1, 2 * lane)])
-                                            for r in T.unroll(ROWS):
-                                                row = T.min(i0 + r, m - 1)  # a short last tile repeats a row
-                                                both = A32[row, p] if wide else pair[r * pairs + p]
-                                                ab = T.reinterpret(pair_type, T.Broadcast(both, lane))
-                                                at = r * cols + t * PANEL + v * lane
-                                                acc[T.ramp(at, 1, lane)] = _pmadd(
-                                                    instruction, acc[T.ramp(at, 1, lane)], ab, wv)
-                                else:
-                                    # (no let inside the vectorised loop: TVM mis-vectorises it)
+                            if vector:
+                                for r in T.unroll(ROWS):
+                                    for c in T.vectorized(cols):
+                                        acc[r * cols + c] = offset[(g * per_block + jt - jb * per_block) * cols + c]
+                                # a wide tile: sum (hi + 128) w, then x 256, then + sum lo w
+                                for half in range(1 + wide[it]):
+                                    if half == 1:
+                                        for r in T.unroll(ROWS):
+                                            for c in T.vectorized(cols):
+                                                acc[r * cols + c] = T.shift_left(acc[r * cols + c], 8)
+                                    for q in range(g * quads_per_group,
+                                                   T.min((g + 1) * quads_per_group, quads)):
+                                        for t in T.unroll(per_tile):
+                                            for v in T.unroll(per_panel):
+                                                wv = W1[jt * per_tile + t, q, T.ramp(v * 4 * lane, 1, 4 * lane)]
+                                                for r in T.unroll(ROWS):
+                                                    at = r * cols + t * PANEL + v * lane
+                                                    acc[T.ramp(at, 1, lane)] = _dot_bytes(
+                                                        instruction, acc[T.ramp(at, 1, lane)],
+                                                        T.reinterpret(quad_type, T.Broadcast(
+                                                            planes32[(it * 2 + half) * plane // 4 + r * quads + q], lane)),
+                                                        wv)
+                            else:
+                                for r in T.unroll(ROWS):
+                                    for c in T.vectorized(cols):
+                                        acc[r * cols + c] = 0
+                                # (no let inside the vectorised loop: TVM mis-vectorises it)
+                                for q in range(g * quads_per_group,
+                                               T.min((g + 1) * quads_per_group, quads)):
                                     for r, t in T.grid(ROWS, per_tile):
-                                        row = T.min(i0 + r, m - 1)
                                         for c in T.vectorized(PANEL):
                                             acc[r * cols + t * PANEL + c] = acc[r * cols + t * PANEL + c] + (
-                                                T.Cast("int32", A2[row, 2 * p]) * T.Cast("int32", W[jt * per_tile + t, p, c, 0])
-                                                + T.Cast("int32", A2[row, 2 * p + 1]) * T.Cast("int32", W[jt * per_tile + t, p, c, 1]))
+                                                T.Cast("int32", A2[T.min(i0 + r, m - 1), 4 * q]) * T.Cast("int32", W[jt * per_tile + t, q, c, 0])
+                                                + T.Cast("int32", A2[T.min(i0 + r, m - 1), 4 * q + 1]) * T.Cast("int32", W[jt * per_tile + t, q, c, 1])
+                                                + T.Cast("int32", A2[T.min(i0 + r, m - 1), 4 * q + 2]) * T.Cast("int32", W[jt * per_tile + t, q, c, 2])
+                                                + T.Cast("int32", A2[T.min(i0 + r, m - 1), 4 * q + 3]) * T.Cast("int32", W[jt * per_tile + t, q, c, 3]))
                             for r in T.unroll(ROWS):
                                 for c in T.vectorized(cols):
                                     ftile[r * cols + c] = ftile[r * cols + c] + T.Cast(

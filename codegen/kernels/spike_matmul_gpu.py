@@ -87,10 +87,11 @@ class Tiles:
 
 def _chunk(group: int, float_weights: bool) -> int:
     """Channels per shared stage: float weights have no groups; int8 ones need a divisor of
-    the group (sums restart at group boundaries) that is even (weights are packed in pairs)."""
+    the group (sums restart at group boundaries) that is a multiple of 4 (weights are packed
+    in quads)."""
     if float_weights:
         return MAX_CHUNK
-    return max(c for c in range(2, min(group, MAX_CHUNK) + 1, 2) if group % c == 0)
+    return max(c for c in range(4, min(group, MAX_CHUNK) + 1, 4) if group % c == 0)
 
 
 def choose_tiles(limits: GpuLimits, counts_bytes: int, weight_bytes: int, group: int,
@@ -107,7 +108,7 @@ def choose_tiles(limits: GpuLimits, counts_bytes: int, weight_bytes: int, group:
             tiles = Tiles(row_groups * rows_per_thread, cols, chunk, threads)
             if tiles.shared_bytes(counts_bytes, weight_bytes) <= limits.shared_bytes:
                 return tiles
-        if chunk % 4 or float_weights and chunk <= 2:
+        if chunk % 8 or float_weights and chunk <= 2:
             raise UnsupportedError(f"the GPU SpikeMatMul kernel's smallest tiles need more than "
                                    f"the target's {limits.shared_bytes} bytes of shared memory")
         chunk //= 2
@@ -144,7 +145,7 @@ def spike_matmul_gpu_func(rank: int, counts_dtype: str, weight_dtype: str, k: in
     groups = 1 if float_weights else -(-k // group)
     chunks_per_group = -(-k // chunk) if float_weights else group // chunk
     col_tiles = -(-n // cols)
-    w_shape = (panels, k, PANEL) if float_weights else (panels, k // 2, PANEL, 2)
+    w_shape = (panels, k, PANEL) if float_weights else (panels, k // 4, PANEL, 4)
     acc_dtype, wdt = ("float32", "float32") if float_weights else ("int32", "int8")
     ws_shape = (1,) if float_weights else (groups, n)
     bias_shape = (n,) if has_bias else (1,)
@@ -166,7 +167,7 @@ def spike_matmul_gpu_func(rank: int, counts_dtype: str, weight_dtype: str, k: in
                 a_s[e * threads + tid] = T.if_then_else(
                     r0 + r < m and k0 + kk < k, A2[T.min(r0 + r, m - 1), T.min(k0 + kk, k - 1)],
                     T.Cast(dtype, 0))
-        # weights: each panel's chunk is contiguous (float: [chunk, 16]; int8: [chunk/2, 16, 2])
+        # weights: each panel's chunk is contiguous (float: [chunk, 16]; int8: [chunk/4, 16, 4])
         for e in range(-(-chunk * cols // threads)):
             if e * threads + tid < chunk * cols:
                 jl = (e * threads + tid) // (chunk * PANEL)
@@ -178,12 +179,12 @@ def spike_matmul_gpu_func(rank: int, counts_dtype: str, weight_dtype: str, k: in
                         jp0 + jl < panels and k0 + kk < k,
                         W[T.min(jp0 + jl, panels - 1), T.min(k0 + kk, k - 1), c], T.float32(0))
                 else:
-                    p = rem // (2 * PANEL)
-                    c = rem % (2 * PANEL) // 2
-                    half = rem % 2
-                    w_s[(2 * p + half) * cols + jl * PANEL + c] = T.if_then_else(
-                        jp0 + jl < panels and k0 + 2 * p < k,
-                        W[T.min(jp0 + jl, panels - 1), T.min(k0 // 2 + p, k // 2 - 1), c, half],
+                    q = rem // (4 * PANEL)
+                    c = rem % (4 * PANEL) // 4
+                    quarter = rem % 4
+                    w_s[(4 * q + quarter) * cols + jl * PANEL + c] = T.if_then_else(
+                        jp0 + jl < panels and k0 + 4 * q < k,
+                        W[T.min(jp0 + jl, panels - 1), T.min(k0 // 4 + q, k // 4 - 1), c, quarter],
                         T.int8(0))
 
     @T.macro

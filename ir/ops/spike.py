@@ -189,8 +189,8 @@ def spike_matmul(node):
     two pre-packed layouts (P = 16 columns per panel):
       f32 W [N/P, K, P] (W[k, n] at [n // P, k, n % P], MatMulPacked's layout):
           Y = (float(counts) @ W) * scale + bias
-      i8 W [N/P, K/2, P, 2] (W[k, n] at [n // P, k // 2, n % P, k % 2]: K in pairs, for
-      16-bit multiply-add pairs) with W_scale f32 [ceil(K / group), N], one scale per group
+      i8 W [N/P, K/4, P, 4] (W[k, n] at [n // P, k // 4, n % P, k % 4]: K in quads, for
+      byte dot products of 4) with W_scale f32 [ceil(K / group), N], one scale per group
       of `group` input channels:
           acc_g = sum_{k in group g} int32(counts_k) * int32(W_k)    (exact in int32)
           Y = (sum_g float(acc_g) * W_scale[g]) * scale + bias         (g in order, f32)
@@ -224,11 +224,11 @@ def _check_weight(node, w, w_scale, k) -> int:
         if w_scale is not None:
             raise OpError(f"{node.where()}: a float weight takes no W_scale")
         return w.shape[0] * PANEL
-    if w.dtype == "i8" and w.type.rank == 4 and w.shape[2:] == (PANEL, 2) \
-            and isinstance(k, int) and 2 * w.shape[1] == k:
+    if w.dtype == "i8" and w.type.rank == 4 and w.shape[2:] == (PANEL, 4) \
+            and isinstance(k, int) and 4 * w.shape[1] == k:
         n = w.shape[0] * PANEL
-        if group <= 0 or group % 2:
-            raise OpError(f"{node.where()}: group must be even and positive, got {group}")
+        if group <= 0 or group % 4:
+            raise OpError(f"{node.where()}: group must be a positive multiple of 4, got {group}")
         groups = -(-k // group)
         if w_scale is None or w_scale.dtype != "f32" or w_scale.shape != (groups, n):
             got = "none" if w_scale is None else w_scale.type
@@ -236,7 +236,7 @@ def _check_weight(node, w, w_scale, k) -> int:
                           f"got {got}")
         return n
     raise OpError(f"{node.where()}: W {w.type} is neither f32 [N/{PANEL}, {k}, {PANEL}] nor "
-                  f"i8 [N/{PANEL}, K/2, {PANEL}, 2] for K = {k}")
+                  f"i8 [N/{PANEL}, K/4, {PANEL}, 4] for K = {k}")
 
 
 def unpack_spike_weight(w: np.ndarray) -> np.ndarray:
@@ -244,16 +244,16 @@ def unpack_spike_weight(w: np.ndarray) -> np.ndarray:
     if w.ndim == 3:
         panels, k, p = w.shape
         return w.transpose(1, 0, 2).reshape(k, panels * p)
-    panels, pairs, p, two = w.shape
-    return w.transpose(1, 3, 0, 2).reshape(pairs * two, panels * p)
+    panels, quads, p, four = w.shape
+    return w.transpose(1, 3, 0, 2).reshape(quads * four, panels * p)
 
 
 def pack_spike_weight(w: np.ndarray) -> np.ndarray:
-    """[K, N] -> SpikeMatMul's layout: [N/P, K, P] for f32, [N/P, K/2, P, 2] for int8."""
+    """[K, N] -> SpikeMatMul's layout: [N/P, K, P] for f32, [N/P, K/4, P, 4] for int8."""
     k, n = w.shape
     if w.dtype == np.float32:
         return np.ascontiguousarray(w.reshape(k, n // PANEL, PANEL).transpose(1, 0, 2))
-    return np.ascontiguousarray(w.reshape(k // 2, 2, n // PANEL, PANEL).transpose(2, 0, 3, 1))
+    return np.ascontiguousarray(w.reshape(k // 4, 4, n // PANEL, PANEL).transpose(2, 0, 3, 1))
 
 
 @spike_matmul.reference

@@ -71,7 +71,7 @@ def spike_matmul_case(rows: tuple, k: int, n: int, counts_dtype: str, weights: s
                                              # K = 300: groups 128, 128 and a partial 44
     ((1, 1), 256, 80, "i8", "i8", False),    # decode: one row; two column tiles, the second
                                              # 16 of 64 columns wide
-    ((3, 5, 7), 130, 16, "i16", "i8", True),  # rank 4 counts, a 2-channel last group
+    ((3, 5, 7), 132, 16, "i16", "i8", True),  # rank 4 counts, a 4-channel last group
     ((2, 33), 200, 64, "i16", "f32", True),  # float weights: K in chunks of 128, one past K
 ])
 def test_spike_matmul_gpu_kernel_serially(rows, k, n, counts_dtype, weights, bias):

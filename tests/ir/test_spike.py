@@ -242,6 +242,8 @@ def test_spike_matmul_float_weight_and_odd_group_count():
 def test_spike_matmul_checks_its_weight_layout():
     counts, scale = np.zeros((2, 64), np.int16), np.ones((2, 1), np.float32)
     with pytest.raises(OpError, match="needs W_scale"):
+        spike_matmul_graph(counts, scale, np.zeros((1, 16, 16, 4), np.int8))
+    with pytest.raises(OpError, match="neither"):  # the pair layout of earlier artifacts
         spike_matmul_graph(counts, scale, np.zeros((1, 32, 16, 2), np.int8))
     with pytest.raises(OpError, match="neither"):
         spike_matmul_graph(counts, scale, np.zeros((64, 16), np.float32))

@@ -26,7 +26,7 @@ def test_int8_weights_become_an_integer_spike_matmul(packed, bias):
                                                "Add", "Mul", "Cast"} & set(counts)
     node = next(n for n in after.nodes if n.op == "SpikeMatMul")
     assert node.inputs[0].type.encoding == "count"
-    assert node.inputs[2].dtype == "i8" and node.inputs[2].shape == (2, 128, 16, 2)
+    assert node.inputs[2].dtype == "i8" and node.inputs[2].shape == (2, 64, 16, 4)
     assert node.inputs[3].shape == (2, 32)
     assert (len(node.inputs) == 5 and node.inputs[4] is not None) == bias
     assert_stable(SpikeMatMul(), after)
@@ -55,11 +55,12 @@ def test_near_misses_are_left_alone_and_explained(graph, reason):
     assert any(reason in n for n in notes), notes
 
 
-def test_odd_k_is_refused_for_int8():
-    graph = quantised(spiking_matmul_graph(k=255))
+@pytest.mark.parametrize("k", [255, 258])
+def test_k_not_in_quads_is_refused_for_int8(k):
+    graph = quantised(spiking_matmul_graph(k=k))
     _, after, modified = check_pass(SpikeMatMul(), graph)
     assert not modified
-    assert any("must be even" in n for n in explain(after, [SpikeMatMulRule()]))
+    assert any("must be multiples of 4" in n for n in explain(after, [SpikeMatMulRule()]))
 
 
 def test_after_the_default_pipeline_with_quantisation():
