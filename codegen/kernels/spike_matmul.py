@@ -13,14 +13,17 @@ loads anyway), which takes the offset back exactly. A row tile with a count outs
 hi + 128 the offset byte: the tile's sums of the hi plane are shifted by 8 and the lo plane's
 are added (two instructions per quad instead of one, still exact). A first parallel loop
 writes every row tile's planes (one byte per count, two for a wide tile) and whether it is
-wide. On ymm (AVX-VNNI, or AVX-512 VNNI without BW) the same runs 8 lanes wide. After each
+wide. On ymm (AVX-VNNI, or AVX-512 VNNI without BW) the same runs 8 lanes wide. With AVX2
+only, `vpmaddwd` multiplies 16-bit counts (copied per row tile, read as one int64 per quad)
+by the sign-extended weights of 4 columns: lane j holds column j // 2's sum of k pair j % 2,
+and the two pair sums of each column are added after each group (a 6 x 16 tile). After each
 group of `group` channels the int32 tile is converted and added, times the group's weight
 scales, to an f32 tile; the row scale and bias are applied once when the tile is stored. The
 int32 tile is a constant-size stack buffer (see STACK_BYTES), so LLVM keeps it in registers.
 Blocks of column tiles run in parallel; each task runs its block's tiles per row tile, so the
-row tile's planes are fetched once per block (see WEIGHT_BLOCK_BYTES). Without VNNI (AVX2
-only, or no x86) the portable loops multiply counts and weights in plain int32, which LLVM
-vectorises as it can: slower, same result. Every path gives the same bits (exact int32 sums,
+row tile's planes are fetched once per block (see WEIGHT_BLOCK_BYTES). Without AVX2 the
+portable loops multiply counts and weights in plain int32, which LLVM vectorises as it can:
+slower, same result. Every path gives the same bits (exact int32 sums,
 one epilogue order).
 
 Zero-tile skipping (node attribute kernel = "skip_zero_tiles"): a tile is the R rows x `group`
@@ -67,13 +70,13 @@ MAX_COL_TILES = 4  # keeps N / (32 x 4) tasks to share out (12 at N = 1536)
 
 def integer_dot_instruction(features: list[str] | None = None) -> str:
     """'vnni512' (vpdpbusd on zmm), 'vnni' (vpdpbusd on ymm: AVX-VNNI or AVX-512 VNNI without
-    BW) or 'portable' for this CPU."""
+    BW), 'avx2' (vpmaddwd) or 'portable' for this CPU."""
     features = host_cpu_features()["features"] if features is None else features
     if "avx512vnni" in features and "avx512bw" in features:
         return "vnni512"
     if "avx512vnni" in features or "avxvnni" in features:
         return "vnni"
-    return "portable"
+    return "avx2" if "avx2" in features else "portable"
 
 
 def lanes(instruction: str) -> int:
@@ -150,14 +153,16 @@ def int8_kernel(rank: int, counts_dtype: str, k: int, n: int, group: int, has_bi
     dtype = {"i8": "int8", "i16": "int16"}[counts_dtype]
     may_be_wide = counts_dtype == "i16"  # i8 counts always fit a byte plane
     bias_shape = (n,) if has_bias else (1,)
-    vector = instruction != "portable"
-    per_tile = tile_panels(panels)
+    byte_dot = instruction in ("vnni512", "vnni")  # vpdpbusd on byte planes
+    word_dot = instruction == "avx2"  # vpmaddwd on 16-bit counts
+    # avx2: one panel per tile, so that its tile of pair sums (2 per column) stays on the stack
+    per_tile = 1 if word_dot else tile_panels(panels)
     cols = per_tile * PANEL  # columns of the register tile
     lane = lanes(instruction)
     per_panel = PANEL // lane  # accumulator vectors per row and panel
     quad_type = f"int8x{4 * lane}"  # one vector's quads of counts / weights
     plane = ROWS * k  # bytes of one plane of a row tile
-    assert ROWS * cols * 4 < STACK_BYTES, "the int32 tile must stay on the stack"
+    assert ROWS * cols * 4 * (2 if word_dot else 1) < STACK_BYTES, "the int32 tile must stay on the stack"
     col_tiles = panels // per_tile
     per_block = col_tiles_per_block(k, cols)
     blocks = -(-col_tiles // per_block)
@@ -185,7 +190,13 @@ def int8_kernel(rank: int, counts_dtype: str, k: int, n: int, group: int, has_bi
                         row = T.min(it * ROWS + r, m - 1)
                         live[it * groups + g] = T.bitwise_or(
                             live[it * groups + g], T.Cast("int32", A2[row, g * group + kk] != 0))
-        if vector:
+        if word_dot:  # per row tile, the counts as 16-bit values, read 4 (one int64) at a time
+            words = T.alloc_buffer((tiles * plane,), "int16")
+            words64 = T.decl_buffer((tiles * plane // 4,), "int64", data=words.data)
+            for it in T.parallel(tiles):
+                for r, kk in T.grid(ROWS, k):
+                    words[it * plane + r * k + kk] = T.Cast("int16", A2[T.min(it * ROWS + r, m - 1), kk])
+        if byte_dot:
             # per row tile, the counts as unsigned byte planes (n + 128, or a wide tile's
             # hi + 128 and lo; see the module docstring) and whether it is wide
             planes = T.alloc_buffer((tiles * 2 * plane,), "uint8")
@@ -212,6 +223,8 @@ def int8_kernel(rank: int, counts_dtype: str, k: int, n: int, group: int, has_bi
         for jb in T.parallel(blocks):
             # "global": on the stack (see STACK_BYTES), so the int32 tile lives in registers
             acc = T.alloc_buffer((ROWS * cols,), "int32", scope="global")
+            pair_sums = T.alloc_buffer((2 * ROWS * cols if word_dot else 1,), "int32", scope="global")
+            pair_spill = T.alloc_buffer((2 * ROWS * cols if word_dot else 1,), "int32", scope="global")
             ftile = T.alloc_buffer((ROWS * cols,), "float32", scope="global")
             # -128 x the column sums of W per group: the offset of the +128 planes, taken back
             # by starting the group's int32 sums there; computed with the first row tile,
@@ -224,7 +237,7 @@ def int8_kernel(rank: int, counts_dtype: str, k: int, n: int, group: int, has_bi
                     for r, c in T.grid(ROWS, cols):
                         ftile[r * cols + c] = T.float32(0)
                     for g in range(groups):
-                        if vector and it == 0:
+                        if byte_dot and it == 0:
                             for t in T.unroll(per_tile):
                                 for v in T.unroll(per_panel):
                                     colsum = T.alloc_buffer((lane,), "int32", scope="global")
@@ -238,7 +251,7 @@ def int8_kernel(rank: int, counts_dtype: str, k: int, n: int, group: int, has_bi
                                     for c in T.vectorized(lane):
                                         offset[(g * per_block + jt - jb * per_block) * cols + t * PANEL + v * lane + c] = colsum[c] * -128
                         if not skip_zero_tiles or live[it * groups + g] != 0:
-                            if vector:
+                            if byte_dot:
                                 for r in T.unroll(ROWS):
                                     for c in T.vectorized(cols):
                                         acc[r * cols + c] = offset[(g * per_block + jt - jb * per_block) * cols + c]
@@ -260,6 +273,26 @@ def int8_kernel(rank: int, counts_dtype: str, k: int, n: int, group: int, has_bi
                                                         T.reinterpret(quad_type, T.Broadcast(
                                                             planes32[(it * 2 + half) * plane // 4 + r * quads + q], lane)),
                                                         wv)
+                            elif word_dot:
+                                # lane j of a vpmaddwd: column j // 2 of the 4 in the weight
+                                # vector, its k pair j % 2; the pairs' sums add up at the end
+                                for r in T.unroll(2 * ROWS * cols // 8):
+                                    pair_sums[T.ramp(8 * r, 1, 8)] = T.Broadcast(0, 8)
+                                for q in range(g * quads_per_group,
+                                               T.min((g + 1) * quads_per_group, quads)):
+                                    for v in T.unroll(PANEL // 4):
+                                        wv = T.Cast("int16x16", W1[jt, q, T.ramp(v * 16, 1, 16)])
+                                        for r in T.unroll(ROWS):
+                                            at = 2 * r * cols + 8 * v
+                                            pair_sums[T.ramp(at, 1, 8)] = pair_sums[T.ramp(at, 1, 8)] + T.call_llvm_pure_intrin(
+                                                "int32x8", "llvm.x86.avx2.pmadd.wd", T.reinterpret("int16x16", T.Broadcast(
+                                                    words64[it * plane // 4 + r * quads + q], 4)), wv)
+                                # through memory: a strided read of pair_sums itself would
+                                # keep LLVM from holding it in registers
+                                for r in T.unroll(2 * ROWS * cols // 8):
+                                    pair_spill[T.ramp(8 * r, 1, 8)] = pair_sums[T.ramp(8 * r, 1, 8)]
+                                for c in T.vectorized(ROWS * cols):
+                                    acc[c] = pair_spill[2 * c] + pair_spill[2 * c + 1]
                             else:
                                 for r in T.unroll(ROWS):
                                     for c in T.vectorized(cols):

@@ -1,6 +1,6 @@
 """The spiking ops compiled for the CPU (sbc.compile) against the reference interpreter:
 SpikeEncode's counts exactly, trains exactly, SpikeMatMul through each integer instruction
-path (VNNI on zmm or ymm / portable), with row tiles of counts that fit a byte and wider ones,
+path (VNNI on zmm or ymm / AVX2 / portable), with row tiles of counts that fit a byte and wider ones,
 and its f32-weight form; the zmm kernel's int32 tile stays in registers."""
 
 from __future__ import annotations
@@ -69,6 +69,8 @@ def available_instructions() -> set[str]:
     found = {"portable", kernels.integer_dot_instruction(features)}
     if "avx512vnni" in features or "avxvnni" in features:
         found.add("vnni")
+    if "avx2" in features:
+        found.add("avx2")
     return found
 
 
@@ -88,7 +90,7 @@ def spike_counts(rng, shape: tuple, dtype: str) -> np.ndarray:
 # N = 48: three panels, one-panel (16-column) tiles; N = 160: two-panel tiles, five of them,
 # so that a task's block of column tiles (col_tiles_per_block) is short at the end
 @pytest.mark.parametrize("n_out", [48, 160])
-@pytest.mark.parametrize("instruction", ["vnni512", "vnni", "portable"])
+@pytest.mark.parametrize("instruction", ["vnni512", "vnni", "avx2", "portable"])
 @pytest.mark.parametrize("counts_dtype", ["i16", "i8"])
 def test_int8_spike_matmul_kernel(monkeypatch, instruction, counts_dtype, n_out):
     if instruction not in available_instructions():
