@@ -14,7 +14,7 @@ hi + 128 the offset byte: the tile's sums of the hi plane are shifted by 8 and t
 are added (two instructions per quad instead of one, still exact). A first parallel loop
 writes every row tile's planes (one byte per count, two for a wide tile) and whether it is
 wide. On ymm (AVX-VNNI, or AVX-512 VNNI without BW) the same runs 8 lanes wide. With AVX2
-only, `vpmaddwd` multiplies 16-bit counts (copied per row tile, read as one int64 per quad)
+only, `vpmaddwd` multiplies 16-bit counts (i8 ones widened first; one int64 per quad)
 by the sign-extended weights of 4 columns: lane j holds column j // 2's sum of k pair j % 2,
 and the two pair sums of each column are added after each group (a 6 x 16 tile). After each
 group of `group` channels the int32 tile is converted and added, times the group's weight
@@ -190,12 +190,15 @@ def int8_kernel(rank: int, counts_dtype: str, k: int, n: int, group: int, has_bi
                         row = T.min(it * ROWS + r, m - 1)
                         live[it * groups + g] = T.bitwise_or(
                             live[it * groups + g], T.Cast("int32", A2[row, g * group + kk] != 0))
-        if word_dot:  # per row tile, the counts as 16-bit values, read 4 (one int64) at a time
-            words = T.alloc_buffer((tiles * plane,), "int16")
-            words64 = T.decl_buffer((tiles * plane // 4,), "int64", data=words.data)
-            for it in T.parallel(tiles):
-                for r, kk in T.grid(ROWS, k):
-                    words[it * plane + r * k + kk] = T.Cast("int16", A2[T.min(it * ROWS + r, m - 1), kk])
+        if word_dot:  # the counts as 16-bit values, read 4 (one int64) at a time
+            if may_be_wide:  # i16: in place
+                words64 = T.decl_buffer((m, quads), "int64", data=A.data)
+            else:  # i8: widened once
+                words = T.alloc_buffer((m * k,), "int16")
+                words64 = T.decl_buffer((m, quads), "int64", data=words.data)
+                for i in T.parallel(m):
+                    for kk in range(k):
+                        words[i * k + kk] = T.Cast("int16", A2[i, kk])
         if byte_dot:
             # per row tile, the counts as unsigned byte planes (n + 128, or a wide tile's
             # hi + 128 and lo; see the module docstring) and whether it is wide
@@ -286,7 +289,7 @@ def int8_kernel(rank: int, counts_dtype: str, k: int, n: int, group: int, has_bi
                                             at = 2 * r * cols + 8 * v
                                             pair_sums[T.ramp(at, 1, 8)] = pair_sums[T.ramp(at, 1, 8)] + T.call_llvm_pure_intrin(
                                                 "int32x8", "llvm.x86.avx2.pmadd.wd", T.reinterpret("int16x16", T.Broadcast(
-                                                    words64[it * plane // 4 + r * quads + q], 4)), wv)
+                                                    words64[T.min(i0 + r, m - 1), q], 4)), wv)
                                 # through memory: a strided read of pair_sums itself would
                                 # keep LLVM from holding it in registers
                                 for r in T.unroll(2 * ROWS * cols // 8):
@@ -301,6 +304,8 @@ def int8_kernel(rank: int, counts_dtype: str, k: int, n: int, group: int, has_bi
                                 for q in range(g * quads_per_group,
                                                T.min((g + 1) * quads_per_group, quads)):
                                     for r, t in T.grid(ROWS, per_tile):
+                                        # one sum of the quad (4 separate updates of acc
+                                        # vectorise 2x slower)
                                         for c in T.vectorized(PANEL):
                                             acc[r * cols + t * PANEL + c] = acc[r * cols + t * PANEL + c] + (
                                                 T.Cast("int32", A2[T.min(i0 + r, m - 1), 4 * q]) * T.Cast("int32", W[jt * per_tile + t, q, c, 0])
