@@ -20,12 +20,15 @@ import numpy as np
 import tvm
 from tvm import relax, te, tirx
 
+from sbc.codegen.index_checks import CHECKED_OPS, IndexCheck, checked_axes, emit_assert, \
+    emit_index_check
 from sbc.codegen.lower import RULES, TVM_DTYPES, Ctx, Known
 from sbc.codegen import kernels  # noqa: F401  (registers the hand-written kernel lowerings)
 from sbc.codegen.schedule_cpu import SCHEDULED, schedule_cpu
 from sbc.codegen.target import SbcTarget, host_cpu_features, host_cpu_target, resolve
 from sbc.errors import CompileError, SbcError, UnsupportedError
 from sbc.ir import Graph, TensorType, Value, get_op
+from sbc.ir.assumptions import Assumption, collect, unique
 
 SUPPORTED_TARGETS = ("cpu", "cuda", "maca")
 OPAQUE = 8  # relax's OpPatternKind kOpaque: FuseOps leaves the kernel alone
@@ -46,6 +49,8 @@ class BuiltModule:
     params: dict[str, np.ndarray]
     target: dict = field(default_factory=dict)
     files: dict[str, bytes] = field(default_factory=dict)  # further artifact members (GPU code)
+    # relations between symbolic dims the kernels rely on, checked before every run
+    assumptions: list[Assumption] = field(default_factory=list)
 
 
 def build(graph: Graph, target: str = "cpu", programs: dict[str, Graph] | None = None,
@@ -78,7 +83,7 @@ def build(graph: Graph, target: str = "cpu", programs: dict[str, Graph] | None =
     except Exception as e:  # TVM's own errors are long C++ traces: chained, not in the message
         raise CompileError(_describe_failure(mod, tvm_target, kernels)) from e
     return _built(graph, executable, {"kind": "cpu", "tvm_target": str(tvm_target.export()),
-                                      **host_cpu_features()})
+                                      **host_cpu_features()}, programs=programs)
 
 
 def build_gpu(graph: Graph, programs: dict[str, Graph], target: SbcTarget) -> BuiltModule:
@@ -105,11 +110,13 @@ def build_gpu(graph: Graph, programs: dict[str, Graph], target: SbcTarget) -> Bu
         except Exception as e:
             raise device.failure(e) from e
     files = device.finish(mod)
-    return _built(graph, executable, {**target.manifest(), **device.manifest()}, files)
+    return _built(graph, executable, {**target.manifest(), **device.manifest()}, files, programs)
 
 
-def _built(graph: Graph, executable, target: dict, files: dict | None = None) -> BuiltModule:
+def _built(graph: Graph, executable, target: dict, files: dict | None = None,
+           programs: dict[str, Graph] | None = None) -> BuiltModule:
     """The BuiltModule of `graph` (main's signature and weights) around an executable."""
+    assumptions = unique([a for g in (programs or {"main": graph}).values() for a in collect(g)])
     return BuiltModule(
         executable=executable,
         inputs=[(v.name, v.type) for v in graph.inputs],
@@ -118,6 +125,7 @@ def _built(graph: Graph, executable, target: dict, files: dict | None = None) ->
         params={p.name: p.data for p in graph.params},
         target=target,
         files=files or {},
+        assumptions=assumptions,
     )
 
 
@@ -211,6 +219,7 @@ class _Lowerer:
         inputs = [self.relax_var(v) for v in g.inputs]
         params = [self.relax_var(p) for p in param_values]
         self.env.update({id(v): r for v, r in zip(g.inputs + param_values, inputs + params)})
+        self.checks = {}
         with self.bb.function(name, inputs + params):
             with self.bb.dataflow():
                 for node in g.nodes:
@@ -219,7 +228,25 @@ class _Lowerer:
                     self.lower(node)
                 outs = [self.value(v) for v in g.outputs]
                 result = self.bb.emit_output(relax.Tuple(outs))
+                checks = [self.check_outputs(c) for c in self.checks.values()]
+            for check in checks:  # asserts are impure: they go after the dataflow block
+                emit_assert(self.bb, check)
             self.bb.emit_func_output(result)
+
+    def index_check(self, node) -> None:
+        """A gather's bounds check (codegen.index_checks), shared by gathers of the same
+        indices along axes of the same size."""
+        data, indices = node.inputs
+        if is_empty(indices.shape):
+            return  # no index to check (the check kernel would divide by the 0 dim)
+        key = (id(indices), node.op, tuple(str(data.shape[a]) for a in checked_axes(node)))
+        if key not in self.checks:
+            self.checks[key] = emit_index_check(self.bb, node, self.value(data), self.value(indices))
+
+    def check_outputs(self, check: IndexCheck) -> IndexCheck:
+        """The check's values made visible outside the dataflow block."""
+        return IndexCheck(*(self.bb.emit_output(getattr(check, f)) for f in
+                            ("ok", "position", "index", "size")), check.message)
 
     def value(self, v: Value) -> relax.Expr:
         if id(v) not in self.env:  # a compile-time value needed at run time
@@ -228,10 +255,11 @@ class _Lowerer:
 
     def constant(self, v: Value) -> relax.Expr:
         dtype = TVM_DTYPES[v.dtype]
-        if v.data.dtype != object and v.data.size:
+        if not v.data.size:  # an empty constant does not survive the library's serialisation
+            return self.empty(v.data.shape, v.dtype)
+        if v.data.dtype != object:
             return self.bb.emit(relax.const(np.asarray(v.data, dtype=dtype), dtype))
-        # symbolic or empty values are computed by a kernel (an empty constant does not
-        # survive the library's serialisation)
+        # symbolic values are computed by a kernel
         flat = [self.ctx.expr(d) for d in v.data.reshape(-1)]
 
         def fill(flat):  # emit_te turns the shape vars in `flat` into kernel parameters
@@ -246,9 +274,26 @@ class _Lowerer:
             return te.compute([int(n) for n in v.data.shape], body, name="shape_value")
         return self.bb.emit_te(fill, flat)
 
+    def empty(self, shape, dtype: str) -> relax.Expr:
+        """A tensor with no elements (a dim of `shape` is 0), allocated without a kernel."""
+        return self.bb.emit(relax.op.builtin.alloc_tensor(
+            relax.ShapeExpr(self.ctx.shape(shape)), TVM_DTYPES[dtype], 0))
+
     def lower(self, node) -> None:
         if node.op == "Identity":  # an alias, not a copy
             self.env[id(node.outputs[0])] = self.value(node.inputs[0])
+            return
+        if all(is_empty(v.shape) for v in node.outputs):
+            # Nothing to compute, and no kernel must be made: TVM's RewriteDataflowReshape
+            # takes a kernel whose loops never run for a reshape (its reshape-pattern test
+            # holds vacuously, and 0 elements in = 0 out) and replaces it by relax's reshape,
+            # which reads a 0 in the new shape as "keep the input's dim": a Slice to [0, 0]
+            # became an undefined Var, an Expand of [0] to [3, 0] an IndexError. A rule may
+            # also divide by a 0 dim at compile time (Tile).
+            for v in node.outputs:
+                self.env[id(v)] = self.empty(v.shape, v.dtype)
+            if node.op in CHECKED_OPS:  # an out-of-range index still fails, as in onnxruntime
+                self.index_check(node)
             return
         rule = RULES[node.op]
         if rule.kernel:
@@ -288,6 +333,8 @@ class _Lowerer:
             raise CompileError(f"cannot lower {node.where()} for {self.where} ({type(e).__name__}); "
                                f"the cause is chained below") from e
         self.bind_outputs(node, out)
+        if node.op in CHECKED_OPS:
+            self.index_check(node)
 
     def lower_kernel(self, node, rule) -> None:
         """A hand-written PrimFunc: already scheduled, and opaque to fusion."""
@@ -310,6 +357,11 @@ class _Lowerer:
         else:
             for k, v in enumerate(node.outputs):
                 self.env[id(v)] = self.bb.emit(relax.TupleGetItem(out, k))
+
+
+def is_empty(shape) -> bool:
+    """Whether a tensor of `shape` has no elements whatever its symbolic dims are."""
+    return any(isinstance(d, (int, np.integer)) and d == 0 for d in shape)
 
 
 def _func_name(node) -> str:

@@ -139,6 +139,8 @@ def broadcast(ctx: Ctx, inputs, fn, name="elemwise"):
 
 
 def _cast(x, dtype):
+    if dtype == "bool" and _dtype_of(x) == "bool":  # a != 0 on i1 would be an LLVM fcmp
+        return x
     if dtype == "bool":  # NaN is truthy (NumPy); LLVM's ordered != would say False
         nonzero = x != tirx.const(0, x.dtype)
         return tirx.Or(nonzero, tirx.isnan(x)) if _is_float(x) else nonzero
@@ -154,21 +156,32 @@ def _is_float(e) -> bool:
     return "float" in _dtype_of(e)
 
 
-def _fmax(a, b):
-    """max as np.maximum: a NaN on either side wins (tirx.max drops a NaN first operand)."""
+def _fmax(a, b, keep_first=False):
+    """max as onnxruntime's Max (sbc.ir.ops.elementwise.extremum): a NaN on either side wins
+    (tirx.max drops a NaN first operand); of two equal values (0.0, -0.0) the second, or
+    with keep_first the first."""
     if not _is_float(a):
         return tirx.max(a, b)
-    return tirx.Select(tirx.Or(a > b, tirx.isnan(a)), a, b)
+    return tirx.Select(tirx.Or(a >= b if keep_first else a > b, tirx.isnan(a)), a, b)
 
 
-def _fmin(a, b):
-    """min as np.minimum (NaN-propagating)."""
+def _fmin(a, b, keep_first=False):
+    """min as onnxruntime's Min (NaN-propagating; ties as in _fmax)."""
     if not _is_float(a):
         return tirx.min(a, b)
-    return tirx.Select(tirx.Or(a < b, tirx.isnan(a)), a, b)
+    return tirx.Select(tirx.Or(a <= b if keep_first else a < b, tirx.isnan(a)), a, b)
 
 
 # -- elementwise ---------------------------------------------------------------------------------
+
+def _tanh(x):
+    """tanh; TVM's formula, (e^2x - 1) / (e^2x + 1), cancels near 0 (it gives +0.0 for
+    -1e-8): there the series x - x^3/3 + 2x^5/15 is exact to float rounding."""
+    small = tirx.abs(x) < tirx.const(0.01, x.dtype)
+    x2 = x * x
+    series = x * (tirx.const(1, x.dtype) - x2 * (tirx.const(1 / 3, x.dtype) - x2 * tirx.const(2 / 15, x.dtype)))
+    return tirx.Select(small, series, tirx.tanh(x))
+
 
 def _sigmoid(x):
     return tirx.const(1, x.dtype) / (tirx.const(1, x.dtype) + tirx.exp(-x))
@@ -195,7 +208,7 @@ def _erf(x, dtype=None):
 
 UNARY: dict[str, Callable] = {
     "Abs": tirx.abs, "Neg": lambda x: -x, "Sqrt": tirx.sqrt, "Exp": tirx.exp, "Log": tirx.log,
-    "Sin": tirx.sin, "Cos": tirx.cos, "Tanh": tirx.tanh, "Sigmoid": _sigmoid,
+    "Sin": tirx.sin, "Cos": tirx.cos, "Tanh": _tanh, "Sigmoid": _sigmoid,
     "Reciprocal": lambda x: tirx.const(1, x.dtype) / x, "Floor": tirx.floor, "Ceil": tirx.ceil,
     # ONNX Round is half-to-even: nearbyint in the default rounding mode (tirx.round is not)
     "Round": tirx.nearbyint, "Sign": _sign, "Relu": lambda x: tirx.Select(x < tirx.const(0, x.dtype), tirx.const(0, x.dtype), x),  # NaN stays
@@ -269,8 +282,21 @@ def _pow(a, b, dt):
     return tirx.power(a.astype("float64"), b.astype("float64")).astype(dt)
 
 
+def _wrapping(op):
+    """a op b as onnxruntime computes it: signed integers wrap around. TVM emits signed
+    arithmetic with LLVM's no-overflow flag, which lets LLVM assume it never wraps (it folds
+    `a * b != 0` to `a != 0 && b != 0`): compute in the unsigned type, where it wraps."""
+    def fn(a, b, dt):
+        if not dt.startswith("int"):
+            return op(a, b)
+        unsigned = "u" + dt
+        return op(a.astype(unsigned), b.astype(unsigned)).astype(dt)
+    return fn
+
+
 BINARY = {
-    "Add": lambda a, b, dt: a + b, "Sub": lambda a, b, dt: a - b, "Mul": lambda a, b, dt: a * b,
+    "Add": _wrapping(lambda a, b: a + b), "Sub": _wrapping(lambda a, b: a - b),
+    "Mul": _wrapping(lambda a, b: a * b),
     "Div": _div, "Pow": _pow,
     "Equal": lambda a, b, dt: a == b, "Less": lambda a, b, dt: a < b,
     "LessOrEqual": lambda a, b, dt: a <= b, "Greater": lambda a, b, dt: a > b,
@@ -289,10 +315,16 @@ def _binary(ctx, node, a, b):
     if dt == "bool" and node.op in COMPARISONS:  # TVM's LLVM codegen emits fcmp for bool operands
         compare = fn
         fn = lambda x, y, dt: compare(x.astype("int8"), y.astype("int8"), "int8")  # noqa: E731
-    exponent = node.inputs[1].data
-    if node.op == "Pow" and exponent is not None and exponent.size == 1 and float(exponent) == 2.0:
+    if node.op == "Pow" and "float" in dt and _is_two(node.inputs[1].data):
         fn = lambda x, y, dt: x * x  # noqa: E731  (RMSNorm's x^2: a multiply, not powf)
     return broadcast(ctx, [a, b], lambda x, y: fn(x, y, dt), node.op.lower())
+
+
+def _is_two(value) -> bool:
+    """A known exponent that is one 2 (of any shape, e.g. [1]); not a symbolic dim. Integer
+    bases keep pow: onnxruntime's integer Pow rounds through double, x * x would wrap."""
+    return (value is not None and value.size == 1 and value.dtype != object
+            and float(value.reshape(-1)[0]) == 2.0)
 
 
 @lowering("Mod")
@@ -303,7 +335,9 @@ def _mod_rule(ctx, node, a, b):
 
 @lowering("Max", "Min", "Sum", "Mean")
 def _variadic(ctx, node, *xs):
-    combine = {"Max": _fmax, "Min": _fmin, "Sum": lambda a, b: a + b, "Mean": lambda a, b: a + b}[node.op]
+    first = ctx.out_dtype() == "float16"  # onnxruntime's float16 Max/Min keep the first of equals
+    combine = {"Max": lambda a, b: _fmax(a, b, first), "Min": lambda a, b: _fmin(a, b, first),
+               "Sum": lambda a, b: a + b, "Mean": lambda a, b: a + b}[node.op]
 
     def fn(*vals):
         out = vals[0]
@@ -322,12 +356,16 @@ def _where(ctx, node, c, x, y):
 
 @lowering("Clip")
 def _clip(ctx, node, x, lo=None, hi=None):
+    """As onnxruntime (and the reference): lo where x < lo, then hi where hi < x; a NaN x
+    stays NaN, a NaN bound clamps nothing, a value equal to a bound keeps its sign of zero."""
     def fn(v, *bounds):
         it = iter(bounds)
         if lo is not None:
-            v = _fmax(v, next(it))
+            b = next(it)
+            v = tirx.Select(v < b, b, v)
         if hi is not None:
-            v = _fmin(v, next(it))
+            b = next(it)
+            v = tirx.Select(b < v, b, v)
         return v
     bounds = [t for t in (lo, hi) if t is not None]
     return te.compute(x.shape, lambda *i: fn(x[i], *[t() if not t.shape else t[0] for t in bounds]),
@@ -475,7 +513,11 @@ def _reduce_rule(ctx, node, x, axes=None):
     finish = None
     if op == "ReduceMean":
         dt = ctx.out_dtype()
-        finish = lambda v: _div(v, _as_expr(count).astype(dt), dt)  # noqa: E731  (ints truncate)
+        # the mean of nothing is 0 as in onnxruntime (1.31, floats and ints): the empty sum
+        # over at least 1, never a division by 0 (TVM refuses a constant one at compile time).
+        # ONNX's reference implementation (NumPy) gives NaN, and the lowest int for ints.
+        count = tirx.max(_as_expr(count), tirx.IntImm("int64", 1))
+        finish = lambda v: _div(v, count.astype(dt), dt)  # noqa: E731  (ints truncate)
     elif op == "ReduceL2":
         dt = ctx.out_dtype()
         # NumPy takes an integer sum's sqrt in float64, then truncates back
@@ -488,13 +530,17 @@ def _as_expr(v):
 
 
 def _logsumexp(x, axes, keep):
+    """log(sum(exp(x - m))) + m with m the row's max, or 0 where that max is infinite (a row
+    holding +inf, a row of -inf, an empty row): inf - inf would be NaN, where ONNX says +inf,
+    -inf and -inf."""
     rank = len(x.shape)
     mx = _reduce(x, axes, True, _te_max, name="lse_max")
     zero = tirx.IntImm("int64", 0)
 
     def mx_at(idx):
-        return mx[tuple(zero if d in axes else i for d, i in
-                        zip(range(rank), _source_index(idx, axes, keep, rank, [zero] * len(axes))))]
+        m = mx[tuple(zero if d in axes else i for d, i in
+                     zip(range(rank), _source_index(idx, axes, keep, rank, [zero] * len(axes))))]
+        return tirx.Select(tirx.isinf(m), tirx.const(0, x.dtype), m)
 
     raxes = [te.reduce_axis((0, x.shape[a]), name=f"r{a}") for a in axes]
     out_shape = [1 if d in axes else s for d, s in enumerate(x.shape) if keep or d not in axes]
@@ -517,8 +563,8 @@ def _extreme(t, sign):
 _te_max = te.comm_reducer(lambda a, b: tirx.max(a, b), lambda t: _extreme(t, -1), name="max")
 _te_min = te.comm_reducer(lambda a, b: tirx.min(a, b), lambda t: _extreme(t, +1), name="min")
 # ReduceMax/Min propagate NaN like np.max; softmax's internal max need not (NaN spreads anyway)
-_te_nanmax = te.comm_reducer(_fmax, lambda t: _extreme(t, -1), name="nanmax")
-_te_nanmin = te.comm_reducer(_fmin, lambda t: _extreme(t, +1), name="nanmin")
+_te_nanmax = te.comm_reducer(lambda a, b: _fmax(a, b), lambda t: _extreme(t, -1), name="nanmax")
+_te_nanmin = te.comm_reducer(lambda a, b: _fmin(a, b), lambda t: _extreme(t, +1), name="nanmin")
 
 
 @lowering("ArgMax", "ArgMin")
@@ -528,11 +574,18 @@ def _argminmax(ctx, node, x):
     last = node.attrs["select_last_index"]
     is_max = node.op == "ArgMax"
     r = te.reduce_axis((0, x.shape[axis]), name="r")
+    nan_wins = "float" in str(x.dtype)  # as np.argmax / np.argmin: a NaN is the extreme
 
     def fcombine(a, b):
         better = (b[1] > a[1]) if is_max else (b[1] < a[1])
         tie = b[1] == a[1]
-        pick_b = tirx.Or(better, tirx.And(tie, (b[0] > a[0]) if last else (b[0] < a[0])))
+        if nan_wins:
+            better = tirx.Or(better, tirx.And(tirx.isnan(b[1]), tirx.Not(tirx.isnan(a[1]))))
+            tie = tirx.Or(tie, tirx.And(tirx.isnan(b[1]), tirx.isnan(a[1])))
+        # the identity (index -1) loses to any element: a row of -inf (or of the lowest
+        # integer) is no better than the identity's value, and must not answer -1
+        pick_b = tirx.Or(tirx.Or(a[0] < tirx.IntImm("int64", 0), better),
+                         tirx.And(tie, (b[0] > a[0]) if last else (b[0] < a[0])))
         return tirx.Select(pick_b, b[0], a[0]), tirx.Select(pick_b, b[1], a[1])
 
     def fidentity(t0, t1):
@@ -558,12 +611,45 @@ def _argminmax(ctx, node, x):
 
 @lowering("CumSum", known=(1,))
 def _cumsum(ctx, node, x, axis):
-    """TOPI's scan: a serial loop along the axis, parallel across the others (linear in T)."""
+    """A scan: a serial loop along the axis, parallel across the others (linear in T)."""
     axis = int(axis.array.reshape(-1)[0]) % len(x.shape)
-    exclusive, reverse = bool(node.attrs["exclusive"]), bool(node.attrs["reverse"])
-    src = topi.flip(x, axis) if reverse else x
-    out = topi.cumsum(src, axis=axis, dtype=x.dtype, exclusive=exclusive)
-    return topi.flip(out, axis) if reverse else out
+    return _scan_sum(x, axis, bool(node.attrs["exclusive"]), bool(node.attrs["reverse"]))
+
+
+def _scan_sum(x, axis, exclusive, reverse):
+    """topi.cumsum's loops, reversed in place (not between two flips: their intermediate
+    buffer's size was computed dividing by the axis length, SIGFPE for a symbolic axis of 0),
+    and with no rows when the axis is empty: TOPI writes each row's first entry
+    unconditionally, out of bounds when a symbolic axis is 0 at run time."""
+    from tvm.script.ir_builder import IRBuilder
+    from tvm.script.ir_builder import tirx as T
+    one = tirx.IntImm("int64", 1)
+    shape, length = list(x.shape), x.shape[axis]
+    after = one
+    for d in shape[axis + 1:]:
+        after = after * d
+    rows = one
+    for d in shape[:axis]:
+        rows = rows * d
+    rows = rows * after * tirx.min(length, one)
+
+    def gen_ir(data_buf, out_buf):
+        with IRBuilder() as ib:
+            data, out = T.buffer_proxy(data_buf), T.buffer_proxy(out_buf)
+            with T.parallel(0, rows) as fused:
+                base = fused // after * length * after + fused % after
+
+                def at(k):  # the row's k-th entry in scan order
+                    return base + ((length - one - k) if reverse else k) * after
+                out[at(0)] = tirx.const(0, x.dtype) if exclusive else data[at(0)]
+                with T.serial(0, length - one) as k:
+                    cur, prev = at(k + one), at(k)
+                    out[cur] = out[prev] + data[prev if exclusive else cur]
+        return ib.get()
+
+    return te.extern([shape], [x], lambda ins, outs: gen_ir(ins[0], outs[0]), dtype=x.dtype,
+                     out_buffers=[tirx.decl_buffer(shape, x.dtype, "out_buf")], name="cumsum",
+                     tag="cumsum")
 
 
 @lowering("Softmax", "LogSoftmax")
@@ -730,6 +816,16 @@ def _wrap(idx, dim):
     return tirx.Select(idx < tirx.IntImm("int64", 0), idx + dim, idx)
 
 
+def _guarded_read(x, index, axes_dims):
+    """x[index], or 0 where an index along `axes_dims` ({axis: dim}) is out of range: a bad
+    index never reads outside x (the run-time check of codegen.index_checks reports it)."""
+    inside = [tirx.And(index[a] >= 0, index[a] < d) for a, d in axes_dims.items()]
+    cond = inside[0]
+    for c in inside[1:]:
+        cond = tirx.And(cond, c)
+    return tirx.if_then_else(cond, x[tuple(index)], tirx.const(0, x.dtype))
+
+
 @lowering("Gather")
 def _gather(ctx, node, x, indices):
     axis = node.attrs["axis"] % len(x.shape)
@@ -737,7 +833,7 @@ def _gather(ctx, node, x, indices):
 
     def body(*i):
         idx = _wrap(indices[tuple(i[axis:axis + q])] if q else indices(), x.shape[axis])
-        return x[tuple(list(i[:axis]) + [idx] + list(i[axis + q:]))]
+        return _guarded_read(x, list(i[:axis]) + [idx] + list(i[axis + q:]), {axis: x.shape[axis]})
     return te.compute(ctx.out_shape(), body, name="gather")
 
 
@@ -748,7 +844,8 @@ def _gather_elements(ctx, node, x, indices):
     def body(*i):
         idx = list(i)
         idx[axis] = _wrap(indices[i], x.shape[axis])
-        return x[tuple(idx)]
+        # the indices may also be larger than data on the other axes: guard every axis
+        return _guarded_read(x, idx, dict(enumerate(x.shape)))
     return te.compute(ctx.out_shape(), body, name="gather_elements")
 
 
@@ -761,7 +858,8 @@ def _gather_nd(ctx, node, x, indices):
     def body(*i):
         lead = list(i[:q - 1])
         picked = [_wrap(indices[tuple(lead + [tirx.IntImm("int64", k)])], x.shape[b + k]) for k in range(last)]
-        return x[tuple(list(i[:b]) + picked + list(i[q - 1:]))]
+        return _guarded_read(x, list(i[:b]) + picked + list(i[q - 1:]),
+                             {b + k: x.shape[b + k] for k in range(last)})
     return te.compute(ctx.out_shape(), body, name="gather_nd")
 
 
@@ -795,20 +893,22 @@ def _trilu(ctx, node, x, k=None):
 
 @lowering("Pad", known=(1, 3))
 def _pad(ctx, node, x, pads, value=None, axes=None):
-    from sbc.ir.ops.shape import _pad_widths
+    """Output index i reads x at i - before. Negative pads crop first (as in onnxruntime):
+    edge and reflect fold that index into the range [lo, lo + kept) left by cropping.
+    Inference has made sure that range holds what the mode needs (sbc.ir.ops.shape.pad)."""
+    from sbc.ir.ops.shape import _pad_widths, pad_crop, pad_kept
     rank = len(x.shape)
     widths = _pad_widths(node, rank)
-    before = [ctx.expr(widths.get(d, (0, 0))[0]) for d in range(rank)]
     mode = node.attrs["mode"]
+    spans = []  # per axis: (before, lo, kept)
+    for d, dim in enumerate(node.inputs[0].shape):
+        b, a = widths.get(d, (0, 0))
+        spans.append((ctx.expr(b), ctx.expr(pad_crop(b)), ctx.expr(pad_kept(dim, b, a))))
 
     def body(*i):
-        src = [i[d] - before[d] for d in range(rank)]
-        if mode == "edge":
-            src = [tirx.max(tirx.min(s, x.shape[d] - 1), tirx.IntImm("int64", 0)) for d, s in enumerate(src)]
-            return x[tuple(src)]
-        if mode == "reflect":
-            src = [_reflect(s, x.shape[d]) for d, s in enumerate(src)]
-            return x[tuple(src)]
+        src = [i[d] - b for d, (b, _, _) in enumerate(spans)]
+        if mode != "constant":
+            return x[tuple(lo + _FOLD[mode](s - lo, n) for s, (_, lo, n) in zip(src, spans))]
         inside = None
         for d, s in enumerate(src):
             cond = tirx.And(s >= tirx.IntImm("int64", 0), s < x.shape[d])
@@ -819,7 +919,16 @@ def _pad(ctx, node, x, pads, value=None, axes=None):
     return te.compute(ctx.out_shape(), body, name="pad")
 
 
+def _edge(s, n):
+    return tirx.max(tirx.min(s, n - 1), tirx.IntImm("int64", 0))
+
+
 def _reflect(s, n):
-    period = 2 * n - 2
+    """s reflected into [0, n) without repeating the ends. The period is kept >= 1 so that a
+    kernel run with an axis too short (which the run-time checks refuse) cannot divide by 0."""
+    period = tirx.max(2 * n - 2, tirx.IntImm("int64", 1))
     m = tirx.floormod(s, period)
     return tirx.Select(m < n, m, period - m)
+
+
+_FOLD = {"edge": _edge, "reflect": _reflect}

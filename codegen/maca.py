@@ -15,7 +15,8 @@ memory), then:
                    TVM reorders, and launch extents); with the device PrimFuncs' parameter
                    types this is TVM's function-info table plus the launch geometry
   host_program     the Relax functions ("main", "prefill") as a list of steps: call_tir of a
-                   PrimFunc, reshape (a view), tuple items, constants
+                   PrimFunc, reshape (a view), tuple items, constants, checks (an assert
+                   on a bool scalar, with the message its format arguments fill in)
   package          artifact members maca/kernels.maca, maca/launches.json, maca/build.sh,
                    maca/constants.npz, and maca/kernels.bin when the SDK's mxcc is present
 
@@ -390,6 +391,10 @@ def _relax_function(func, launches: dict, constants: dict) -> dict:
                 steps.append({"call": callee, "args": [ref(a) for a in value.args[1].fields],
                               "outputs": outs, "tir_vars": tir_vars, "name": name})
                 ids.add(b.var, {"value": name})
+            elif _is_assert(value):  # an index check (codegen.index_checks)
+                condition, message, *args = value.args  # as relax.run.assert_op takes them
+                steps.append({"check": ref(condition), "args": [ref(a) for a in args],
+                              "message": str(message.value)})
             elif op == "relax.reshape":
                 steps.append({"view": name, "of": ref(value.args[0]), "shape": _shape(b.var)})
                 ids.add(b.var, {"value": name})
@@ -403,6 +408,13 @@ def _relax_function(func, launches: dict, constants: dict) -> dict:
                 raise CompileError(f"the MACA host program cannot run Relax "
                                    f"{getattr(value, 'op', type(value).__name__)} (binding {name})")
     return {"params": params, "steps": steps, "output": ref(func.body.body)}
+
+
+def _is_assert(value) -> bool:
+    """The call Relax's assert_op is legalized to."""
+    from tvm import relax
+    return isinstance(value, relax.Call) and isinstance(value.op, relax.ExternFunc) \
+        and str(value.op.global_symbol) == "relax.run.assert_op"
 
 
 def _name(var) -> str:

@@ -89,7 +89,7 @@ def schedule_func(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
         snapshot = sch.copy()
         try:
             _row_reduction(sch, blocks)
-            return sch.mod["main"]
+            return _hoist_inits(sch).mod["main"]
         except Exception as e:  # undo, schedule block by block
             log.debug("row reduction failed: %s", e)
             sch = snapshot
@@ -103,7 +103,35 @@ def schedule_func(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
             except Exception as e:  # the rule does not fit this block: undo, try the next
                 log.debug("rule %s failed on block %s: %s", rule.__name__, name, e)
                 sch = snapshot
-    return sch.mod["main"]
+    return _hoist_inits(sch).mod["main"]
+
+
+def _hoist_inits(sch):
+    """Move each reduction's init out of its reduction loops. TIR runs a block's init at the
+    first reduction step, so over an empty axis (a symbolic dim fed 0, a slice emptied it)
+    there is none and the output would be left uninitialised; before the loops it always
+    runs, and the reduction over nothing gives the identity, as ONNX says."""
+    for realize in _reductions(sch.mod["main"]):
+        block = sch.get_sblock(realize.block.name_hint)
+        reduce_vars = {v.name for iv, value in zip(realize.block.iter_vars, realize.iter_values)
+                       if iv.iter_type == tirx.IterVar.CommReduce for v in _vars(value)}
+        loop = next((lp for lp in sch.get_loops(block) if sch.get(lp).loop_var.name in reduce_vars), None)
+        if loop is not None:
+            _try(sch.decompose_reduction, block, loop)
+    return sch
+
+
+def _reductions(func) -> list:
+    """The SBlockRealizes of the blocks that still have an init."""
+    found = []
+    tvm_ffi.structural_walk(func.body, (s_tir.SBlockRealize, found.append))
+    return [r for r in found if r.block.init is not None]
+
+
+def _vars(expr) -> list:
+    found = []
+    tvm_ffi.structural_walk(expr, (tirx.Var, found.append))
+    return found
 
 
 def _block_info(sch, name):
@@ -114,11 +142,25 @@ def _block_info(sch, name):
 def _inline_injective(sch) -> None:
     """Inline data-parallel producers into consumers, then epilogues into their producers."""
     for info in reversed(normalize_prim_func(sch) or []):
-        if info.is_injective() and not _is_output(sch, info.block_rv):
+        if _injective(info) and not _is_output(sch, info.block_rv):
             _try(sch.compute_inline, info.block_rv)
     for info in normalize_prim_func(sch) or []:
-        if info.is_injective():
+        if _injective(info) and not _reads_reduction(sch, info.block_rv):
             _try(sch.reverse_compute_inline, info.block_rv)
+
+
+def _injective(info) -> bool:
+    """Every iterator data-parallel and no reduction init. NormalizePrimFunc drops unit loops,
+    so a reduction over length-1 axes (a mean over a dim of 1, a matmul with K = 1) has only
+    "S" iterators but keeps its init and reads what it writes: not elementwise."""
+    return info.is_injective() and not info.is_reduction()
+
+
+def _reads_reduction(sch, block) -> bool:
+    """A producer of `block` has a reduction init. TVM refuses to inline an epilogue into a
+    reduction, except into one left with no reduction loop (see _injective): there it applies
+    the epilogue to both the init and the update, exp(exp(0) + x) for Exp(ReduceMean(x))."""
+    return any(sch.get(p).init is not None for p in sch.get_producers(block))
 
 
 def _try(primitive, *args) -> bool:
@@ -320,7 +362,7 @@ def _spatial(sch, info) -> bool:
     math per row, not per element: fusing a symbolic extent costs an int64 div/mod per
     element); otherwise everything is fused and split by the vector width (TVM predicates the
     last chunk)."""
-    if not info.is_injective():
+    if not _injective(info):
         return False
     loops = sch.get_loops(info.block_rv)
     inner = _static(info.iters[-1].dom)
@@ -354,7 +396,7 @@ def _row_reduction_fits(sch, blocks) -> bool:
     blocks around them (norms, softmax, the spike encoder), no matmul, the last block
     injective, and every block touching only its own row of the buffers the kernel writes
     (so rows are independent: in parallel they cannot race)."""
-    if len(blocks) < 2 or all(b.is_injective() for b in blocks) or not blocks[-1].is_injective():
+    if len(blocks) < 2 or all(_injective(b) for b in blocks) or not _injective(blocks[-1]):
         return False
     if any(_is_matmul(sch, b) for b in blocks):
         return False
@@ -397,7 +439,7 @@ def _row_reduction(sch, blocks) -> None:
     for info in blocks[1:]:
         sch.reverse_compute_at(info.block_rv, rows, preserve_unit_loops=True)
     for info in blocks:
-        if info.is_injective() and _vectorizable(sch.get(info.block_rv)):
+        if _injective(info) and _vectorizable(sch.get(info.block_rv)):
             _vectorize_inner(sch, info.block_rv)
         # else the loop stays whole: TVM would vectorise it lane by lane (scalar calls and a
         # scatter store, 2x slower for the encoder's nearbyint); LLVM's loop vectoriser does

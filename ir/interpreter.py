@@ -10,6 +10,7 @@ from typing import Callable
 
 import numpy as np
 
+from sbc.errors import InputError
 from sbc.ir.dims import concretize
 from sbc.ir.graph import Graph, Node
 from sbc.ir.registry import as_list, get_op
@@ -42,7 +43,10 @@ def run_node(node: Node, args: list, env: dict[str, int]) -> list[np.ndarray]:
     if opdef is None or opdef.ref is None:
         raise InterpreterError(f"{node.where()}: no reference implementation")
     attrs = {k: concretize(v, env) for k, v in node.attrs.items()}
-    outs = [np.asarray(o) for o in as_list(opdef.ref(attrs, *args))]
+    try:
+        outs = [np.asarray(o) for o in as_list(opdef.ref(attrs, *args))]
+    except InputError as e:  # a bad input value (an index out of range): name the node
+        raise InputError(f"{node.where()}: {e}") from None
     for v, o in zip(node.outputs, outs):
         if o.dtype != numpy_dtype(v.dtype):
             raise InterpreterError(f"{node.where()}: reference returned {o.dtype} for "

@@ -99,12 +99,13 @@ class SignatureError(InputError):
     """Arrays given for a graph's inputs do not match its signature."""
 
 
-def bind_symbols(expected: list[tuple[str, TensorType]], arrays: dict[str, np.ndarray]
-                 ) -> dict[str, int]:
+def bind_symbols(expected: list[tuple[str, TensorType]], arrays: dict[str, np.ndarray],
+                 assumptions=()) -> dict[str, int]:
     """Check arrays against named input types; return the value of each symbolic dim.
 
     Raises SignatureError naming the input and what was expected, for wrong names, dtypes,
-    ranks or shapes (including two inputs disagreeing on the same symbol).
+    ranks or shapes (including two inputs disagreeing on the same symbol), or sizes that break
+    one of `assumptions` (sbc.ir.assumptions: relations the compiled code relies on).
     """
     from sbc.ir.dims import evaluate
     names = [n for n, _ in expected]
@@ -113,11 +114,14 @@ def bind_symbols(expected: list[tuple[str, TensorType]], arrays: dict[str, np.nd
     if missing or extra:
         raise SignatureError(f"inputs must be {names}; missing {missing}, unexpected {extra}")
     env: dict[str, int] = {}
+    bound_by: dict[str, str] = {}
     for name, t in expected:  # single-symbol dims bind first, then everything is checked
-        for d, n in zip(t.shape, np.shape(arrays[name])):
+        for axis, (d, n) in enumerate(zip(t.shape, np.shape(arrays[name]))):
             if isinstance(d, Sym) and len(d.terms) == 1 and list(d.terms.items())[0][1] == 1 \
                     and len(next(iter(d.terms))) == 1:
-                env.setdefault(next(iter(d.terms))[0], n)
+                symbol = next(iter(d.terms))[0]
+                if symbol not in env:
+                    env[symbol], bound_by[symbol] = n, f"input '{name}' axis {axis}"
     for name, t in expected:
         a = arrays[name]
         try:
@@ -138,4 +142,7 @@ def bind_symbols(expected: list[tuple[str, TensorType]], arrays: dict[str, np.nd
             raise SignatureError(f"input '{name}' must have shape {dims_str(t.shape)}"
                                  f"{' with ' + binding if binding else ''}, "
                                  f"got {tuple(np.shape(a))}")
+    if assumptions:
+        from sbc.ir.assumptions import check
+        check(assumptions, env, bound_by)
     return env

@@ -4,7 +4,10 @@
                     TVM target, host CPU name/arch/features), inputs/outputs (dtype and dims as
                     strings, symbolic ones by name), param_names, weights (dtype, shape, offset
                     and size of each parameter in weights.bin), ops, source model (name,
-                    sha256) and files: the sha256 and size of every other member
+                    sha256), files: the sha256 and size of every other member, and
+                    manifest_sha256: the sha256 of the manifest itself (its canonical JSON
+                    without this field), so an edited manifest (swapped weight offsets, a
+                    changed signature) is refused like a corrupt member
     lib.so          the TVM-compiled library (relax VM executable; for cuda its host code)
     weights.bin     the parameters' raw bytes, each 64-byte aligned, in param_names order
     cuda/...        cuda: kernels.cu (the CUDA source) and kernels.fatbin (nvcc's SASS + PTX)
@@ -12,10 +15,16 @@
                     kernels.bin once built with mxcc (see codegen.maca); no lib.so
 
 Writing is atomic (temp file in the destination directory, fsync, rename): an interrupted or
-failed write leaves neither a partial artifact nor a temp file. Reading checks the zip, the
-manifest's format and version and every member's checksum before anything is used; whether the
-target can run here is checked separately (`check_runnable`), so `sbc inspect` can still
-describe an artifact built for another machine. Nothing here imports TVM.
+failed write leaves neither a partial artifact nor a temp file. A destination that exists but is
+not a regular file (a FIFO, /dev/null, a directory) is refused: the rename would replace it.
+Reading checks the zip, the manifest's format, version and checksum and every member's checksum
+before anything is used; whether the target can run here is checked separately
+(`check_runnable`), so `sbc inspect` can still describe an artifact built for another machine.
+Nothing here imports TVM.
+
+An artifact is code: loading it runs its compiled library. The checksums catch corruption, not
+tampering (whoever edits a file can recompute them); `read_artifact(path, sha256=...)` checks
+the whole file against a digest obtained from a trusted source before reading anything from it.
 """
 
 from __future__ import annotations
@@ -23,7 +32,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import secrets
+import stat
 import time
 import zipfile
 from contextlib import contextmanager
@@ -37,10 +47,11 @@ from sbc.ir.dims import SymbolicError, parse_dim
 from sbc.ir.types import DTYPES, TensorType, dtype_of
 
 FORMAT = "sbc-artifact"
-FORMAT_VERSION = 2  # 2: raw weights.bin + table (was weights.npz)
+FORMAT_VERSION = 3  # 2: raw weights.bin + table (was weights.npz); 3: manifest_sha256
 LIBRARY, WEIGHTS, MANIFEST = "lib.so", "weights.bin", "manifest.json"
 ALIGN = 64  # weights start on cache-line boundaries so frombuffer views are well aligned
-REQUIRED_KEYS = ("target", "inputs", "outputs", "param_names", "weights", "files")
+CHECKSUM_KEY = "manifest_sha256"  # the manifest's own checksum (see manifest_digest)
+REQUIRED_KEYS = ("target", "inputs", "outputs", "param_names", "weights", "files", CHECKSUM_KEY)
 
 
 # -- signatures ------------------------------------------------------------------------------
@@ -66,14 +77,12 @@ def atomic_path(path: str | os.PathLike):
 
     The temp file lives in the destination directory so the final os.replace is a rename on
     one file system (atomic); readers see the old file or the complete new one, never a part.
+    It is created like any new file (mode 0666 less the umask), not 0600 as mkstemp would.
     """
     path = os.fspath(path)
+    check_output_path(path)
     directory = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".sbc-partial-", dir=directory)
-    except OSError as e:  # name the file the user asked for, not the temp name
-        raise type(e)(e.errno, e.strerror, path) from None
-    os.close(fd)
+    tmp = _create_temp(directory, path)
     try:
         yield tmp
         with open(tmp, "rb+") as f:
@@ -83,6 +92,35 @@ def atomic_path(path: str | os.PathLike):
     finally:
         if os.path.exists(tmp):  # failed or interrupted (KeyboardInterrupt included)
             os.unlink(tmp)
+
+
+def check_output_path(path: str | os.PathLike) -> None:
+    """Refuse a destination that exists but is not a regular file: renaming a finished temp
+    file over a FIFO, a device (/dev/null) or a directory would replace it."""
+    path = os.fspath(path)
+    try:
+        mode = os.stat(path).st_mode  # follows symlinks: a link to /dev/null is refused too
+    except OSError:
+        return  # missing (the usual case) or unreadable: creating the file will tell
+    if not stat.S_ISREG(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else \
+            "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file"
+        raise InputError(f"{path}: is {kind}; sbc writes a complete file and renames it into "
+                         f"place, which would replace it: give a regular file path")
+
+
+def _create_temp(directory: str, path: str) -> str:
+    """A new, empty, uniquely named file in `directory` (O_EXCL: never someone else's)."""
+    for _ in range(100):
+        tmp = os.path.join(directory, f".sbc-partial-{secrets.token_hex(6)}")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+        except OSError as e:  # name the file the user asked for, not the temp name
+            raise type(e)(e.errno, e.strerror, path) from None
+    raise FileExistsError(f"{directory}: could not create a temporary file")
 
 
 def _fsync_dir(directory: str) -> None:
@@ -144,12 +182,28 @@ def write_artifact(path: str | os.PathLike, library: bytes | None, params: dict[
                     created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), weights=table,
                     files={n: {"sha256": hashlib.sha256(b).hexdigest(), "size": len(b)}
                            for n, b in members.items()})
+    manifest = seal_manifest(manifest)
     with atomic_path(path) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as z:
             z.writestr(MANIFEST, json.dumps(manifest, indent=2))
             for name, data in members.items():
                 z.writestr(name, data)
     return manifest
+
+
+def manifest_digest(manifest: dict) -> str:
+    """sha256 of the manifest's canonical JSON (sorted keys, no spaces), without its own
+    checksum field: independent of how the file was indented."""
+    body = {k: v for k, v in manifest.items() if k != CHECKSUM_KEY}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def seal_manifest(manifest: dict) -> dict:
+    """The manifest as JSON will read it back (tuples as lists, keys as strings), with its
+    checksum: the digest must be computed on exactly what a reader will see."""
+    manifest = json.loads(json.dumps({k: v for k, v in manifest.items() if k != CHECKSUM_KEY}))
+    return dict(manifest, **{CHECKSUM_KEY: manifest_digest(manifest)})
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -170,24 +224,75 @@ class Artifact:
         return signature_from_json(self.manifest["outputs"])
 
 
-def _open_zip(path: str) -> zipfile.ZipFile:
+class _OwnedZip(zipfile.ZipFile):
+    """A ZipFile over a file object that it closes with itself."""
+
+    def __init__(self, file):
+        self._owned = file
+        super().__init__(file)
+
+    def close(self):
+        try:
+            super().close()
+        finally:
+            self._owned.close()
+
+
+def _open_zip(path: str, sha256: str | None = None) -> zipfile.ZipFile:
+    """Open the artifact once: the sha256 check (if asked) and every later read go through
+    the same open file, so swapping the path after the check changes nothing."""
     if not os.path.exists(path):
         raise ArtifactError(f"{path}: no such file")
     if os.path.isdir(path):
         raise ArtifactError(f"{path}: is a directory, not an sbc artifact")
+    f = open(path, "rb")
     try:
-        return zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
-        with open(path, "rb") as f:
-            looks_like_zip = f.read(4) == b"PK\x03\x04"
-        if looks_like_zip:  # a zip's index is at its end: a cut-off file loses it
-            raise ArtifactError(f"{path}: the artifact is truncated or damaged ({e})") from e
-        raise ArtifactError(f"{path}: not an sbc artifact (not a zip archive)") from e
+        if sha256 is not None:
+            check_sha256(path, f, sha256)
+        head = f.read(4)
+        f.seek(0)
+        try:
+            return _OwnedZip(f)
+        except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+            if head == b"PK\x03\x04":  # a zip's index is at its end: a cut-off file loses it
+                raise ArtifactError(f"{path}: the artifact is truncated or damaged ({e})") from e
+            raise ArtifactError(f"{path}: not an sbc artifact (not a zip archive)") from e
+    except BaseException:
+        f.close()
+        raise
 
 
-def read_manifest(path: str) -> tuple[zipfile.ZipFile, dict]:
-    """Open the zip and return it with its checked manifest (format and version)."""
-    z = _open_zip(path)
+def normalize_sha256(digest) -> str:
+    """A sha256 given by a user: 64 hex digits (any case, surrounding spaces ignored)."""
+    text = str(digest).strip().lower()
+    if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
+        raise InputError(f"an expected sha256 must be 64 hexadecimal digits, got {digest!r}")
+    return text
+
+
+def file_sha256(f) -> str:
+    """sha256 of an open binary file from its start, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    f.seek(0)
+    for block in iter(lambda: f.read(1 << 20), b""):
+        digest.update(block)
+    f.seek(0)
+    return digest.hexdigest()
+
+
+def check_sha256(path: str, f, expected: str) -> None:
+    """Refuse the file unless its sha256 is `expected` (before anything of it is used)."""
+    expected = normalize_sha256(expected)
+    actual = file_sha256(f)
+    if actual != expected:
+        raise ArtifactError(f"{path}: sha256 is {actual}, expected {expected}: refusing to load "
+                            f"it (an artifact runs native code; this is not the file you trust)")
+
+
+def read_manifest(path: str, sha256: str | None = None) -> tuple[zipfile.ZipFile, dict]:
+    """Open the zip and return it with its checked manifest (format, version, listed
+    members and its own checksum)."""
+    z = _open_zip(path, sha256)
     try:
         try:
             raw = z.read(MANIFEST)
@@ -207,6 +312,13 @@ def read_manifest(path: str) -> tuple[zipfile.ZipFile, dict]:
         missing = [k for k in REQUIRED_KEYS if k not in manifest]
         if missing:
             raise ArtifactError(f"{path}: the manifest lacks {', '.join(missing)}")
+        files = manifest["files"]
+        for name in required_members(manifest):
+            if not isinstance(files, dict) or name not in files:
+                raise ArtifactError(f"{path}: the manifest lists no {name}")
+        if manifest_digest(manifest) != manifest[CHECKSUM_KEY]:
+            raise ArtifactError(f"{path}: checksum mismatch in {MANIFEST}: the manifest was "
+                                f"changed after it was written (the artifact is corrupt)")
     except BaseException:
         z.close()
         raise
@@ -217,7 +329,8 @@ def check_version(path: str, manifest: dict) -> None:
     """Same artifact format and the same sbc major.minor as the running sbc."""
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(f"{path}: artifact format version {manifest.get('format_version')} "
-                            f"is not supported (this sbc reads version {FORMAT_VERSION})")
+                            f"is not supported (this sbc reads version {FORMAT_VERSION}); "
+                            f"recompile the model with this version")
     written = str(manifest.get("sbc_version", "?"))
     if written.split(".")[:2] != sbc.__version__.split(".")[:2]:
         raise ArtifactError(f"{path}: written by sbc {written}, this is sbc {sbc.__version__}; "
@@ -239,17 +352,14 @@ def _read_member(path: str, z: zipfile.ZipFile, name: str, expected: dict) -> by
     return data
 
 
-def read_artifact(path: str | os.PathLike) -> Artifact:
-    """Read and verify an artifact (format, version, every member's checksum)."""
+def read_artifact(path: str | os.PathLike, sha256: str | None = None) -> Artifact:
+    """Read and verify an artifact (format, version, the manifest's and every member's
+    checksum). sha256: the whole file's expected digest, checked before anything else."""
     path = os.fspath(path)
-    z, manifest = read_manifest(path)
+    z, manifest = read_manifest(path, sha256)
     with z:
-        files = manifest["files"]
-        for name in required_members(manifest):
-            if not isinstance(files, dict) or name not in files:
-                raise ArtifactError(f"{path}: the manifest lists no {name}")
         members = {name: _read_member(path, z, name, expected or {})
-                   for name, expected in files.items()}
+                   for name, expected in manifest["files"].items()}
     params = unpack_weights(members[WEIGHTS], manifest["weights"])
     if list(params) != list(manifest["param_names"]):
         raise ArtifactError(f"{path}: the weight table does not match param_names")
@@ -319,13 +429,37 @@ def _check_host_cpu(target: dict, path: str) -> None:
             f"({target.get('cpu')}), which this CPU ({host['cpu']}) lacks: recompile it here")
 
 
-def read_arrays(path: str, what: str = "inputs") -> dict[str, np.ndarray]:
-    """Arrays by name from a user's .npz (no pickles: an .npz from elsewhere must not run code).
-    `what` names the file in errors ("inputs", "calibration data")."""
+ARRAY_FORMATS = ("an .npz whose keys are the input names (np.savez), or an .npy "
+                 "(np.save) for a model with a single input")
+
+
+def read_arrays(path: str, what: str = "inputs", names: list[str] | None = None
+                ) -> dict[str, np.ndarray]:
+    """Arrays by name from a user's .npz, or from an .npy when `names` holds exactly one
+    name (a single-input model: the name is implied). No pickles: an .npz from elsewhere
+    must not run code. `what` names the file in errors ("inputs", "calibration data")."""
     if not os.path.isfile(path):
-        raise InputError(f"{path}: no such {what} file")
+        raise InputError(f"{path}: no such {what} file (expected {ARRAY_FORMATS})")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic == b"\x93NUMPY":
+        return _read_npy(path, what, names)
+    if magic[:2] != b"PK":  # JSON, text, name=shape, ...: say what is accepted
+        raise InputError(f"{path}: {what} must be {ARRAY_FORMATS}; this file is neither")
     try:
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
     except (OSError, ValueError, EOFError, AttributeError, zipfile.BadZipFile) as e:
-        raise InputError(f"{path}: not a readable .npz of input arrays ({e})") from e
+        raise InputError(f"{path}: not a readable .npz of {what} ({e})") from e
+
+
+def _read_npy(path: str, what: str, names: list[str] | None) -> dict[str, np.ndarray]:
+    """An .npy has one unnamed array: only a single-input model says whose it is."""
+    if names is None or len(names) != 1:
+        model = f"the model has {len(names)} inputs ({', '.join(names)}): " if names else ""
+        raise InputError(f"{path}: an .npy holds one unnamed array; {model}give {what} as an "
+                         f".npz whose keys are the input names")
+    try:
+        return {names[0]: np.load(path, allow_pickle=False)}
+    except (OSError, ValueError, EOFError) as e:
+        raise InputError(f"{path}: not a readable .npy ({e})") from e

@@ -21,6 +21,7 @@ import ctypes.util
 import io
 import json
 import os
+import threading
 from collections.abc import Mapping
 
 import numpy as np
@@ -151,13 +152,15 @@ class MacaRuntime:
     """run(feeds, program) -> outputs, like CpuRuntime, on the first MetaX GPU."""
 
     def __init__(self, files: dict[str, bytes], manifest: dict, inputs, outputs, param_names,
-                 params):
+                 params, assumptions=()):
         from sbc.codegen.maca import BINARY, CONSTANTS, LAUNCHES, SOURCE
         self.mc = _Mc()
         if LAUNCHES not in files or SOURCE not in files:
             raise ArtifactError("the maca artifact lacks its host program or kernel source")
         self.plan = json.loads(files[LAUNCHES])
         self.inputs, self.outputs = inputs, outputs
+        self.assumptions = list(assumptions)
+        self._lock = threading.Lock()  # one run at a time: runs share the device buffers
         image = files.get(BINARY) or self._build(files[SOURCE].decode(), self.plan["arch"])
         module = self.mc.load_module(image)
         self.kernels = {name: self.mc.function(module, name) for name in self.plan["kernels"]}
@@ -193,8 +196,11 @@ class MacaRuntime:
         if not isinstance(feeds, Mapping):
             raise InputError(f"inputs must be a dict of arrays by name "
                              f"{[n for n, _ in self.inputs]}, got {type(feeds).__name__}")
-        bind_symbols(self.inputs, feeds)
-        func = self.plan["programs"][program]
+        bind_symbols(self.inputs, feeds, self.assumptions)
+        with self._lock:
+            return self._run(feeds, self.plan["programs"][program])
+
+    def _run(self, feeds: Mapping[str, np.ndarray], func: dict) -> dict:
         temps: list[DeviceTensor] = []
         env = dict(self.values)
         try:
@@ -236,6 +242,9 @@ class MacaRuntime:
 
     def _step(self, step: dict, env: dict, dims: dict, temps: list) -> None:
         from sbc.codegen.maca import evaluate
+        if "check" in step:
+            self._check(step, env, dims)
+            return
         if "view" in step:
             base = self._resolve(step["of"], env, dims)
             env[step["view"]] = DeviceTensor(base.ptr, [evaluate(d, dims) for d in step["shape"]],
@@ -283,6 +292,13 @@ class MacaRuntime:
         shared = extents.get("tirx.use_dyn_shared_memory", 0)
         packed = pack_arguments(info["arg_types"], values)
         self.mc.launch(self.kernels[s["launch"]], grid, block, shared, packed, s["launch"])
+
+    def _check(self, step: dict, env: dict, dims: dict) -> None:
+        """An index check of the program: its flag, and on failure the message's values."""
+        self.mc.synchronize()
+        if not self._download(self._resolve(step["check"], env, dims)).all():
+            values = [self._download(self._resolve(a, env, dims)) for a in step["args"]]
+            raise InputError(step["message"].format(*values))
 
     def _download(self, t: DeviceTensor) -> np.ndarray:
         out = np.empty(t.shape, t.dtype)

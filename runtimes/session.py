@@ -11,7 +11,10 @@ copied freely.
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
+import zipfile
 
 import numpy as np
 
@@ -29,8 +32,9 @@ class Session:
             raise InputError("this module has no recurrent state (its model has no "
                              "LinearAttention/SlidingWindowAttention sbc could make recurrent); "
                              "use module.run on whole sequences")
-        if batch < 1 or chunk < 1:
-            raise InputError(f"batch and chunk must be >= 1, got {batch}, {chunk}")
+        if not all(isinstance(n, numbers.Integral) and not isinstance(n, bool) and n >= 1
+                   for n in (batch, chunk)):
+            raise InputError(f"batch and chunk must be integers >= 1, got {batch!r}, {chunk!r}")
         self.module, self.batch, self.chunk = module, batch, chunk
         (self.tokens_name, tokens_type), = module.inputs[:1]
         self.logits_name = module.outputs[0][0]
@@ -68,6 +72,7 @@ class Session:
                  top_k: int | None = None, seed: int | None = None) -> np.ndarray:
         """Prefill `ids`, then sample `max_new_tokens` tokens per sequence: greedy when
         temperature is 0, else softmax(logits / temperature) over the top_k most likely."""
+        check_sampling(temperature, top_k, max_new_tokens)  # before the (long) prefill
         rng = np.random.default_rng(seed)
         logits = self.prefill(ids)
         out = []
@@ -87,12 +92,7 @@ class Session:
 
     def load_state(self, path: str | os.PathLike) -> None:
         """Restore a state written by save_state for the same module and batch size."""
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                identity = (str(z["__format__"]), str(z["__module__"]))
-                loaded = {n: z[f"s{i}"] for i, n in enumerate(sorted(self.state))}
-        except (OSError, KeyError, ValueError) as e:
-            raise InputError(f"{path}: not a session state file ({type(e).__name__})") from e
+        identity, loaded = _read_state(os.fspath(path), sorted(self.state))
         if identity != (STATE_FORMAT, self._identity()):
             raise InputError(f"{path}: the state was saved from another model or batch size")
         for name, array in loaded.items():
@@ -117,8 +117,40 @@ class Session:
         return ids.astype(numpy_dtype(expected))
 
 
+def _read_state(path: str, names: list[str]) -> tuple[tuple[str, str], dict[str, np.ndarray]]:
+    """(format, module identity) and the state arrays by name from a save_state file. Any
+    unreadable file (missing, empty, truncated, garbage, an .npy) is one InputError."""
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: no such session state file")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            identity = (str(z["__format__"]), str(z["__module__"]))
+            return identity, {n: z[f"s{i}"] for i, n in enumerate(names)}
+    except (OSError, KeyError, ValueError, EOFError, TypeError, AttributeError,
+            zipfile.BadZipFile) as e:  # AttributeError, TypeError: an .npy has no `with`/keys
+        reason = f"{type(e).__name__}: {e}".splitlines()[0]  # numpy's may run over lines
+        raise InputError(f"{path}: not a session state file written by save_state "
+                         f"({reason})") from e
+
+
+def check_sampling(temperature, top_k, max_new_tokens=0) -> None:
+    """Sampling settings that mean something: NaN or a negative temperature and top_k = 0
+    would otherwise be silently taken as greedy or as 'all tokens'."""
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) \
+            or not math.isfinite(temperature) or temperature < 0:
+        raise InputError(f"temperature must be a finite number >= 0 (0: greedy), "
+                         f"got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral)
+                              or top_k < 1):
+        raise InputError(f"top_k must be an integer >= 1 (or None: all tokens), got {top_k!r}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral) \
+            or max_new_tokens < 0:
+        raise InputError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+
+
 def sample(logits: np.ndarray, temperature: float, top_k: int | None, rng) -> np.ndarray:
     """One token per row of logits [B, V]."""
+    check_sampling(temperature, top_k)
     if temperature <= 0:
         return logits.argmax(-1).astype(np.int64)
     scaled = logits.astype(np.float64) / temperature

@@ -14,11 +14,12 @@ import tempfile
 
 import numpy as np
 
-from sbc.errors import UnsupportedError
+from sbc.errors import InputError, UnsupportedError
 from sbc.runtimes.artifact import check_runnable, read_artifact, signature_from_json, \
     signature_to_json, write_artifact
 
 TARGETS = ("cpu", "cuda", "maca")
+MAX_POSITION = 2**40  # tokens per sequence: far past any context, far from int64 overflow
 GPU_TARGETS = ("cuda", "maca")  # compiled anywhere; run where the device is (runtimes.cuda/maca)
 
 
@@ -49,7 +50,8 @@ class Module:
         self.outputs = [(n, t) for n, t in program_outputs if n not in hidden]
         self.state_types = {n: t for n, t in program_inputs if n in hidden}
         self._signature = {"inputs": program_inputs, "outputs": program_outputs,
-                           "param_names": manifest["param_names"], "params": params}
+                           "param_names": manifest["param_names"], "params": params,
+                           "assumptions": assumptions_from_json(manifest.get("assumptions", []))}
         self._loaded = None
         if self.kind == "cpu":
             self._loaded = self._load_runtime()
@@ -97,13 +99,27 @@ class Module:
         """One call of the recurrent program: (outputs, next state incl. position). With
         `last_only`, the first output (logits) is computed at the last position only."""
         program = "prefill" if last_only and self.recurrent.get("prefill_program") else "main"
+        steps = np.shape(next(iter(feeds.values())))[1]
+        position = self._check_position(state, steps)
         results = self._runtime.run({**feeds, **state}, program)
         outputs = {n: results[n] for n, _ in self.outputs}
         new_state = {n: results[n] for n in self.recurrent["state"]}
-        steps = next(iter(feeds.values())).shape[1]
-        new_state[self.recurrent["position"]] = np.asarray(
-            state[self.recurrent["position"]] + steps, np.int64)
+        new_state[self.recurrent["position"]] = np.asarray(position + steps, np.int64)
         return outputs, new_state
+
+    def _check_position(self, state: dict, steps: int) -> int:
+        """The state's position: one integer in [0, MAX_POSITION - steps]. A negative one
+        would index the window buffers from before their start; a huge one overflows."""
+        name = self.recurrent["position"]
+        position = np.asarray(state[name]) if name in state else np.zeros(0)
+        if position.dtype != np.int64 or position.size != 1:
+            raise InputError(f"the state's '{name}' must be one int64, got "
+                             f"{position.dtype}{list(position.shape)}")
+        value = int(position.reshape(-1)[0])
+        if not 0 <= value <= MAX_POSITION - steps:
+            raise InputError(f"position {value} is out of range: a sequence's position must be "
+                             f"in [0, {MAX_POSITION}] after its {steps} new tokens")
+        return value
 
     def session(self, batch: int = 1, chunk: int = 512):
         """A stateful session (prefill, decode, generate, save/load state) over this module."""
@@ -120,6 +136,16 @@ class Module:
         sig = lambda s: ", ".join(f"{n}: {t}" for n, t in s)  # noqa: E731
         return (f"<sbc.Module ({sig(self.inputs)}) -> ({sig(self.outputs)}) "
                 f"on {self.manifest['target']['kind']}>")
+
+
+def assumptions_from_json(items) -> list:
+    """The manifest's assumptions (sbc.ir.assumptions), as the runtimes check them."""
+    from sbc.errors import ArtifactError
+    from sbc.ir.assumptions import Assumption
+    try:
+        return [Assumption.from_json(item) for item in items]
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        raise ArtifactError(f"the artifact's manifest has malformed assumptions ({e})") from e
 
 
 def check_target(target: str, arch: str | None = None) -> None:
@@ -148,12 +174,16 @@ def compile(model, target: str = "cpu", *, arch=None, passes=None, quantize=None
     fixed_point = passes is None  # the default pipeline, quantized or not, runs to a fixed point
     passes = _with_quantization(passes, quantize)
     from sbc.frontend import import_onnx
-    from sbc.ir import Graph
+    from sbc.ir import Graph, assumptions
     from sbc.passes import run_passes
 
     # passes rewrite in place: a caller's Graph is copied, not changed behind its back
     graph = copy.deepcopy(model) if isinstance(model, Graph) else import_onnx(model)
     source = _source_info(model)
+    # what the model as imported relies on: a pass may drop the node that stated it (a
+    # Squeeze that squeezes nothing) while the program still computes the model's answer
+    # only where it holds
+    imported = assumptions.collect(graph)
     graph = run_passes(graph, passes, print_after=print_after, time_passes=time_passes,
                        verify_each=verify_each, dump_dir=dump_dir, fixed_point=fixed_point)
     from sbc.passes.to_recurrent import POSITION, memory_certificate, state_names
@@ -171,6 +201,7 @@ def compile(model, target: str = "cpu", *, arch=None, passes=None, quantize=None
         "param_names": list(built.param_names),
         "source": source,
         "ops": graph.op_counts(),
+        "assumptions": [a.to_json() for a in assumptions.unique(imported + built.assumptions)],
     }
     if state_names(graph):
         manifest["recurrent"] = {"position": POSITION, "state": state_names(graph),
@@ -268,14 +299,19 @@ def _source_info(model) -> dict:
     return {"name": getattr(model, "name", None) or type(model).__name__, "sha256": None}
 
 
-def load(path: str | os.PathLike) -> Module:
+def load(path: str | os.PathLike, sha256: str | None = None) -> Module:
     """Load a `.sbc` artifact written by `Module.save` / `sbc compile`.
 
-    Raises ArtifactError (corrupt, truncated, foreign, other version) or
-    TargetUnavailableError (built for a device or CPU this machine does not have).
+    An artifact is code: loading it runs its compiled library, so load only artifacts you
+    trust. sha256: the file's expected digest (as `sbc inspect` prints it, obtained from a
+    source you trust); a file that differs is refused before anything of it is read.
+
+    Raises ArtifactError (corrupt, truncated, foreign, other version, other sha256),
+    InputError (sha256 not 64 hex digits) or TargetUnavailableError (built for a device or
+    CPU this machine does not have).
     """
     path = os.fspath(path)
-    return module_from_artifact(read_artifact(path), path)
+    return module_from_artifact(read_artifact(path, sha256=sha256), path)
 
 
 def module_from_artifact(artifact, path: str = "the artifact") -> Module:

@@ -34,7 +34,7 @@ import os
 
 import numpy as np
 
-from sbc.errors import InputError
+from sbc.errors import InputError, SbcError
 
 T_STEPS = 3
 HIST_BINS = 16  # |n| = 0..15, then one bin for > 15
@@ -348,9 +348,19 @@ def _times(ratio) -> str:
     return f"{'-':>9}" if ratio is None else f"{ratio:>8.1f}x"
 
 
+def _matplotlib():
+    """matplotlib is optional (the `bench` extra): without it, say how to get it."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise SbcError("--plots needs matplotlib, which is not installed: "
+                       "pip install 'sbc[bench]' (or run scripts/setup.sh)") from None
+    return matplotlib
+
+
 def write_plots(stats: dict, rep: dict, directory: str) -> list[str]:
     """count_histogram.png (|n| over every site) and layer_sparsity.png; returns the paths."""
-    import matplotlib
+    matplotlib = _matplotlib()
     matplotlib.use("Agg")  # no display: files only
     import matplotlib.pyplot as plt
     os.makedirs(directory, exist_ok=True)

@@ -1,24 +1,52 @@
 """The `sbc` command line: compile, run, inspect, export, debug, demo.
 
 Any sbc error prints one line `sbc: error: ...` on stderr and exits 2 (a failed comparison in
-`demo` exits 1). Output files are written atomically, so an interrupted command leaves nothing.
+`demo` exits 1). Output files are written atomically, so an interrupted command leaves nothing:
+Ctrl-C exits 130, SIGTERM 143 and SIGHUP 129, each after removing its partial file (kill -9
+cannot be caught: it may leave a `.sbc-partial-*` file beside the output). An output path that
+exists but is not a regular file (a FIFO, /dev/null) is refused, never replaced. A reader of
+stdout that goes away early (`sbc inspect m.sbc | head -1`) ends the command quietly.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import signal
 import sys
+import threading
 import time
 import zipfile
+from contextlib import contextmanager
 
 import numpy as np
 
 from sbc.errors import InputError, SbcError
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP as an exception, so that `finally` blocks run (atomic_path removes
+    its partial file). A BaseException, like KeyboardInterrupt: `except Exception` in library
+    code must not swallow it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 def main(argv=None) -> int:
+    with _signals_as_exceptions():
+        try:
+            code = _main(argv)
+        except SystemExit:  # argparse's --help, --version and usage errors print too
+            _flush_stdout(0)
+            raise
+        return _flush_stdout(code)  # here, not in Python's flush at exit (a traceback there)
+
+
+def _main(argv) -> int:
     parser = _parser()
     args = parser.parse_args(None if argv is None else [str(a) for a in argv])
     if not getattr(args, "command", None):
@@ -29,14 +57,67 @@ def main(argv=None) -> int:
     except SbcError as e:
         return _fail(str(e))
     except OSError as e:  # the user's paths (unwritable output dir, ...), not a bug in sbc
+        if e.errno == errno.EPIPE:  # e.g. `sbc inspect ... | head`: BrokenPipeError
+            _discard_stdout()
+            return 0  # the reader has what it wanted
         where = f"{e.filename}: " if e.filename else ""
         return _fail(f"{where}{e.strerror or e}")
     except KeyboardInterrupt:  # every output is written atomically: nothing is half-written
         print("sbc: interrupted; nothing was written", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # e.g. `sbc inspect ... | head`
-        sys.stderr.close()
-        return 0
+    except Terminated as e:
+        print(f"sbc: terminated by {signal.Signals(e.signum).name}; no partial output was left",
+              file=sys.stderr)
+        return 128 + e.signum
+
+
+@contextmanager
+def _signals_as_exceptions():
+    """SIGTERM and SIGHUP raise Terminated while the command runs (once: a second signal must
+    not cut short the cleanup the first one started). Restored afterwards, since main() also
+    runs in-process (tests, scripts); only the main thread may set handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    raised = []
+
+    def handler(signum, frame):
+        if not raised:
+            raised.append(signum)
+            raise Terminated(signum)
+
+    names = [n for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
+    previous = {getattr(signal, n): signal.signal(getattr(signal, n), handler) for n in names}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            if old is not None:  # None: set outside Python, cannot be restored
+                signal.signal(signum, old)
+
+
+def _flush_stdout(code: int) -> int:
+    """Flush what the command printed. A reader that went away (`| head -1`) is no error; a
+    stdout that cannot be written (a full disk) is one line."""
+    try:
+        sys.stdout.flush()
+    except OSError as e:
+        _discard_stdout()
+        if e.errno != errno.EPIPE:
+            return _fail(f"cannot write the output: {e.strerror or e}")
+    return code
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, as the Python docs advise for EPIPE, so that flushing what
+    is still buffered (at exit) does not fail again."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (captured in tests)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def _fail(message: str) -> int:
@@ -47,6 +128,10 @@ def _fail(message: str) -> int:
         first += " " + lines[1]
     print(f"sbc: error: {first}", file=sys.stderr)
     return 2
+
+
+EXPECT_SHA256_HELP = ("refuse the artifact unless the file's sha256 (see `sbc inspect`) is this: "
+                      "an artifact is code, loading it runs its compiled library")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -78,8 +163,10 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run a .sbc artifact on inputs from an .npz file")
     r.add_argument("artifact")
-    r.add_argument("--inputs", required=True, help=".npz whose keys are the input names")
+    r.add_argument("--inputs", required=True,
+                   help=".npz whose keys are the input names (.npy for a single-input model)")
     r.add_argument("--outputs", help="write outputs to this .npz")
+    r.add_argument("--expect-sha256", metavar="HEX", help=EXPECT_SHA256_HELP)
     r.set_defaults(command=cmd_run)
 
     gen = sub.add_parser("generate", help="generate tokens with a recurrent .sbc artifact")
@@ -90,6 +177,7 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-k", type=int, default=None)
     gen.add_argument("--seed", type=int, default=None)
     gen.add_argument("--chunk", type=int, default=512, help="prefill chunk length")
+    gen.add_argument("--expect-sha256", metavar="HEX", help=EXPECT_SHA256_HELP)
     gen.set_defaults(command=cmd_generate)
 
     i = sub.add_parser("inspect", help="describe an ONNX model or a .sbc artifact")
@@ -110,7 +198,8 @@ def _parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("debug", help="find the first node where the compiled model diverges")
     g.add_argument("model")
-    g.add_argument("--inputs", required=True, help=".npz whose keys are the input names")
+    g.add_argument("--inputs", required=True,
+                   help=".npz whose keys are the input names (.npy for a single-input model)")
     g.add_argument("--rtol", type=float, default=1e-4)
     g.add_argument("--atol", type=float, default=1e-4)
     g.set_defaults(command=cmd_debug)
@@ -160,9 +249,13 @@ def cmd_compile(args) -> None:
 
 
 def _check_output_dir(path: str) -> None:
+    """Before the work, not after it: the directory exists and the path is not a FIFO or
+    device that the final rename would replace."""
+    from sbc.runtimes.artifact import check_output_path
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise SbcError(f"{path}: directory {directory} does not exist")
+    check_output_path(path)
 
 
 def cmd_run(args) -> None:
@@ -172,12 +265,13 @@ def cmd_run(args) -> None:
     if args.outputs:
         _check_output_dir(args.outputs)
     # verify the artifact and the inputs before the (slow) runtime is loaded: errors come fast
-    artifact = read_artifact(args.artifact)
+    artifact = read_artifact(args.artifact, sha256=args.expect_sha256)
     check_runnable(artifact.manifest, args.artifact, host_cpu=False)
-    feeds = _read_npz(args.inputs)
     recurrent = artifact.manifest.get("recurrent") or {}
     hidden = set(recurrent.get("state", [])) | {recurrent.get("position")}
-    bind_symbols([(n, t) for n, t in artifact.inputs if n not in hidden], feeds)
+    inputs = [(n, t) for n, t in artifact.inputs if n not in hidden]
+    feeds = _read_npz(args.inputs, [n for n, _ in inputs])
+    bind_symbols(inputs, feeds)
     outputs = module_from_artifact(artifact, args.artifact).run(feeds)
     for name, value in outputs.items():
         print(f"{name}: {value.dtype}{list(value.shape)}")
@@ -188,13 +282,15 @@ def cmd_run(args) -> None:
 
 def cmd_generate(args) -> None:
     import sbc
+    from sbc.runtimes.session import check_sampling
     try:
         prompt = [int(x) for x in args.prompt_ids.split(",") if x.strip()]
     except ValueError:
         raise InputError(f"--prompt-ids must be comma-separated integers, got {args.prompt_ids!r}")
-    if not prompt or args.max_new_tokens < 0:
-        raise InputError("give at least one prompt id and a non-negative -n")
-    session = sbc.load(args.artifact).session(batch=1, chunk=args.chunk)
+    if not prompt:
+        raise InputError("give at least one prompt id")
+    check_sampling(args.temperature, args.top_k, args.max_new_tokens)  # before the slow load
+    session = sbc.load(args.artifact, sha256=args.expect_sha256).session(batch=1, chunk=args.chunk)
     start = time.perf_counter()
     tokens = session.generate(np.array([prompt]), args.max_new_tokens, temperature=args.temperature,
                               top_k=args.top_k, seed=args.seed)[0]
@@ -266,12 +362,20 @@ def _inspect_onnx(path: str, with_ir: bool) -> dict:
     return info
 
 
+TRUST = ("an artifact is code: loading it runs its compiled library; load only artifacts you "
+         "trust (sbc run/generate --expect-sha256, sbc.load(path, sha256=...))")
+
+
 def _inspect_artifact(path: str) -> dict:
-    from sbc.runtimes.artifact import read_artifact, signature_from_json
+    from sbc.runtimes.artifact import file_sha256, read_artifact, signature_from_json
     artifact = read_artifact(path)  # verifies format, version and every checksum
+    with open(path, "rb") as f:
+        sha256 = file_sha256(f)
     m = artifact.manifest
     return {
         "artifact": path,
+        "sha256": sha256,  # of the whole file: what --expect-sha256 takes
+        "trust": TRUST,
         "format": f"{m['format']} v{m['format_version']}",
         "sbc_version": m["sbc_version"],
         "created": m.get("created"),
@@ -315,15 +419,18 @@ def _certificate(manifest: dict) -> dict:
             "proof": cert["proof"]}}
 
 
-def _read_npz(path: str) -> dict[str, np.ndarray]:
+def _read_npz(path: str, names: list[str]) -> dict[str, np.ndarray]:
+    """Inputs by name: an .npz, or an .npy when `names` (the model's inputs) has one entry."""
     from sbc.runtimes.artifact import read_arrays
-    return read_arrays(path, "inputs")
+    return read_arrays(path, "inputs", names)
 
 
 def cmd_debug(args) -> int:
     from sbc.debug import first_divergence
     from sbc.frontend import import_onnx
-    found = first_divergence(import_onnx(args.model), _read_npz(args.inputs), rtol=args.rtol, atol=args.atol)
+    graph = import_onnx(args.model)
+    feeds = _read_npz(args.inputs, [v.name for v in graph.inputs])
+    found = first_divergence(graph, feeds, rtol=args.rtol, atol=args.atol)
     if found is None:
         print("no divergence: every intermediate value matches the reference interpreter")
         return 0
@@ -336,6 +443,7 @@ def cmd_debug(args) -> int:
 def cmd_export(args) -> None:
     from sbc.models.export import export_onnx
     _check_config(args.config)
+    _check_output_dir(args.output)  # export renames its file into place too
     path = export_onnx(args.config, args.output, form=args.form, swa=args.swa)
     default = (args.form, args.swa) == ("parallel", "masked")
     forms = "" if default else f" (GLA {args.form}, SWA {args.swa})"

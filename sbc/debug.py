@@ -43,8 +43,10 @@ def first_divergence(graph: Graph, feeds: dict[str, np.ndarray], *, rtol=1e-4, a
     probe = copy.deepcopy(graph)
     values = [v for n in probe.nodes for v in n.outputs if v.data is None]
     probe.set_outputs(values, [f"probe:{v.name}" for v in values])
-    compiled = sbc.compile(probe, passes=[]).run(feeds)
+    # the reference first: it checks the inputs (names, shapes, token ids in range) and says
+    # what is wrong in one line before the slow compile, and before compiled code reads them
     reference = interpret(probe, feeds)
+    compiled = sbc.compile(probe, passes=[]).run(feeds)
     for v in values:
         key = f"probe:{v.name}"
         got, want = compiled[key], reference[key]

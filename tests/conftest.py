@@ -54,3 +54,15 @@ def mlp_onnx(tmp_path_factory):
 def mlp_module(mlp_onnx):
     import sbc
     return sbc.compile(mlp_onnx)
+
+
+def pytest_addoption(parser):
+    """Options of the graph fuzzer (tests/fuzz); without them it runs its fixed CI examples."""
+    group = parser.getgroup("fuzz", "graph fuzzer (tests/fuzz)")
+    group.addoption("--fuzz-examples", type=int, default=None, metavar="N",
+                    help="long mode: N random examples, outcomes counted; failures saved, not stopping the run")
+    group.addoption("--fuzz-seed", type=int, default=None, help="long mode: the seed (random if not given)")
+    group.addoption("--fuzz-record", default=None, metavar="PATH",
+                    help="write outcome counts and failures as JSON here (default: under pytest's tmp dir)")
+    group.addoption("--fuzz-shrink", action="store_true",
+                    help="long mode: stop at the first failure and let hypothesis shrink it")

@@ -16,6 +16,7 @@ from onnx import TensorProto, helper
 import sbc
 from sbc.errors import (ArtifactError, InputError, InvalidModelError, TargetUnavailableError,
                         UnsupportedError)
+from sbc.runtimes.artifact import seal_manifest
 from tests.conftest import make_mlp_model
 
 
@@ -306,7 +307,7 @@ def test_missing_device(artifact, kind):
     def retarget(b):
         manifest = json.loads(b)
         manifest["target"] = {"kind": kind, "arch": "sm_90"}
-        return json.dumps(manifest).encode()
+        return json.dumps(seal_manifest(manifest)).encode()  # a consistent manifest, other target
     _rewrite_member(artifact, "manifest.json", retarget)
     with pytest.raises(TargetUnavailableError) as info:
         sbc.load(artifact)

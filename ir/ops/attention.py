@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from sbc.ir.assumptions import require
 from sbc.ir.dims import Sym
 from sbc.ir.ops.common import broadcast_shapes
 from sbc.ir.registry import Attr, OpError, op
@@ -109,7 +110,7 @@ def _attention_dims(node, q, k, v):
             raise OpError(f"{node.where()}: 3-D inputs need q_num_heads and kv_num_heads")
         batch, sq, skv = q.shape[0], q.shape[1], k.shape[1]
         d = _heads_split(q.shape[2], hq_attr, "Q")
-        if _heads_split(k.shape[2], hkv_attr, "K") != d and isinstance(d, int):
+        if not require(_heads_split(k.shape[2], hkv_attr, "K"), "==", d, "Attention Q and K head sizes"):
             raise OpError(f"{node.where()}: Q and K head sizes differ ({q.type}, {k.type})")
         dv = _heads_split(v.shape[2], hkv_attr, "V")
         return batch, hq_attr, sq, d, hkv_attr, skv, dv
@@ -118,9 +119,10 @@ def _attention_dims(node, q, k, v):
     for attr, actual in ((hq_attr, hq), (hkv_attr, hkv)):  # opset 23/24 allowed them on 4-D
         if attr is not None and attr != actual:
             raise OpError(f"{node.where()}: num_heads attribute {attr} contradicts 4-D inputs")
-    if isinstance(d, int) and isinstance(dk, int) and d != dk:
+    if not require(d, "==", dk, "Attention Q and K head sizes"):
         raise OpError(f"{node.where()}: Q and K head sizes differ ({q.type}, {k.type})")
-    if k.shape[:3] != v.shape[:3] and all(isinstance(x, int) for x in k.shape[:3] + v.shape[:3]):
+    if not all(require(a, "==", b, "Attention K and V [batch, heads, seq]")
+               for a, b in zip(k.shape[:3], v.shape[:3])):
         raise OpError(f"{node.where()}: K {k.type} and V {v.type} differ in [batch, heads, seq]")
     return batch, hq, sq, d, hkv, skv, v.shape[3]
 

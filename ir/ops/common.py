@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from sbc.ir.assumptions import require
 from sbc.ir.dims import Dim, Sym
 from sbc.ir.registry import OpError
 from sbc.ir.types import TensorType
@@ -20,7 +21,8 @@ def broadcast_shapes(*shapes) -> tuple[Dim, ...]:
                 continue
             if result == 1:
                 result = d
-            elif d != result and not (isinstance(d, Sym) or isinstance(result, Sym)):
+            elif not require(d, "==", result, "broadcast dims differ (a run-time 1 would "
+                             "need a broadcast the kernel was not compiled for)"):
                 raise OpError(f"shapes {[list(map(str, s)) for s in shapes]} do not broadcast")
             elif isinstance(result, Sym) and not isinstance(d, Sym):
                 result = d  # a concrete size is the better-known one

@@ -34,7 +34,7 @@ UNARY = {
     "Tanh": _f(np.tanh), "Sigmoid": _f(lambda x: 1 / (1 + np.exp(-x))),
     "Softplus": _f(lambda x: np.logaddexp(0, x)), "Softsign": _f(lambda x: x / (1 + np.abs(x))),
     "Erf": _f(_erf), "Floor": np.floor, "Ceil": np.ceil, "Round": np.round, "Sign": np.sign,
-    "Relu": lambda x: np.maximum(x, np.zeros((), x.dtype)),
+    "Relu": lambda x: np.where(x < 0, np.zeros((), x.dtype), x),  # -0.0 and NaN stay (ORT)
     "Mish": _f(lambda x: x * np.tanh(np.logaddexp(0, x))),
     "Identity": lambda x: x, "Not": np.logical_not,
 }
@@ -130,7 +130,8 @@ def _div(a, b):
         # (integer arithmetic: a detour through float64 would round big int64 values)
         q, r = np.floor_divide(a, b), np.remainder(a, b)
         return (q + ((r != 0) & ((a < 0) != (b < 0)))).astype(a.dtype)
-    return (a / b).astype(a.dtype)
+    with np.errstate(divide="ignore", invalid="ignore"):  # x / 0 is +-inf or NaN, as in ONNX
+        return (a / b).astype(a.dtype)
 
 
 def _pow_infer(node):
@@ -144,7 +145,12 @@ def _pow_infer(node):
 def _pow(x, y):
     if x.dtype.kind == "f":  # in the base's precision (a float64 exponent must not widen it)
         return np.power(x, y.astype(x.dtype)).astype(x.dtype)
-    return np.power(x, y).astype(x.dtype)
+    if x.dtype.kind in "iu" and y.dtype != object:
+        # as onnxruntime: pow in double, truncated (2 ** -1 is 0, 3 ** 39 is rounded, an
+        # overflow is the C cast's), not NumPy's exact, wrapping integer power
+        with np.errstate(all="ignore"):
+            return np.power(x.astype(np.float64), y.astype(np.float64)).astype(x.dtype)
+    return np.power(x, y).astype(x.dtype)  # symbolic dims
 
 
 def _same(a, fn):
@@ -191,9 +197,27 @@ def _variadic_infer(node):
     return [TensorType(dtype, broadcast_shapes(*[v.shape for v in node.inputs]))]
 
 
+def extremum(a, b, larger: bool):
+    """max (larger) or min of two arrays as onnxruntime computes them: a NaN on either side
+    wins; of two equal values (0.0, -0.0) its float16 kernel keeps the first, its float and
+    double ones (Eigen) the second. NumPy's choice on ties depends on its SIMD code paths."""
+    if a.dtype.kind != "f" or b.dtype.kind != "f":  # no NaN, no signed zero (or symbolic)
+        return np.maximum(a, b) if larger else np.minimum(a, b)
+    first = a.dtype == np.float16
+    wins = (a >= b if first else a > b) if larger else (a <= b if first else a < b)
+    return np.where(wins | np.isnan(a), a, b)
+
+
+def _fold(xs, larger: bool):
+    out = np.asarray(xs[0])
+    for x in xs[1:]:
+        out = extremum(out, np.asarray(x), larger)
+    return np.broadcast_to(out, np.broadcast_shapes(*[np.shape(x) for x in xs]))
+
+
 VARIADIC = {
-    "Max": lambda xs: np.maximum.reduce(np.broadcast_arrays(*xs)),
-    "Min": lambda xs: np.minimum.reduce(np.broadcast_arrays(*xs)),
+    "Max": lambda xs: _fold(xs, larger=True),
+    "Min": lambda xs: _fold(xs, larger=False),
     "Sum": lambda xs: sum(np.broadcast_arrays(*xs)),
     "Mean": lambda xs: sum(np.broadcast_arrays(*xs)) / len(xs),
 }
@@ -237,12 +261,13 @@ def clip(node):
 
 @clip.reference
 def _(attrs, x, lo=None, hi=None):
-    shape = np.shape(x)  # a bound of shape [1] must not add a dim to a scalar input
+    """As onnxruntime: lo where x < lo, then hi where hi < x. A NaN x stays NaN, a NaN bound
+    clamps nothing, and x equal to a bound is kept (-0.0 stays -0.0 under a bound of 0.0)."""
     if lo is not None:
-        x = np.maximum(x, lo)
+        x = np.where(x < np.reshape(lo, ()), np.reshape(lo, ()), x)
     if hi is not None:
-        x = np.minimum(x, hi)
-    return np.asarray(x).reshape(shape)
+        x = np.where(np.reshape(hi, ()) < x, np.reshape(hi, ()), x)
+    return np.asarray(x)
 
 
 @op("Cast", inputs=["input"], outputs=["output"], attrs={

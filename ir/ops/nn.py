@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from sbc.ir.assumptions import require
 from sbc.ir.ops.common import broadcast_shapes, normalize_axis
 from sbc.ir.registry import Attr, OpError, op
 from sbc.ir.types import TensorType, numpy_dtype
@@ -31,7 +32,7 @@ def matmul(node):
         raise OpError(f"MatMul: inputs must be numbers of one dtype, got {a.type} x {b.type}")
     ka = sa[-1]
     kb = sb[0] if len(sb) == 1 else sb[-2]
-    if ka != kb and isinstance(ka, int) and isinstance(kb, int):
+    if not require(ka, "==", kb, "MatMul inner dims"):
         raise OpError(f"MatMul: inner dims differ: {a.type} x {b.type}")
     batch = broadcast_shapes(sa[:-2], sb[:-2]) if len(sa) > 1 and len(sb) > 1 else ()
     rows = sa[-2:-1] if len(sa) > 1 else ()
@@ -56,7 +57,7 @@ def gemm(node):
         raise OpError(f"Gemm: A and B must be 2-D, got {a.type}, {b.type}")
     m, ka = (a.shape[1], a.shape[0]) if node.attrs["transA"] else a.shape
     kb, n = (b.shape[1], b.shape[0]) if node.attrs["transB"] else b.shape
-    if isinstance(ka, int) and isinstance(kb, int) and ka != kb:
+    if not require(ka, "==", kb, "Gemm inner dims"):
         raise OpError(f"Gemm: inner dims differ: {a.type} x {b.type} (transA="
                       f"{node.attrs['transA']}, transB={node.attrs['transB']})")
     c = node.inputs[2] if len(node.inputs) > 2 else None
@@ -144,7 +145,7 @@ def matmul_packed(node):
     A [..., K] x B_packed [N/P, K, P] -> [..., N]. Contiguous K x P panels keep the kernel's
     weight reads on few pages (a [K, N] weight strides N floats between k steps)."""
     a, bp = node.inputs
-    if bp.type.rank != 3 or a.shape[-1] != bp.shape[1]:
+    if bp.type.rank != 3 or not require(a.shape[-1], "==", bp.shape[1], "MatMul inner dims"):
         raise OpError(f"MatMulPacked: {a.type} x {bp.type} do not fit [..., K] x [N/P, K, P]")
     return [TensorType(a.dtype, a.shape[:-1] + (bp.shape[0] * bp.shape[2],))]
 
@@ -196,7 +197,7 @@ def einsum(node):
             known = sizes.get(letter, 1)
             if known == 1:  # broadcast (ellipsis) dims: the non-1 size wins
                 sizes[letter] = d
-            elif d != 1 and d != known and isinstance(d, int) and isinstance(known, int):
+            elif d != 1 and not require(d, "==", known, f"Einsum letter '{letter}'"):
                 raise OpError(f"Einsum: '{letter}' is {known} in one operand and {d} in "
                               f"another ('{node.attrs['equation']}')")
     unknown = set(out) - set(sizes)

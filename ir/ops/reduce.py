@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from sbc.errors import InputError
+from sbc.ir.assumptions import require
+from sbc.ir.dims import prod
 from sbc.ir.ops.common import known_ints, normalize_axis, same_type
-from sbc.ir.registry import Attr, op
+from sbc.ir.registry import Attr, OpError, op
 from sbc.ir.types import TensorType
 
 
@@ -54,9 +57,17 @@ def _logsumexp(x, axes, keep):
     return out if keep else np.squeeze(out, axis=axes)
 
 
+def _mean(x, axes, keep):
+    """The mean over an empty set is 0, as in onnxruntime (1.31, floats and ints); ONNX's
+    reference implementation (NumPy) gives NaN there, and the lowest int for ints."""
+    if prod(x.shape[a] for a in axes) == 0:
+        return np.sum(x, axis=axes, keepdims=keep)  # zeros of the result's shape
+    return np.mean(x, axis=axes, keepdims=keep)
+
+
 REDUCTIONS = {
     "ReduceSum": lambda x, a, k: np.sum(x, axis=a, keepdims=k),
-    "ReduceMean": lambda x, a, k: np.mean(x, axis=a, keepdims=k),
+    "ReduceMean": _mean,
     # over an empty set: -inf / +inf for floats (ONNX), the extreme integer otherwise
     "ReduceMax": lambda x, a, k: np.max(x, axis=a, keepdims=k, initial=_lowest(x.dtype)),
     "ReduceMin": lambda x, a, k: np.min(x, axis=a, keepdims=k, initial=_highest(x.dtype)),
@@ -73,10 +84,16 @@ for _name, _fn in REDUCTIONS.items():
 
 
 def _arg_infer(node):
-    """i64 index of the max/min along `axis` (the first, or with select_last_index the last)."""
+    """i64 index of the max/min along `axis` (the first, or with select_last_index the last).
+    An empty axis has no such index: onnxruntime fails, unless the result is empty too."""
     x = node.inputs[0]
     axis = normalize_axis(node.attrs["axis"], x.type.rank)
     keep = node.attrs["keepdims"]
+    rest = prod(d for i, d in enumerate(x.shape) if i != axis)
+    # rest * n >= rest: n >= 1, or rest == 0 (sizes are >= 0)
+    if not require(rest * x.shape[axis], ">=", rest,
+                   f"{node.op} needs axis {axis} non-empty unless the result is empty"):
+        raise OpError(f"{node.where()}: {node.op} over axis {axis} of {x.type}, which is empty")
     shape = tuple(1 if i == axis else d for i, d in enumerate(x.shape) if keep or i != axis)
     return [TensorType("i64", shape)]
 
@@ -84,6 +101,13 @@ def _arg_infer(node):
 def _arg_ref(fn):
     def ref(attrs, x):
         axis = attrs["axis"] % x.ndim
+        if x.shape[axis] == 0:  # as onnxruntime: an empty result, else an error
+            if prod(d for i, d in enumerate(x.shape) if i != axis) == 0:
+                shape = tuple(1 if i == axis else d for i, d in enumerate(x.shape)
+                              if attrs["keepdims"] or i != axis)
+                return np.zeros(shape, np.int64)
+            raise InputError(f"axis {axis} of the {list(x.shape)} input is empty: no index "
+                             f"to return")
         if attrs["select_last_index"]:
             out = x.shape[axis] - 1 - fn(np.flip(x, axis), axis=axis)
         else:
@@ -113,13 +137,17 @@ def _(attrs, x, axis):
     axis = int(np.asarray(axis).reshape(-1)[0]) % x.ndim
     y = np.flip(x, axis) if attrs["reverse"] else x
     out = np.cumsum(y, axis=axis, dtype=x.dtype)
-    if attrs["exclusive"]:  # shift by one (subtracting y would round floats differently)
+    # exclusive: shift by one (subtracting y would round floats differently); nothing to
+    # shift on an empty axis
+    if attrs["exclusive"] and x.shape[axis]:
         zero = np.zeros_like(np.take(out, [0], axis=axis))
         out = np.concatenate([zero, np.take(out, np.arange(out.shape[axis] - 1), axis=axis)], axis)
     return np.flip(out, axis) if attrs["reverse"] else out
 
 
 def _softmax(x, axis):
+    if x.size == 0:  # NumPy's max of an empty axis fails; onnxruntime returns the empty tensor
+        return x.copy()
     e = np.exp(x - np.max(x, axis=axis, keepdims=True))
     return e / np.sum(e, axis=axis, keepdims=True)
 
@@ -142,6 +170,8 @@ def log_softmax(node):
 
 @log_softmax.reference
 def _(attrs, x):
+    if x.size == 0:  # as Softmax
+        return x.copy()
     shifted = x - np.max(x, axis=attrs["axis"], keepdims=True)
     return (shifted - np.log(np.sum(np.exp(shifted), axis=attrs["axis"], keepdims=True))
             ).astype(x.dtype)

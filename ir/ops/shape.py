@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from sbc.errors import InputError
+from sbc.ir.assumptions import require
 from sbc.ir.dims import prod
 from sbc.ir.dims import Sym
 from sbc.ir.ops.common import broadcast_shapes, known, known_ints, normalize_axis
 from sbc.ir.registry import Attr, OpError, op
-from sbc.ir.types import TensorType, dtype_of
+from sbc.ir.types import TensorType, dtype_of, numpy_dtype
 
 
 @op("Shape", inputs=["data"], outputs=["shape"], attrs={"start": Attr("int", 0),
@@ -111,9 +113,11 @@ def squeeze(node):
     """Drop the given size-1 dims (all static size-1 dims when axes is omitted)."""
     x = node.inputs[0]
     axes = _axes(node, 1, x.type.rank, "Squeeze's axes")
-    if axes is None:
+    if axes is None:  # a symbolic dim is kept: it must not be 1 when the model runs
         axes = [i for i, d in enumerate(x.shape) if d == 1]
-    if any(x.shape[a] != 1 for a in axes):
+        for d in x.shape:
+            require(d, "!=", 1, "Squeeze without axes keeps this dim")
+    if not all(require(x.shape[a], "==", 1, "Squeeze drops this dim") for a in axes):
         raise OpError(f"Squeeze: axes {axes} of {x.type} are not all 1")
     return [TensorType(x.dtype, tuple(d for i, d in enumerate(x.shape) if i not in axes))]
 
@@ -169,8 +173,8 @@ def concat(node):
     for v in node.inputs[1:]:
         if v.type.rank != first.rank or v.dtype != first.dtype:
             raise OpError(f"Concat: inputs {first} and {v.type} differ in dtype or rank")
-        if any(isinstance(a, int) and isinstance(b, int) and a != b
-               for i, (a, b) in enumerate(zip(first.shape, v.shape)) if i != axis):
+        if not all(require(a, "==", b, f"Concat inputs outside axis {axis}")
+                   for i, (a, b) in enumerate(zip(first.shape, v.shape)) if i != axis):
             raise OpError(f"Concat: inputs {first} and {v.type} differ outside axis {axis}")
     size = sum((v.shape[axis] for v in node.inputs[1:]), first.shape[axis])
     return [TensorType(first.dtype, first.shape[:axis] + (size,) + first.shape[axis + 1:])]
@@ -193,13 +197,13 @@ def split(node):
 def _split_sizes(node, dim):
     if len(node.inputs) > 1 and node.inputs[1] is not None:
         sizes = known_ints(node.inputs[1], "Split's sizes")
-        if sum(sizes[1:], sizes[0]) != dim:
+        if not require(sum(sizes[1:], sizes[0]), "==", dim, "Split sizes add up to the axis"):
             raise OpError(f"Split: sizes {sizes} do not add up to {dim}")
         return sizes
     n = node.attrs["num_outputs"]
     if n is None:
         raise OpError("Split needs either the split input or num_outputs")
-    chunk = -(-dim // n) if isinstance(dim, int) else dim // n
+    chunk = (dim + n - 1) // n  # ceil, as ONNX says
     return [chunk] * (n - 1) + [dim - chunk * (n - 1)]
 
 
@@ -224,7 +228,8 @@ def _slice_range(dim, start, end, step):
     Negative indices count from the end. Positive steps clamp start and end to [0, dim];
     negative steps clamp start to [0, dim - 1] and end to [-1, dim - 1] (-1: before the
     first entry). Against a symbolic dim, +-2**31 and beyond mean "to the end" and other
-    indices are taken to be in range."""
+    indices are taken to be in range: that is required (sbc.ir.assumptions), so a size for
+    which ONNX would clamp them is refused at run time instead of read out of bounds."""
     lo, hi = (0, dim) if step > 0 else (-1, dim - 1)
 
     def clamp(i, lowest):
@@ -239,6 +244,10 @@ def _slice_range(dim, start, end, step):
         return i
 
     s, e = clamp(start, 0), clamp(end, lo)
+    if not all(isinstance(d, int) for d in (s, e, dim)):
+        first, last = (s, e) if step > 0 else (e, s)  # the slice is [first, last) or (e, s]
+        for lhs, rhs in ((first, lo), (last, first), (hi, last)):
+            require(lhs, ">=", rhs, "Slice bounds inside the sliced axis")
     span, stride = (e - s, step) if step > 0 else (s - e, -step)
     if isinstance(dim, int) and dim == 0:
         length = 0
@@ -302,6 +311,7 @@ def gather(node):
 @gather.reference
 def _(attrs, x, idx):
     axis = attrs["axis"] % x.ndim
+    _check_range(idx, x.shape[axis])
     idx = np.where(idx < 0, idx + x.shape[axis], idx)
     return np.take(x, idx, axis=axis)
 
@@ -309,6 +319,19 @@ def _(attrs, x, idx):
 def _check_indices(node, idx):
     if idx.dtype not in ("i32", "i64"):
         raise OpError(f"{node.where()}: indices must be i32 or i64, got {idx.dtype}")
+
+
+def _check_range(idx: np.ndarray, size) -> None:
+    """Indices must lie in [-size, size) (size: one int, or one per entry of the last axis),
+    as the compiled check (codegen.index_checks) and onnxruntime require."""
+    if idx.dtype == object:  # symbolic indices (shape arithmetic): nothing to check yet
+        return
+    bad = ((idx < -np.asarray(size)) | (idx >= np.asarray(size))).reshape(-1)
+    if bad.any():
+        at = int(np.flatnonzero(bad)[0])
+        sizes = np.broadcast_to(np.asarray(size), idx.shape).reshape(-1)
+        raise InputError(f"index {idx.reshape(-1)[at]} at flat position {at} is out of range "
+                         f"for an axis of size {sizes[at]}")
 
 
 @op("GatherElements", inputs=["data", "indices"], outputs=["output"],
@@ -326,6 +349,7 @@ def gather_elements(node):
 @gather_elements.reference
 def _(attrs, x, idx):
     axis = attrs["axis"] % x.ndim
+    _check_range(idx, x.shape[axis])
     return np.take_along_axis(x, np.where(idx < 0, idx + x.shape[axis], idx), axis=axis)
 
 
@@ -350,6 +374,7 @@ def gather_nd(node):
 @gather_nd.reference
 def _(attrs, x, idx):
     b = attrs["batch_dims"]
+    _check_range(idx, x.shape[b:b + idx.shape[-1]])
     batch_shape = x.shape[:b]
     xs = x.reshape((-1,) + x.shape[b:])
     ids = idx.reshape((-1,) + idx.shape[b:])
@@ -368,7 +393,9 @@ def expand(node):
     """Broadcast to `shape` bidirectionally: the result has the broadcast of both shapes."""
     x, shape = node.inputs
     target = known_ints(shape, "Expand's shape")
-    return [TensorType(x.dtype, broadcast_shapes(x.shape, target))]
+    out = broadcast_shapes(x.shape, target)
+    _require_fill_size(out, np.dtype(numpy_dtype(x.dtype)).itemsize, node.where(), OpError)
+    return [TensorType(x.dtype, out)]
 
 
 @expand.reference
@@ -383,7 +410,9 @@ def tile(node):
     r = known_ints(reps, "Tile's repeats")
     if len(r) != x.type.rank:
         raise OpError(f"Tile: repeats {r} must have one entry per dim of {x.type}")
-    return [TensorType(x.dtype, tuple(d * n for d, n in zip(x.shape, r)))]
+    shape = tuple(d * n for d, n in zip(x.shape, r))
+    _require_fill_size(shape, np.dtype(numpy_dtype(x.dtype)).itemsize, node.where(), OpError)
+    return [TensorType(x.dtype, shape)]
 
 
 tile.reference(lambda attrs, x, reps: np.tile(x, [int(r) for r in reps]))
@@ -413,18 +442,40 @@ def range_(node):
 range_.reference(lambda attrs, s, l, d: np.arange(s, l, d, dtype=np.asarray(s).dtype))
 
 
+# The most bytes one tensor made from sizes (ConstantOfShape, Expand, Tile) may hold. No
+# machine sbc runs on holds more; beyond it the allocation would fail deep inside TVM
+# (std::bad_alloc) or NumPy.
+MAX_FILL_BYTES = 1 << 40  # 1 TiB
+
+
 @op("ConstantOfShape", inputs=["input"], outputs=["output"], attrs={"value": Attr("tensor", None)})
 def constant_of_shape(node):
     """A tensor of the known shape filled with the one-element `value` (default f32 0)."""
     value = node.attrs["value"]
     dtype = "f32" if value is None else dtype_of(value)
-    return [TensorType(dtype, tuple(known_ints(node.inputs[0], "ConstantOfShape's shape")))]
+    shape = tuple(known_ints(node.inputs[0], "ConstantOfShape's shape"))
+    _require_fill_size(shape, np.dtype(numpy_dtype(dtype)).itemsize, node.where(), OpError)
+    return [TensorType(dtype, shape)]
+
+
+def _require_fill_size(shape, itemsize: int, where: str, error) -> None:
+    """Refuse a fill of negative dims or over MAX_FILL_BYTES: now where the shape is known,
+    else (symbolic dims) as a relation checked before the compiled program allocates
+    anything (sbc.ir.assumptions)."""
+    if not all(require(d, ">=", 0, "dims are sizes") for d in shape):
+        raise OpError(f"{where}: shape {[str(d) for d in shape]} has a negative dim")
+    nbytes = prod(shape) * itemsize
+    if not require(MAX_FILL_BYTES, ">=", nbytes, "a tensor made from sizes holds at most 1 TiB"):
+        raise error(f"{where}: shape {[str(d) for d in shape]} asks for {nbytes} bytes; "
+                    f"sbc fills at most {MAX_FILL_BYTES} (1 TiB) per tensor")
 
 
 @constant_of_shape.reference
 def _(attrs, shape):
     value = attrs["value"] if attrs["value"] is not None else np.zeros(1, np.float32)
-    return np.full(tuple(int(d) for d in shape), value.reshape(-1)[0], dtype=value.dtype)
+    shape = tuple(int(d) for d in shape)
+    _require_fill_size(shape, value.dtype.itemsize, "ConstantOfShape", InputError)
+    return np.full(shape, value.reshape(-1)[0], dtype=value.dtype)
 
 
 @op("Size", inputs=["data"], outputs=["size"])
@@ -464,15 +515,44 @@ PAD_MODES = ("constant", "edge", "reflect")
     attrs={"mode": Attr("str", "constant")})
 def pad(node):
     """Pad (negative: crop) the given axes by pads = [begins..., ends...]; modes constant
-    (constant_value, default 0), edge, reflect."""
-    if node.attrs["mode"] not in PAD_MODES:
-        raise OpError(f"{node.where()}: Pad mode '{node.attrs['mode']}' is not supported; "
+    (constant_value, default 0), edge, reflect. As in onnxruntime, negative pads crop first
+    and edge and reflect then read the cropped axis."""
+    mode = node.attrs["mode"]
+    if mode not in PAD_MODES:
+        raise OpError(f"{node.where()}: Pad mode '{mode}' is not supported; "
                       f"supported: {', '.join(PAD_MODES)}")
     x = node.inputs[0]
     shape = list(x.shape)
     for axis, (before, after) in _pad_widths(node, x.type.rank).items():
         shape[axis] = shape[axis] + before + after
+        if mode != "constant":
+            _require_source(node.where(), mode, axis, x.shape[axis], before, after)
     return [TensorType(x.dtype, tuple(shape))]
+
+
+def pad_crop(pad):
+    """How much a pad crops; a symbolic pad is taken to be a size (>= 0)."""
+    return 0 if isinstance(pad, Sym) else max(-pad, 0)
+
+
+def pad_kept(dim, before, after):
+    """The length of an axis once negative pads have cropped it."""
+    return dim - pad_crop(before) - pad_crop(after)
+
+
+def _require_source(where: str, mode: str, axis: int, dim, before, after) -> None:
+    """What onnxruntime requires of an axis that edge or reflect pad: an entry to repeat,
+    and for reflect at most kept - 1 entries on each side (the kernel's reflection period
+    2 * kept - 2 is then positive). Refused now where the sizes are known, else checked
+    before the compiled program runs (sbc.ir.assumptions)."""
+    kept = pad_kept(dim, before, after)
+    for p in (before, after):
+        if not isinstance(p, Sym) and p <= 0:
+            continue  # nothing added on this side
+        least = p + 1 if mode == "reflect" else 1
+        if not require(kept, ">=", least, f"Pad {mode} pads axis {axis} by {p}"):
+            raise OpError(f"{where}: Pad mode '{mode}' pads axis {axis} by {p} but the "
+                          f"axis keeps {kept} entries (at least {least} needed)")
 
 
 def _pad_widths(node, rank):
@@ -493,16 +573,17 @@ def _(attrs, x, pads, value=None, axes=None):
     widths = [(0, 0)] * rank
     for i, a in enumerate(axes):
         widths[a] = (pads[i], pads[i + len(axes)])
-    # negative pads crop: pad by the positive parts, then slice the negative ones off
-    crop = tuple(slice(max(-b, 0), n - max(-a, 0) if a < 0 else None)
-                 for (b, a), n in zip(widths, [x.shape[i] + max(w[0], 0) + max(w[1], 0)
-                                               for i, w in enumerate(widths)]))
-    widths = [(max(b, 0), max(a, 0)) for b, a in widths]
     mode = attrs["mode"]
+    if mode != "constant":
+        for a, ((b, e), n) in enumerate(zip(widths, x.shape)):
+            _require_source("Pad", mode, a, n, b, e)
+    # negative pads crop first (edge and reflect then read the cropped axis)
+    x = x[tuple(slice(pad_crop(b), max(n - pad_crop(a), 0)) for (b, a), n in zip(widths, x.shape))]
+    widths = [(max(b, 0), max(a, 0)) for b, a in widths]
     if mode == "constant":
         cval = 0 if value is None else np.asarray(value).reshape(-1)[0]
-        return np.pad(x, widths, mode="constant", constant_values=cval)[crop]
-    return np.pad(x, widths, mode=mode)[crop]
+        return np.pad(x, widths, mode="constant", constant_values=cval)
+    return np.pad(x, widths, mode=mode)
 
 
 # -- sorting -----------------------------------------------------------------------------------

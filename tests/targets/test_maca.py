@@ -226,3 +226,26 @@ def test_runs_like_the_cpu(tiny_maca, tiny_module_w8, tmp_path):
     got = sbc.load(tmp_path / "tiny.sbc").run({"ids": ids})["logits"]
     expected = tiny_module_w8.run({"ids": ids})["logits"]
     assert np.mean(np.abs(got - expected) < 1e-3) > 0.99
+
+
+def test_host_program_checks_gather_indices(tiny_maca):
+    """The index check of the embedding runs on MACA too: a step after the last kernel that
+    reads the check's flag and, when it is false, the message's values (positions, index,
+    size); the runtime turns it into the same one-line InputError as on the CPU."""
+    from sbc.errors import InputError
+    from sbc.runtimes.maca import MacaRuntime
+    plan = json.loads(tiny_maca.files["maca/launches.json"])
+    (check,) = [s for s in plan["programs"]["main"]["steps"] if "check" in s]
+    assert "(Gather): index {1} at flat position {0}" in check["message"] and len(check["args"]) == 3
+
+    runtime = object.__new__(MacaRuntime)  # no device: the step's logic with host arrays
+    values = {"ok": np.array(False), "p": np.array(2), "i": np.array(1000), "n": np.array(256)}
+    runtime.mc = type("NoDevice", (), {"synchronize": lambda self: None})()
+    runtime._resolve = lambda ref, env, dims: ref["value"]
+    runtime._download = lambda name: values[name]
+    step = {"check": {"value": "ok"}, "args": [{"value": v} for v in "pin"], "message": check["message"]}
+    with pytest.raises(InputError, match="index 1000 at flat position 2 of %ids is out of range "
+                                         "for an axis of size 256"):
+        runtime._check(step, {}, {})
+    values["ok"] = np.array(True)
+    runtime._check(step, {}, {})
