@@ -28,7 +28,6 @@ from sbc.codegen.schedule_cpu import SCHEDULED, schedule_cpu
 from sbc.codegen.target import SbcTarget, host_cpu_features, host_cpu_target, resolve
 from sbc.errors import CompileError, SbcError, UnsupportedError
 from sbc.ir import Graph, TensorType, Value, get_op
-from sbc.ir.assumptions import Assumption, collect, unique
 
 SUPPORTED_TARGETS = ("cpu", "cuda", "maca")
 OPAQUE = 8  # relax's OpPatternKind kOpaque: FuseOps leaves the kernel alone
@@ -49,8 +48,6 @@ class BuiltModule:
     params: dict[str, np.ndarray]
     target: dict = field(default_factory=dict)
     files: dict[str, bytes] = field(default_factory=dict)  # further artifact members (GPU code)
-    # relations between symbolic dims the kernels rely on, checked before every run
-    assumptions: list[Assumption] = field(default_factory=list)
 
 
 def build(graph: Graph, target: str = "cpu", programs: dict[str, Graph] | None = None,
@@ -83,7 +80,7 @@ def build(graph: Graph, target: str = "cpu", programs: dict[str, Graph] | None =
     except Exception as e:  # TVM's own errors are long C++ traces: chained, not in the message
         raise CompileError(_describe_failure(mod, tvm_target, kernels)) from e
     return _built(graph, executable, {"kind": "cpu", "tvm_target": str(tvm_target.export()),
-                                      **host_cpu_features()}, programs=programs)
+                                      **host_cpu_features()})
 
 
 def build_gpu(graph: Graph, programs: dict[str, Graph], target: SbcTarget) -> BuiltModule:
@@ -110,13 +107,11 @@ def build_gpu(graph: Graph, programs: dict[str, Graph], target: SbcTarget) -> Bu
         except Exception as e:
             raise device.failure(e) from e
     files = device.finish(mod)
-    return _built(graph, executable, {**target.manifest(), **device.manifest()}, files, programs)
+    return _built(graph, executable, {**target.manifest(), **device.manifest()}, files)
 
 
-def _built(graph: Graph, executable, target: dict, files: dict | None = None,
-           programs: dict[str, Graph] | None = None) -> BuiltModule:
+def _built(graph: Graph, executable, target: dict, files: dict | None = None) -> BuiltModule:
     """The BuiltModule of `graph` (main's signature and weights) around an executable."""
-    assumptions = unique([a for g in (programs or {"main": graph}).values() for a in collect(g)])
     return BuiltModule(
         executable=executable,
         inputs=[(v.name, v.type) for v in graph.inputs],
@@ -125,7 +120,6 @@ def _built(graph: Graph, executable, target: dict, files: dict | None = None,
         params={p.name: p.data for p in graph.params},
         target=target,
         files=files or {},
-        assumptions=assumptions,
     )
 
 

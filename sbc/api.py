@@ -180,10 +180,10 @@ def compile(model, target: str = "cpu", *, arch=None, passes=None, quantize=None
     # passes rewrite in place: a caller's Graph is copied, not changed behind its back
     graph = copy.deepcopy(model) if isinstance(model, Graph) else import_onnx(model)
     source = _source_info(model)
-    # what the model as imported relies on: a pass may drop the node that stated it (a
-    # Squeeze that squeezes nothing) while the program still computes the model's answer
-    # only where it holds
-    imported = assumptions.collect(graph)
+    # what the model as imported relies on, as well as what the compiled programs do: a pass
+    # may drop the node that stated it (a Squeeze that squeezes nothing) while the program
+    # still computes the model's answer only where it holds
+    relied_on = assumptions.collect(graph)
     graph = run_passes(graph, passes, print_after=print_after, time_passes=time_passes,
                        verify_each=verify_each, dump_dir=dump_dir, fixed_point=fixed_point)
     from sbc.passes.to_recurrent import POSITION, memory_certificate, state_names
@@ -192,7 +192,9 @@ def compile(model, target: str = "cpu", *, arch=None, passes=None, quantize=None
     if stats is not None and target == "cpu":
         graph = _choose_spike_kernels(graph, stats)
     programs = {"prefill": prefill_program(graph)} if state_names(graph) else {}
-    built = build(graph, target, {n: g for n, g in programs.items() if g is not None}, arch=arch)
+    programs = {n: g for n, g in programs.items() if g is not None}
+    relied_on += [a for g in (graph, *programs.values()) for a in assumptions.collect(g)]
+    built = build(graph, target, programs, arch=arch)
     manifest = {
         "sbc_version": _version(),
         "target": built.target,
@@ -201,12 +203,12 @@ def compile(model, target: str = "cpu", *, arch=None, passes=None, quantize=None
         "param_names": list(built.param_names),
         "source": source,
         "ops": graph.op_counts(),
-        "assumptions": [a.to_json() for a in assumptions.unique(imported + built.assumptions)],
+        "assumptions": [a.to_json() for a in assumptions.unique(relied_on)],
     }
     if state_names(graph):
         manifest["recurrent"] = {"position": POSITION, "state": state_names(graph),
                                  "memory_certificate": memory_certificate(graph),
-                                 "prefill_program": programs["prefill"] is not None}
+                                 "prefill_program": "prefill" in programs}
     if stats is not None:
         manifest["spike_stats"] = stats
     manifest["notes"] = fusion_notes(graph)
