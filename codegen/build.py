@@ -230,7 +230,7 @@ class _Lowerer:
     def index_check(self, node) -> None:
         """A gather's bounds check (codegen.index_checks), shared by gathers of the same
         indices along axes of the same size."""
-        data, indices = node.inputs
+        data, indices = node.inputs[:2]  # (a scatter's updates come third)
         if is_empty(indices.shape):
             return  # no index to check (the check kernel would divide by the 0 dim)
         key = (id(indices), node.op, tuple(str(data.shape[a]) for a in checked_axes(node)))

@@ -1,4 +1,5 @@
-"""Run-time bounds checks of the index inputs of Gather, GatherElements and GatherND.
+"""Run-time bounds checks of the index inputs of Gather, GatherElements, GatherND,
+ScatterElements and ScatterND (whose kernels skip a bad index: nothing is written outside).
 
 The gather kernels themselves never read outside `data` (codegen.lower guards each read), but
 an index out of range is the caller's error and must say so, as onnxruntime does. Each gather
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 
 from tvm import relax, te, tirx
 
-CHECKED_OPS = ("Gather", "GatherElements", "GatherND")
+CHECKED_OPS = ("Gather", "GatherElements", "GatherND", "ScatterElements", "ScatterND")
 
 
 @dataclass
@@ -36,8 +37,8 @@ def checked_axes(node) -> list:
     """Per component of an index (GatherND: one per last-dim entry), the data axis it
     indexes."""
     rank = node.inputs[0].type.rank
-    if node.op == "GatherND":
-        b = node.attrs["batch_dims"]
+    if node.op in ("GatherND", "ScatterND"):
+        b = node.attrs.get("batch_dims", 0)
         return [b + k for k in range(node.inputs[1].shape[-1])]
     return [node.attrs["axis"] % rank]
 
@@ -45,7 +46,7 @@ def checked_axes(node) -> list:
 def emit_index_check(bb: relax.BlockBuilder, node, data: relax.Expr, indices: relax.Expr) -> IndexCheck:
     """Emit the check kernels of one gather node (inside the current dataflow block)."""
     axes = checked_axes(node)
-    per_component = node.op == "GatherND"
+    per_component = node.op in ("GatherND", "ScatterND")
 
     def bound(x, idx, flat):
         """The size the index at flat position `flat` is checked against."""

@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 from tvm import te, tirx, topi
 
-from sbc.ir.dims import FloorDiv, Sym
+from sbc.ir.dims import FloorDiv, MinMax, Sym
 
 TVM_DTYPES = {"f32": "float32", "f16": "float16", "f64": "float64", "i8": "int8", "i16": "int16",
               "i32": "int32", "i64": "int64", "u8": "uint8", "bool": "bool"}
@@ -96,10 +96,13 @@ class Ctx:
         return tirx.IntImm("int64", int(d))
 
     def atom(self, atom):
-        """A symbol's var, or floor(num / den) for a FloorDiv (TIR's floordiv is floor, as
-        the dims' is: the numerator of a canonical FloorDiv is never negative anyway)."""
+        """A symbol's var, floor(num / den) for a FloorDiv (TIR's floordiv is floor, as the
+        dims' is), or min / max of the two arguments of a MinMax."""
         if isinstance(atom, FloorDiv):
             return tirx.floordiv(self.expr(atom.num), tirx.IntImm("int64", atom.den))
+        if isinstance(atom, MinMax):
+            fn = tirx.min if atom.fn == "min" else tirx.max
+            return fn(*(self.expr(d) for d in atom.args))
         return self.var(atom)
 
     def shape(self, dims) -> list:
@@ -803,8 +806,6 @@ def _slice(ctx, node, x, starts, ends, axes=None, steps=None):
     for a, s, e, st in zip(axes_l, starts.array.reshape(-1), ends.array.reshape(-1), steps_l):
         s0, _, _ = _slice_range(in_dims[a], s if isinstance(s, Sym) else int(s),
                                 e if isinstance(e, Sym) else int(e), st)
-        if st < 0 and s0 == in_dims[a]:  # "from the end" going backwards starts at dim - 1
-            s0 = in_dims[a] - 1
         begin[a] = ctx.expr(s0)
         stride[a] = st
     return te.compute(ctx.out_shape(), lambda *i: x[tuple(begin[d] + i[d] * stride[d] for d in range(rank))],
@@ -819,6 +820,8 @@ def _wrap(idx, dim):
 def _guarded_read(x, index, axes_dims):
     """x[index], or 0 where an index along `axes_dims` ({axis: dim}) is out of range: a bad
     index never reads outside x (the run-time check of codegen.index_checks reports it)."""
+    if not axes_dims:  # a GatherND with index tuples of length 0 reads whole slices
+        return x[tuple(index)]
     inside = [tirx.And(index[a] >= 0, index[a] < d) for a, d in axes_dims.items()]
     cond = inside[0]
     for c in inside[1:]:

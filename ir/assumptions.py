@@ -1,8 +1,8 @@
 """Assumptions: relations between symbolic dims that compiled code relies on.
 
 Shape inference cannot always prove what an op needs. `x[2, K] @ W[4, 3]` is typed `[2, 3]`
-only if K == 4; `x[:, :8]` on a symbolic `seq` has 8 rows only if seq >= 8; `a[n] + b[4]`
-broadcasts to 4 elements only if n == 4. Such a node is compiled as if the relation held, so
+only if K == 4; `a[n] + b[4]` broadcasts to 4 elements only if n == 4; `x[n - 4:]` counts from
+the start only if n >= 4 (a negative start would count from the end). Such a node is compiled as if the relation held, so
 it must be checked, once, before any kernel runs: a size that breaks it would otherwise make
 the kernel read outside its buffers or return wrong numbers.
 

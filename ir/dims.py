@@ -1,9 +1,13 @@
-"""Symbolic dimensions: `batch`, `seq`, `batch*seq`, `past + seq`, `(seq + 63) // 64 + 1`.
+"""Symbolic dimensions: `batch`, `seq`, `batch*seq`, `past + seq`, `(seq + 63) // 64 + 1`,
+`min(seq, 8)`.
 
 A dimension is either a plain `int` or a `Sym`, a polynomial with integer coefficients over
 atoms kept in canonical form, so `seq*batch == batch*seq` and `seq + 1 - 1 == seq`. An atom is
-a symbol name (a size, so never negative) or a `FloorDiv`: floor(p / c) of a polynomial p by a
-positive int c, which is what a chunk count such as ceil(seq / 64) = (seq + 63) // 64 needs.
+a symbol name (a size, so never negative), a `FloorDiv`: floor(p / c) of a polynomial p by a
+positive int c, which is what a chunk count such as ceil(seq / 64) = (seq + 63) // 64 needs, or
+a `MinMax`: min(a, b) or max(a, b), which is what ONNX's clamped Slice bounds need (`x[:, :8]`
+has min(seq, 8) rows). `dim_min` / `dim_max` build the latter and drop them where one side is
+provably the answer (`max(seq, 0)` is `seq`), using `nonnegative`, a small prover.
 Sym overloads + - * // % so that NumPy object arrays of dims do shape arithmetic: the same
 reference implementation that computes `Gather(Shape(x), 1)` on real data computes it on
 symbolic shapes, which is how shape folding works.
@@ -20,7 +24,7 @@ from typing import Union
 
 from sbc.errors import CompileError
 
-Atom = Union[str, "FloorDiv"]
+Atom = Union[str, "FloorDiv", "MinMax"]
 Monomial = tuple[Atom, ...]  # sorted atoms, repeated for powers; () is the constant term
 
 
@@ -62,7 +66,7 @@ class Sym:
         terms: dict[Monomial, int] = {}
         for m1, c1 in self.terms.items():
             for m2, c2 in other.items():
-                m = tuple(sorted(m1 + m2))
+                m = tuple(sorted(m1 + m2, key=_atom_key))
                 terms[m] = terms.get(m, 0) + c1 * c2
         return simplify(Sym(terms))
 
@@ -132,13 +136,13 @@ class Sym:
 
     @property
     def symbols(self) -> set[str]:
-        """The symbol names the dim depends on (also those inside FloorDiv atoms)."""
+        """The symbol names the dim depends on (also those inside FloorDiv and MinMax atoms)."""
         return {s for m in self.terms for a in m for s in _atom_symbols(a)}
 
     @property
     def nonnegative(self) -> bool:
-        """Provably >= 0: symbols and FloorDiv atoms are, so all coefficients >= 0 is enough."""
-        return all(c >= 0 for c in self.terms.values())
+        """Provably >= 0 for every value of the symbols (see `nonnegative`)."""
+        return nonnegative(self)
 
     def __str__(self):
         parts = []
@@ -164,7 +168,39 @@ class Sym:
 Dim = Union[int, Sym]
 
 
-class FloorDiv:
+def _atom_key(atom) -> tuple:
+    """Atoms are sorted inside monomials (and monomials inside a Sym): symbol names first,
+    then FloorDivs by (den, text), then MinMaxes by text."""
+    if isinstance(atom, str):
+        return (0, atom)
+    return atom.key()
+
+
+class _Compound:
+    """An atom built from dims (FloorDiv, MinMax): ordered after symbol names, by key()."""
+
+    __slots__ = ()
+
+    def key(self) -> tuple:
+        raise NotImplementedError
+
+    def __lt__(self, other):
+        return _atom_key(self) < _atom_key(other)
+
+    def __gt__(self, other):
+        return _atom_key(self) > _atom_key(other)
+
+    def __le__(self, other):
+        return self == other or self < other
+
+    def __ge__(self, other):
+        return self == other or self > other
+
+    def __repr__(self):
+        return str(self)
+
+
+class FloorDiv(_Compound):
     """The atom floor(num / den): num a Sym in canonical form (every coefficient in [0, den),
     no factor shared by all of them and den; see _floor_div), den an int >= 2. Equal when
     num and den are (structurally: the only equality sbc can prove without knowing symbols)."""
@@ -174,8 +210,8 @@ class FloorDiv:
     def __init__(self, num: Sym, den: int):
         self.num, self.den = num, den
 
-    def _key(self):
-        return (self.den, str(self.num))
+    def key(self):
+        return (1, self.den, str(self.num))
 
     def __eq__(self, other):
         return isinstance(other, FloorDiv) and (self.num, self.den) == (other.num, other.den)
@@ -183,26 +219,77 @@ class FloorDiv:
     def __hash__(self):
         return hash((self.num, self.den))
 
-    # Atoms are sorted inside monomials: symbol names first, then FloorDivs by (den, text).
-    def __lt__(self, other):
-        return isinstance(other, FloorDiv) and self._key() < other._key()
-
-    def __gt__(self, other):
-        if isinstance(other, FloorDiv):
-            return self._key() > other._key()
-        return isinstance(other, str)
-
-    def __le__(self, other):
-        return self == other or self < other
-
-    def __ge__(self, other):
-        return self == other or self > other
-
     def __str__(self):
         num = str(self.num)
         return f"{num} // {self.den}" if num.isidentifier() else f"({num}) // {self.den}"
 
-    __repr__ = __str__
+
+class MinMax(_Compound):
+    """The atom min(a, b) or max(a, b) (fn "min" or "max") of two dims neither of which is
+    provably the answer (dim_min and dim_max decide that). The arguments are sorted, symbolic
+    before constant, so min(8, seq) and min(seq, 8) are the same atom."""
+
+    __slots__ = ("fn", "args")
+
+    def __init__(self, fn: str, a: "Dim", b: "Dim"):
+        self.fn = fn
+        self.args = tuple(sorted((a, b), key=lambda d: (isinstance(d, int), str(d))))
+
+    def key(self):
+        return (2, self.fn, *map(str, self.args))
+
+    def __eq__(self, other):
+        return isinstance(other, MinMax) and (self.fn, self.args) == (other.fn, other.args)
+
+    def __hash__(self):
+        return hash((self.fn, self.args))
+
+    def __str__(self):
+        return f"{self.fn}({self.args[0]}, {self.args[1]})"
+
+
+def dim_min(a, b) -> "Dim":
+    """min(a, b) of two dims: one of them where that is provable, else a MinMax atom."""
+    return _extremum("min", as_dim(a), as_dim(b))
+
+
+def dim_max(a, b) -> "Dim":
+    """max(a, b) of two dims: one of them where that is provable, else a MinMax atom."""
+    return _extremum("max", as_dim(a), as_dim(b))
+
+
+def difference(a, b) -> "Dim":
+    """a - b, with a lone min / max on one side taken apart where the other side has none,
+    so that it can simplify: seq - max(seq - 3, 0) is min(3, seq) = min(seq, 3)."""
+    a, b = as_dim(a), as_dim(b)
+    if _lone_min_max(b) and not _has_min_max(a):
+        x, y = _lone_min_max(b).args  # a - max(x, y) = min(a - x, a - y), and vice versa
+        return (dim_max if _lone_min_max(b).fn == "min" else dim_min)(a - x, a - y)
+    if _lone_min_max(a) and not _has_min_max(b):
+        x, y = _lone_min_max(a).args
+        return (dim_min if _lone_min_max(a).fn == "min" else dim_max)(x - b, y - b)
+    return a - b
+
+
+def _lone_min_max(d: "Dim") -> "MinMax | None":
+    """The MinMax atom that d is, if it is one (coefficient 1, nothing added)."""
+    if isinstance(d, Sym) and len(d.terms) == 1:
+        (m, c), = d.terms.items()
+        if c == 1 and len(m) == 1 and isinstance(m[0], MinMax):
+            return m[0]
+    return None
+
+
+def _has_min_max(d: "Dim") -> bool:
+    return isinstance(d, Sym) and any(isinstance(a, MinMax) for m in d.terms for a in m)
+
+
+def _extremum(fn: str, a: "Dim", b: "Dim") -> "Dim":
+    if nonnegative(b - a):  # a <= b
+        return a if fn == "min" else b
+    if nonnegative(a - b):
+        return b if fn == "min" else a
+    return Sym({(MinMax(fn, a, b),): 1})
 
 
 def _floor_div(p: Sym, c: int) -> Dim:
@@ -219,7 +306,11 @@ def _floor_div(p: Sym, c: int) -> Dim:
 
 
 def _atom_symbols(atom: Atom) -> set[str]:
-    return atom.num.symbols if isinstance(atom, FloorDiv) else {atom}
+    if isinstance(atom, FloorDiv):
+        return atom.num.symbols
+    if isinstance(atom, MinMax):
+        return {s for d in atom.args if isinstance(d, Sym) for s in d.symbols}
+    return {atom}
 
 
 def _atom_text(atom: Atom, alone: bool) -> str:
@@ -233,6 +324,8 @@ def _atom_text(atom: Atom, alone: bool) -> str:
 def _atom_value(atom: Atom, env: dict[str, int]) -> int:
     if isinstance(atom, FloorDiv):
         return evaluate(atom.num, env) // atom.den
+    if isinstance(atom, MinMax):
+        return {"min": min, "max": max}[atom.fn](evaluate(d, env) for d in atom.args)
     if atom not in env:
         raise SymbolicError(f"symbol '{atom}' is not bound")
     return env[atom]
@@ -262,6 +355,56 @@ def simplify(d: Sym) -> Dim:
     return d
 
 
+def nonnegative(d: Dim) -> bool:
+    """Provably >= 0 for every value of the symbols (sizes, so >= 0). False means "not
+    proven". A polynomial whose coefficients and atoms are all >= 0 is; otherwise one compound
+    atom is taken out: a MinMax is one of its two arguments (a max with a positive coefficient
+    needs only one of them to do, a min all of them), and a FloorDiv f = floor(n / k) alone in
+    its monomial lies in [(n - k + 1) / k, n / k]. So `64*((seq + 63) // 64) - seq` and
+    `max(seq - 6, 0) - seq + 6` are proven nonnegative."""
+    if not isinstance(d, Sym):
+        return d >= 0
+    if all(c >= 0 for c in d.terms.values()) and all(_atom_nonnegative(a) for m in d.terms for a in m):
+        return True
+    for m, c in d.terms.items():
+        for atom in m:
+            if isinstance(atom, MinMax):
+                return _nonnegative_either_way(d, m, c, atom)
+            if isinstance(atom, FloorDiv) and m == (atom,):
+                rest = d - Sym({m: c})
+                slack = atom.den - 1 if c > 0 else 0  # the remainder that makes d smallest
+                return nonnegative(atom.den * rest + c * (atom.num - slack))
+    return False
+
+
+def _nonnegative_either_way(d: Sym, m: Monomial, c: int, atom: "MinMax") -> bool:
+    """d >= 0 with `atom` (in monomial m, coefficient c) replaced by each of its arguments."""
+    cases = [nonnegative(_substitute(d, atom, arg)) for arg in atom.args]
+    linear = m == (atom,) and sum(atom in mono for mono in d.terms) == 1
+    any_will_do = linear and (atom.fn == "max") == (c > 0)  # d is then the max of the cases
+    return any(cases) if any_will_do else all(cases)
+
+
+def _atom_nonnegative(atom: Atom) -> bool:
+    if isinstance(atom, FloorDiv):
+        return nonnegative(atom.num)
+    if isinstance(atom, MinMax):
+        found = [nonnegative(a) for a in atom.args]
+        return all(found) if atom.fn == "min" else any(found)
+    return True  # a symbol is a size
+
+
+def _substitute(d: Sym, atom: Atom, value: Dim) -> Dim:
+    """d with every occurrence of `atom` replaced by `value`."""
+    total: Dim = 0
+    for m, c in d.terms.items():
+        term: Dim = c
+        for a in m:
+            term = term * (value if a == atom else Sym({(a,): 1}))
+        total = total + term
+    return total
+
+
 def as_dim(x) -> Dim:
     if isinstance(x, Sym):
         return x
@@ -275,8 +418,8 @@ def is_static(d) -> bool:
 
 
 def parse_dim(text: str) -> Dim:
-    """Parse `batch`, `2*seq + 1`, `batch*seq`, `(seq + 63) // 64` (the printer's output) into
-    a Dim."""
+    """Parse `batch`, `2*seq + 1`, `batch*seq`, `(seq + 63) // 64`, `max(seq - 2, 0)` (the
+    printer's output) into a Dim."""
 
     def ev(node):
         if isinstance(node, ast.Expression):
@@ -287,6 +430,9 @@ def parse_dim(text: str) -> Dim:
             return Sym.var(node.id)
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
             return -ev(node.operand)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
+                and node.func.id in ("min", "max") and len(node.args) == 2 and not node.keywords:
+            return (dim_min if node.func.id == "min" else dim_max)(*map(ev, node.args))
         if isinstance(node, ast.BinOp):
             ops = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b,
                    ast.Mult: lambda a, b: a * b, ast.FloorDiv: lambda a, b: a // b,

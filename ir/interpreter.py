@@ -54,10 +54,12 @@ def run_node(node: Node, args: list, env: dict[str, int]) -> list[np.ndarray]:
     return outs
 
 
-def evaluate(value, symbols: dict[str, int]) -> np.ndarray | None:
+def evaluate(value, symbols: dict[str, int], given: dict | None = None) -> np.ndarray | None:
     """The value of `value` computed from params and constants alone, with the symbolic dims
-    set to `symbols` (e.g. a causal mask at seq = 5); None if it depends on a graph input."""
-    cache: dict[int, np.ndarray | None] = {}
+    set to `symbols` (e.g. a causal mask at seq = 5); None if it depends on a graph input.
+    `given` (Value -> array) supplies values to use instead of computing them: evaluating a
+    subgraph on chosen inputs (a trial of what a region computes)."""
+    cache: dict[int, np.ndarray | None] = {id(v): a for v, a in (given or {}).items()}
 
     def value_of(v):
         if id(v) not in cache:
@@ -65,8 +67,8 @@ def evaluate(value, symbols: dict[str, int]) -> np.ndarray | None:
         return cache[id(v)]
 
     def compute(v):
-        if v.data is not None:
-            return concretize(v.data, symbols)
+        if v.data is not None:  # dims a Cast made float are still held as dims
+            return np.asarray(concretize(v.data, symbols)).astype(numpy_dtype(v.dtype), copy=False)
         node = v.producer
         if node is None:  # a graph input
             return None

@@ -117,11 +117,9 @@ def bind_symbols(expected: list[tuple[str, TensorType]], arrays: dict[str, np.nd
     bound_by: dict[str, str] = {}
     for name, t in expected:  # single-symbol dims bind first, then everything is checked
         for axis, (d, n) in enumerate(zip(t.shape, np.shape(arrays[name]))):
-            if isinstance(d, Sym) and len(d.terms) == 1 and list(d.terms.items())[0][1] == 1 \
-                    and len(next(iter(d.terms))) == 1:
-                symbol = next(iter(d.terms))[0]
-                if symbol not in env:
-                    env[symbol], bound_by[symbol] = n, f"input '{name}' axis {axis}"
+            symbol = _lone_symbol(d)
+            if symbol is not None and symbol not in env:
+                env[symbol], bound_by[symbol] = n, f"input '{name}' axis {axis}"
     for name, t in expected:
         a = arrays[name]
         try:
@@ -146,3 +144,13 @@ def bind_symbols(expected: list[tuple[str, TensorType]], arrays: dict[str, np.nd
         from sbc.ir.assumptions import check
         check(assumptions, env, bound_by)
     return env
+
+
+def _lone_symbol(d) -> str | None:
+    """The symbol's name if d is one symbol (`seq`), not an expression of symbols
+    (`2*seq`, `(seq + 63) // 64`, `min(seq, 8)`: checked once the symbols are bound)."""
+    if isinstance(d, Sym) and len(d.terms) == 1:
+        (monomial, coef), = d.terms.items()
+        if coef == 1 and len(monomial) == 1 and isinstance(monomial[0], str):
+            return monomial[0]
+    return None

@@ -115,7 +115,7 @@ _BUILTIN_MODULES = ("cse", "dce", "fold_constants", "fold_reshape_transpose",
                     "fuse_linear_attention", "fuse_sliding_window_attention", "last_position",
                     "pack_matmul_weights", "to_recurrent", "fuse_spike_neurons",
                     "quantize_weights_int8", "spike_matmul", "spike_sparsity",
-                    "loop_to_scan")
+                    "loop_to_scan", "recognise_mixers")
 
 
 def register_pass(cls: type[Pass]) -> type[Pass]:

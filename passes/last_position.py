@@ -7,8 +7,8 @@ Prefill needs only the last token's logits, and the LM head alone is about a qua
 `small` model's work per token. f is what feeds nothing but the output, walked back from it
 while each node is provably position-wise (to-recurrent's proof) and takes no shape-valued
 input (a Reshape to [B, T, ..] would have to be rewritten too: such a node ends the walk).
-The first output must have the sequence symbol as a dim of its own; otherwise the pass does
-nothing.
+The first output must have the sequence symbol (found by to-recurrent's `sequence_symbol`
+unless given) as a dim of its own; otherwise the pass does nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from sbc.ir import Graph, Node, Value
 from sbc.ir.dims import Sym
 from sbc.ir.registry import infer_node
 from sbc.passes.base import Pass, PassResult, register_pass
-from sbc.passes.to_recurrent import LAYOUT, STATEFUL, mixing_reason
+from sbc.passes.to_recurrent import LAYOUT, STATEFUL, mixing_reason, sequence_symbol
 
 INT64_MAX = np.iinfo(np.int64).max
 
@@ -32,14 +32,17 @@ class LastPosition(Pass):
 
     @dataclass
     class Options:
-        seq: str = "seq"  # the symbol of the sequence axis
+        seq: str = ""  # the symbol of the sequence axis; "": found (sequence_symbol)
 
     def run(self, graph: Graph) -> PassResult:
-        seq = Sym.var(self.options.seq)
+        name = self.options.seq or sequence_symbol(graph)
+        if name is None:
+            return PassResult(graph, False)
+        seq = Sym.var(name)
         out = graph.outputs[0]
         if seq not in out.shape:
             return PassResult(graph, False)
-        chain = self._chain(graph, out, seq)
+        chain = self._chain(graph, out, name)
         frontier = [v for n in chain for v in n.inputs
                     if v is not None and v.producer not in chain and seq in v.shape]
         if not chain or any(list(v.shape).count(seq) != 1 for v in frontier):
@@ -55,7 +58,7 @@ class LastPosition(Pass):
         graph.toposort()
         return PassResult(graph, True)
 
-    def _chain(self, graph: Graph, out: Value, seq: Sym) -> set[Node]:
+    def _chain(self, graph: Graph, out: Value, seq: str) -> set[Node]:
         """The position-wise nodes whose outputs feed only the first output (directly or
         through each other); users come before producers in reverse topological order."""
         users = graph.users()
@@ -68,11 +71,12 @@ class LastPosition(Pass):
                 chain.add(node)
         return chain
 
-    def _movable(self, node: Node, seq: Sym) -> bool:
+    @staticmethod
+    def _movable(node: Node, seq: str) -> bool:
         shape_valued = any(v is not None and v.data is not None and v.data.dtype == object
                            for v in node.inputs)
         return (node.op not in STATEFUL and node.op not in LAYOUT and not shape_valued
-                and mixing_reason(node, self.options.seq) is None)
+                and mixing_reason(node, seq) is None)
 
     @staticmethod
     def _slice_last(graph: Graph, v: Value, axis: int) -> Value:

@@ -26,13 +26,16 @@ from sbc.passes.base import Pass, get_pass
 
 # loop-to-scan turns Loops that walk tensors along an axis into Scans, which
 # fuse-linear-attention then raises like any other Scan.
+# recognise-mixers takes the token mixers the two syntactic fusions left, whatever their
+# spelling, and decides what they compute by running them (slower, so it goes second).
 # pack-matmul-weights (added with the MatMulPacked kernel) runs after folding, so weights
 # that fold-constants produced (e.g. transposed) are packed too.
 # fuse-spike-neurons (exact) and spike-matmul (integer matmuls where weights are int8; with
 # f32 weights it does nothing unless told to) run before to-recurrent, which knows their ops;
 # `--quantize w8` adds quantize-weights-int8 right before spike-matmul.
 DEFAULT_PIPELINE = ["fold-constants", "fold-reshape-transpose", "cse", "loop-to-scan",
-                    "fuse-linear-attention", "fuse-sliding-window-attention", "fuse-spike-neurons",
+                    "fuse-linear-attention", "fuse-sliding-window-attention", "recognise-mixers",
+                    "fuse-spike-neurons",
                     "spike-matmul", "to-recurrent", "pack-matmul-weights", "dce"]
 MAX_ROUNDS = 4
 

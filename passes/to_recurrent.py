@@ -7,10 +7,16 @@
   its present_state to the output of the same name;
 - every SlidingWindowAttention reads and writes its ring buffers `state.<node>.key|value`
   [B, H_kv, window, D] and the shared `position` (i64 scalar, tokens seen so far);
-- positions: Range(0, T) (e.g. RoPE angles) -> Range(0, T) + position.
+- positions: Range(0, T) (e.g. RoPE angles, or Hugging Face's cache_position = arange(T) before
+  its Unsqueeze/Expand into position_ids) -> Range(0, T) + position. Positions that are a graph
+  input (`position_ids`) are left as they are: whoever runs the step program passes absolute
+  positions, position .. position + T - 1 (sessions do so for an input named `position_ids`).
 With zero state and position 0 the program computes exactly what it did before; run on
 consecutive chunks of a sequence it computes the same as on the whole sequence, so one program
 serves prefill (any T, streamed in chunks) and decode (T = 1).
+
+T is whatever symbol the exporter named the sequence axis (seq, T, sequence_length, dynamo's
+s0/s1): `sequence_symbol` finds it from the graph, and the manifest records it.
 
 That holds only if no other node mixes tokens along the sequence axis. The pass proves this
 node by node (elementwise ops, row-wise reductions, projections, layout changes that keep each
@@ -39,6 +45,38 @@ ELEMENTWISE = frozenset("""Abs Acos Add And Asin Atan Cast CastLike Ceil Clip Co
     LeakyRelu Less LessOrEqual Log Max Mean Min Mish Mod Mul Neg Not Or Pow Reciprocal Relu
     Round Selu Sigmoid Sign Sin Sinh Softplus Softsign Sqrt Sub Sum Tan Tanh Where Xor""".split())
 LAYOUT = ("Reshape", "Squeeze", "Unsqueeze", "Flatten", "Transpose", "Expand")
+
+
+def sequence_symbol(graph: Graph) -> str | None:
+    """The symbol of the sequence axis, found from the graph rather than by name: exporters call
+    it seq, T, sequence_length or s0 (and dynamo may call the batch s0). It is the symbol on the
+    sequence axis (axis 1 of the packed [B, T, H*D] query) of the token mixers; in a graph
+    without mixers, the one symbol on axis 1 of the inputs besides their batch (axis 0) symbols
+    (ids [B, T]). None if there is no such symbol, or more than one."""
+    mixers = [n.inputs[0] for n in graph.nodes if n.op in STATEFUL]
+    if mixers:
+        found = {s for v in mixers for s in _dim_symbols(v.shape[1])}
+    else:
+        rows = [v.shape for v in graph.inputs if v.type.rank >= 2]
+        found = {s for shape in rows for s in _dim_symbols(shape[1])}
+        found -= {s for shape in rows for s in _dim_symbols(shape[0])}
+    return found.pop() if len(found) == 1 else None
+
+
+def no_sequence_symbol(graph: Graph) -> str:
+    """What sequence_symbol looked for, for the error when it finds nothing."""
+    ops = " or ".join(STATEFUL)
+    mixers = [n for n in graph.nodes if n.op in STATEFUL]
+    if mixers:
+        dims = sorted({str(n.inputs[0].shape[1]) for n in mixers})
+        return (f"found no sequence symbol: the sequence axis (axis 1) of the {ops} inputs "
+                f"[B, T, H*D] is {', '.join(dims)}, not one symbolic dim")
+    return (f"found no sequence symbol: the graph has no {ops}, and axis 1 of its inputs holds "
+            "no single symbolic dim besides the batch")
+
+
+def _dim_symbols(d) -> set[str]:
+    return d.symbols if isinstance(d, Sym) else set()
 
 
 def _uses(d, seq: str) -> bool:
@@ -116,10 +154,14 @@ def mixing_reason(node: Node, seq: str) -> str | None:
     return None
 
 
-def why_not_recurrent(graph: Graph, seq: str = "seq") -> str | None:
-    """Why to-recurrent would leave `graph` as it is (None: it applies)."""
+def why_not_recurrent(graph: Graph, seq: str | None = None) -> str | None:
+    """Why to-recurrent would leave `graph` as it is (None: it applies). seq: the sequence
+    axis's symbol; None: sequence_symbol(graph)."""
     if not any(n.op in STATEFUL and not ToRecurrent._has_state(n) for n in graph.nodes):
         return f"the graph has no {' or '.join(STATEFUL)} without state to give state to"
+    seq = seq or sequence_symbol(graph)
+    if seq is None:
+        return no_sequence_symbol(graph)
     if not any(seq in v.type.symbols for v in graph.inputs):
         return f"no input has a '{seq}' axis"
     for node in graph.nodes:
@@ -136,11 +178,11 @@ class ToRecurrent(Pass):
 
     @dataclass
     class Options:
-        seq: str = "seq"  # the symbol of the sequence axis
+        seq: str = ""  # the symbol of the sequence axis; "": found (sequence_symbol)
         required: bool = False  # fail (naming the node) instead of leaving the graph as it is
 
     def run(self, graph: Graph) -> PassResult:
-        seq = self.options.seq
+        seq = self.options.seq or sequence_symbol(graph)
         why = why_not_recurrent(graph, seq)
         if why:
             if self.options.required:
@@ -195,9 +237,14 @@ def state_names(graph: Graph) -> list[str]:
     return [v.name for v in graph.inputs if v.name.startswith(STATE_PREFIX)]
 
 
-def memory_certificate(graph: Graph, seq: str = "seq") -> dict:
+def memory_certificate(graph: Graph, seq: str | None = None) -> dict:
     """Every buffer of the decode step (the recurrent program at T = 1) with its size in bytes,
-    and the check that no state depends on the sequence length."""
+    and the check that no state depends on the sequence length. seq: the sequence axis's
+    symbol; None: sequence_symbol(graph)."""
+    seq = seq or sequence_symbol(graph)
+    if seq is None:
+        raise UnsupportedError(f"no memory certificate: sbc {no_sequence_symbol(graph)}")
+
     def entry(v: Value) -> dict:
         nbytes = _simple(prod([_at_one(d, seq) for d in v.shape]) * numpy_dtype(v.dtype).itemsize)
         at_batch_1 = evaluate(nbytes, {s: 1 for s in v.type.symbols})

@@ -78,9 +78,11 @@ def atomic_path(path: str | os.PathLike):
     The temp file lives in the destination directory so the final os.replace is a rename on
     one file system (atomic); readers see the old file or the complete new one, never a part.
     It is created like any new file (mode 0666 less the umask), not 0600 as mkstemp would.
+    A symbolic link is written through: the file it points to is replaced and the link stays.
     """
     path = os.fspath(path)
     check_output_path(path)
+    path = _through_links(path)
     directory = os.path.dirname(os.path.abspath(path))
     tmp = _create_temp(directory, path)
     try:
@@ -107,6 +109,18 @@ def check_output_path(path: str | os.PathLike) -> None:
             "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file"
         raise InputError(f"{path}: is {kind}; sbc writes a complete file and renames it into "
                          f"place, which would replace it: give a regular file path")
+
+
+def _through_links(path: str) -> str:
+    """The file that a symbolic link at `path` points to, through any chain of links (that
+    file may not exist yet: it is created), as a shell's `>` writes through a link. Renaming
+    onto the link itself would replace the link and leave the file it points to stale."""
+    if not os.path.islink(path):
+        return path
+    target = os.path.realpath(path)
+    if os.path.islink(target):  # realpath stops inside a loop of links
+        raise InputError(f"{path}: is a loop of symbolic links; give a regular file path")
+    return target
 
 
 def _create_temp(directory: str, path: str) -> str:

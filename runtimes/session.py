@@ -7,6 +7,10 @@ decode is the same program on one token. Both use the module's "prefill" program
 one: the same step with the logits computed for the last token only. The state is a few
 fixed-size arrays (see the artifact's memory certificate), so it can be saved, loaded and
 copied freely.
+
+A model whose positions are an input named `position_ids` (Hugging Face style) gets them from
+the session: the absolute positions of each chunk's tokens. Through `module.run` / `step`, the
+caller passes them.
 """
 
 from __future__ import annotations
@@ -19,11 +23,12 @@ import zipfile
 import numpy as np
 
 from sbc.errors import InputError
-from sbc.ir.dims import Sym
+from sbc.ir.dims import Sym, concretize
 from sbc.ir.types import numpy_dtype
 from sbc.runtimes.artifact import atomic_path
 
 STATE_FORMAT = "sbc-session-state-1"
+POSITION_IDS = "position_ids"
 
 
 class Session:
@@ -37,6 +42,7 @@ class Session:
             raise InputError(f"batch and chunk must be integers >= 1, got {batch!r}, {chunk!r}")
         self.module, self.batch, self.chunk = module, batch, chunk
         (self.tokens_name, tokens_type), = module.inputs[:1]
+        self.position_ids = dict(module.inputs[1:]).get(POSITION_IDS)
         self.logits_name = module.outputs[0][0]
         batch_dim = tokens_type.shape[0]
         self.symbols = {str(batch_dim): batch} if isinstance(batch_dim, Sym) else {}
@@ -56,7 +62,7 @@ class Session:
         ids = self._tokens(ids)
         logits = None
         for start in range(0, ids.shape[1], self.chunk):
-            outputs, self.state = self.module.step({self.tokens_name: ids[:, start:start + self.chunk]},
+            outputs, self.state = self.module.step(self._feeds(ids[:, start:start + self.chunk]),
                                                    self.state, last_only=True)
             logits = outputs[self.logits_name]
         return logits[:, -1]
@@ -104,6 +110,18 @@ class Session:
     def _identity(self) -> str:
         source = self.module.manifest.get("source") or {}
         return f"{source.get('sha256')}:{sorted(self.state)}:batch={self.batch}"
+
+    def _feeds(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        """The step's inputs for a chunk of tokens: the tokens, and their absolute positions
+        where the model takes them as an input."""
+        feeds = {self.tokens_name: ids}
+        if self.position_ids is not None:
+            seq = self.module.recurrent.get("sequence_symbol", "seq")
+            shape = concretize(list(self.position_ids.shape), {**self.symbols, seq: ids.shape[1]})
+            positions = self.position + np.arange(ids.shape[1])  # along the last (sequence) axis
+            feeds[POSITION_IDS] = np.broadcast_to(positions, shape).astype(
+                numpy_dtype(self.position_ids.dtype))
+        return feeds
 
     def _tokens(self, ids) -> np.ndarray:
         ids = np.asarray(ids)

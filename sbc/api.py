@@ -99,13 +99,19 @@ class Module:
         """One call of the recurrent program: (outputs, next state incl. position). With
         `last_only`, the first output (logits) is computed at the last position only."""
         program = "prefill" if last_only and self.recurrent.get("prefill_program") else "main"
-        steps = np.shape(next(iter(feeds.values())))[1]
+        steps = self.steps(feeds)
         position = self._check_position(state, steps)
         results = self._runtime.run({**feeds, **state}, program)
         outputs = {n: results[n] for n, _ in self.outputs}
         new_state = {n: results[n] for n in self.recurrent["state"]}
         new_state[self.recurrent["position"]] = np.asarray(position + steps, np.int64)
         return outputs, new_state
+
+    def steps(self, feeds: dict[str, np.ndarray]) -> int:
+        """How many tokens `feeds` holds: the size of the manifest's sequence symbol (artifacts
+        from before it was recorded knew only "seq")."""
+        from sbc.ir.types import bind_symbols
+        return bind_symbols(self.inputs, feeds)[self.recurrent.get("sequence_symbol", "seq")]
 
     def _check_position(self, state: dict, steps: int) -> int:
         """The state's position: one integer in [0, MAX_POSITION - steps]. A negative one
@@ -186,7 +192,7 @@ def compile(model, target: str = "cpu", *, arch=None, passes=None, quantize=None
     relied_on = assumptions.collect(graph)
     graph = run_passes(graph, passes, print_after=print_after, time_passes=time_passes,
                        verify_each=verify_each, dump_dir=dump_dir, fixed_point=fixed_point)
-    from sbc.passes.to_recurrent import POSITION, memory_certificate, state_names
+    from sbc.passes.to_recurrent import POSITION, memory_certificate, sequence_symbol, state_names
     from sbc.codegen.build import build
     stats = _calibrate(graph, calibrate) if calibrate is not None else None
     if stats is not None and target == "cpu":
@@ -206,8 +212,10 @@ def compile(model, target: str = "cpu", *, arch=None, passes=None, quantize=None
         "assumptions": [a.to_json() for a in assumptions.unique(relied_on)],
     }
     if state_names(graph):
+        seq = sequence_symbol(graph)  # whatever the exporter named it: runtimes read it here
         manifest["recurrent"] = {"position": POSITION, "state": state_names(graph),
-                                 "memory_certificate": memory_certificate(graph),
+                                 "sequence_symbol": seq,
+                                 "memory_certificate": memory_certificate(graph, seq),
                                  "prefill_program": "prefill" in programs}
     if stats is not None:
         manifest["spike_stats"] = stats
@@ -260,14 +268,24 @@ def prefill_program(graph):
 def fusion_notes(graph) -> list[str]:
     """What `--explain` prints: attention-like subgraphs left unfused and why, and why the
     model is not recurrent if it is not."""
-    from sbc.passes import fuse_linear_attention, fuse_sliding_window_attention, loop_to_scan
+    from sbc.passes import (fuse_linear_attention, fuse_sliding_window_attention, loop_to_scan,
+                             recognise_mixers)
     from sbc.passes.base import explain
     from sbc.passes.to_recurrent import state_names, why_not_recurrent
     rules = loop_to_scan.RULES + fuse_linear_attention.RULES + fuse_sliding_window_attention.RULES
-    notes = explain(graph, rules)
+    notes = explain(graph, rules) + recognise_mixers.explain(graph)
     if not state_names(graph):
         notes.append(f"not recurrent: {why_not_recurrent(graph)}")
+        if all(v.type.rank < 2 or isinstance(v.shape[1], int) for v in graph.inputs):
+            notes.append(FIXED_LENGTH_NOTE)
     return notes
+
+
+FIXED_LENGTH_NOTE = (
+    "the model was exported at a fixed sequence length (no input has a symbolic axis 1; a "
+    "Python loop over positions unrolls at the example length): it runs at that length only and "
+    "cannot become recurrent; write the mixer with tensor ops (a parallel or chunked form) and "
+    "export with a dynamic sequence axis")
 
 
 def _version() -> str:

@@ -41,8 +41,12 @@ def main(argv=None) -> int:
         try:
             code = _main(argv)
         except SystemExit:  # argparse's --help, --version and usage errors print too
-            _flush_stdout(0)
+            if _flush_stdout(0):  # ... and what they printed could not be written
+                return 2
             raise
+        except OSError as e:  # argparse writing --help or --version to stdout (see _Parser)
+            failed = _stdout_failed(e)
+            return 0 if failed is None else failed
         return _flush_stdout(code)  # here, not in Python's flush at exit (a traceback there)
 
 
@@ -102,10 +106,16 @@ def _flush_stdout(code: int) -> int:
     try:
         sys.stdout.flush()
     except OSError as e:
-        _discard_stdout()
-        if e.errno != errno.EPIPE:
-            return _fail(f"cannot write the output: {e.strerror or e}")
+        failed = _stdout_failed(e)
+        return code if failed is None else failed
     return code
+
+
+def _stdout_failed(e: OSError) -> int | None:
+    """stdout could not be written: None if its reader went away (`| head -1`, no error),
+    else the exit code after one line."""
+    _discard_stdout()
+    return None if e.errno == errno.EPIPE else _fail(f"cannot write the output: {e.strerror or e}")
 
 
 def _discard_stdout() -> None:
@@ -134,9 +144,21 @@ EXPECT_SHA256_HELP = ("refuse the artifact unless the file's sha256 (see `sbc in
                       "an artifact is code, loading it runs its compiled library")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse ignores errors writing its messages. Those on stdout (--help, --version) are
+    let through for main to report: `sbc --help > /dev/full` must fail as any output would.
+    (Subcommand parsers are of this class too: add_subparsers uses the parent's class.)"""
+
+    def _print_message(self, message, file=None):
+        if message and file is sys.stdout:
+            file.write(message)
+        else:
+            super()._print_message(message, file)
+
+
 def _parser() -> argparse.ArgumentParser:
     from sbc import __version__
-    ap = argparse.ArgumentParser(prog="sbc", description="SpikingBrain Compiler: ONNX -> TVM")
+    ap = _Parser(prog="sbc", description="SpikingBrain Compiler: ONNX -> TVM")
     ap.add_argument("--version", action="version", version=f"sbc {__version__}")
     sub = ap.add_subparsers(metavar="command")
 

@@ -101,6 +101,30 @@ def test_output_onto_directory_is_refused(tmp_path, mlp_onnx, capsys):
     assert_one_error_line(code, err, "is a directory")
 
 
+def test_output_onto_symlink_writes_through_it(tmp_path, mlp_onnx, capsys):
+    """-o a symbolic link: the file it points to is replaced (atomically, as any output) and
+    the link stays, as with a shell's `>`; a link to nothing yet creates its target."""
+    (tmp_path / "releases").mkdir()
+    old = tmp_path / "releases" / "mlp-v1.sbc"
+    old.write_bytes(b"old artifact")
+    (tmp_path / "mlp.sbc").symlink_to("releases/mlp-v1.sbc")
+    (tmp_path / "next.sbc").symlink_to("releases/mlp-v2.sbc")
+    for link in ("mlp.sbc", "next.sbc"):
+        code, _, err = cli(capsys, "compile", mlp_onnx, "-o", tmp_path / link)
+        assert code == 0, err
+        assert (tmp_path / link).is_symlink() and zipfile.is_zipfile(tmp_path / link)
+    assert sorted(os.listdir(tmp_path / "releases")) == ["mlp-v1.sbc", "mlp-v2.sbc"]
+    assert sbc.load(old).run({"x": np.ones((2, 8), np.float32)})["y"].shape == (2, 4)
+
+
+def test_output_onto_symlink_loop_is_refused(tmp_path, mlp_onnx, capsys):
+    (tmp_path / "a.sbc").symlink_to("b.sbc")
+    (tmp_path / "b.sbc").symlink_to("a.sbc")
+    code, _, err = cli(capsys, "compile", mlp_onnx, "-o", tmp_path / "a.sbc")
+    assert_one_error_line(code, err, "a.sbc", "loop of symbolic links")
+    assert sorted(os.listdir(tmp_path)) == ["a.sbc", "b.sbc"]
+
+
 # -- 2. SIGTERM / SIGHUP during the final write leave no partial file -----------------------------
 
 CHILD = textwrap.dedent("""
@@ -311,6 +335,18 @@ def test_closed_stdout_is_quiet(stand_in, args):
                           stderr=subprocess.PIPE, text=True, timeout=120)
     os.close(write)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["inspect", "--help"],
+                                  ["inspect", "{artifact}"]])
+def test_unwritable_stdout_is_one_line(stand_in, args):
+    """A full disk is an error, also for what argparse prints (which it would ignore)."""
+    argv = [a.format(artifact=stand_in) for a in args]
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "sbc.cli", *argv], stdout=full,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    assert_one_error_line(proc.returncode, proc.stderr, "No space left on device")
 
 
 def test_piped_to_head(tiny_onnx):

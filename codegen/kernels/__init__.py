@@ -3,6 +3,7 @@ recurrence over T, an online softmax over a ring buffer). Each module builds a P
 node from its checked dims; `codegen.lower` registers them as kernel lowerings."""
 
 from sbc.codegen import lower_spike  # noqa: F401  (registers the spiking ops' TE lowerings)
+from sbc.codegen import lower_scatter  # noqa: F401  (registers ScatterElements / ScatterND)
 from sbc.codegen.kernels.linear_attention import linear_attention_kernel
 from sbc.codegen.kernels.sliding_window import sliding_window_kernel
 from sbc.codegen.kernels.spike_matmul import spike_matmul_kernel

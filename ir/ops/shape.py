@@ -7,8 +7,7 @@ import numpy as np
 
 from sbc.errors import InputError
 from sbc.ir.assumptions import require
-from sbc.ir.dims import prod
-from sbc.ir.dims import Sym
+from sbc.ir.dims import Sym, difference, dim_max, dim_min, prod
 from sbc.ir.ops.common import broadcast_shapes, known, known_ints, normalize_axis
 from sbc.ir.registry import Attr, OpError, op
 from sbc.ir.types import TensorType, dtype_of, numpy_dtype
@@ -225,43 +224,41 @@ INT64_BIG = 2 ** 31 - 1  # exporters write INT64_MAX / INT32_MAX (and MIN) for "
 def _slice_range(dim, start, end, step):
     """Clamped (start, end, length) of one sliced axis, ONNX rules; dim may be symbolic.
 
-    Negative indices count from the end. Positive steps clamp start and end to [0, dim];
-    negative steps clamp start to [0, dim - 1] and end to [-1, dim - 1] (-1: before the
-    first entry). Against a symbolic dim, +-2**31 and beyond mean "to the end" and other
-    indices are taken to be in range: that is required (sbc.ir.assumptions), so a size for
-    which ONNX would clamp them is refused at run time instead of read out of bounds."""
+    Negative indices count from the end (dim is added). Positive steps clamp start and end to
+    [0, dim]; negative steps clamp start to [0, dim - 1] and end to [-1, dim - 1] (-1: before
+    the first entry). The length is max(0, ceil((end - start) / step)). Against a symbolic dim
+    these are dims with min / max in them, exact for every size: `x[:, :8]` has min(seq, 8)
+    rows, `x[:, 1:]` max(seq - 1, 0). +-2**31 and beyond mean "to the end"."""
     lo, hi = (0, dim) if step > 0 else (-1, dim - 1)
+    s, e = _from_end(start, dim, 0, hi), _from_end(end, dim, lo, hi)
+    s_clamped, e_clamped = _clamp(s, 0, hi), _clamp(e, lo, hi)
+    # The length needs only the clamps that can shorten the slice (a start past the end
+    # leaves nothing either way); fewer min / max make simpler dims.
+    if step > 0:
+        span, stride = difference(dim_min(e, hi), dim_max(s, 0)), step
+    else:
+        span, stride = difference(s_clamped, dim_max(e, lo)), -step
+    return s_clamped, e_clamped, dim_max(0, (span + stride - 1) // stride)
 
-    def clamp(i, lowest):
-        if isinstance(i, int) and i >= INT64_BIG:
-            return hi
-        if isinstance(i, int) and i <= -INT64_BIG:
-            return lowest
-        if isinstance(i, int) and i < 0:
-            i = dim + i
-        if isinstance(i, int) and isinstance(dim, int):
-            return max(lowest, min(i, hi))
+
+def _from_end(i, dim, lowest, highest):
+    """A Slice index with negative ones counted from the end; +-2**31 and beyond are the
+    bounds. A symbolic index (computed from shapes) of unknown sign is required to be >= 0
+    (sbc.ir.assumptions): whether to add dim would depend on its sign at run time."""
+    if isinstance(i, Sym):
+        require(i, ">=", 0, "Slice indices computed from shapes are not negative")
         return i
-
-    s, e = clamp(start, 0), clamp(end, lo)
-    if not all(isinstance(d, int) for d in (s, e, dim)):
-        first, last = (s, e) if step > 0 else (e, s)  # the slice is [first, last) or (e, s]
-        for lhs, rhs in ((first, lo), (last, first), (hi, last)):
-            require(lhs, ">=", rhs, "Slice bounds inside the sliced axis")
-    span, stride = (e - s, step) if step > 0 else (s - e, -step)
-    if isinstance(dim, int) and dim == 0:
-        length = 0
-    elif isinstance(span, int):
-        length = max(0, -(-span // stride))
-    else:  # symbolic: ceil(span / stride) where the polynomial division is exact
-        length = _ceil_div(span, stride)
-    return s, e, length
+    if i >= INT64_BIG:
+        return highest
+    if i <= -INT64_BIG:
+        return lowest
+    return dim + i if i < 0 else i
 
 
-def _ceil_div(span, stride):
-    """ceil(span / stride) of a symbolic span: 2*seq // 2 = seq, (seq + 1) // 2 otherwise
-    (a floor-division dim)."""
-    return (span + stride - 1) // stride
+def _clamp(i, lowest, highest):
+    """i clamped to [lowest, highest], the upper bound last: with dim 0 and a negative step
+    both bounds are -1, and so an empty slice."""
+    return dim_min(dim_max(i, lowest), highest)
 
 
 @op("Slice", inputs=["data", "starts", "ends", "axes?", "steps?"], outputs=["output"])
@@ -373,17 +370,118 @@ def gather_nd(node):
 
 @gather_nd.reference
 def _(attrs, x, idx):
-    b = attrs["batch_dims"]
-    _check_range(idx, x.shape[b:b + idx.shape[-1]])
-    batch_shape = x.shape[:b]
-    xs = x.reshape((-1,) + x.shape[b:])
-    ids = idx.reshape((-1,) + idx.shape[b:])
-    out = []
-    for xb, ib in zip(xs, ids):
-        flat = ib.reshape(-1, ib.shape[-1])
-        flat = np.where(flat < 0, flat + np.array(xb.shape[:flat.shape[-1]]), flat)
-        out.append(np.stack([xb[tuple(i)] for i in flat]).reshape(ib.shape[:-1] + xb.shape[flat.shape[-1]:]))
-    return np.stack(out).reshape(batch_shape + out[0].shape)
+    b, last = attrs["batch_dims"], idx.shape[-1]
+    sizes = np.array(x.shape[b:b + last], dtype=np.int64)
+    _check_range(idx, sizes)
+    idx = np.where(idx < 0, idx + sizes, idx)
+    # one advanced index over the flattened batch dims: no per-item loop, whose stacking of
+    # nothing failed when a batch dim or the number of index tuples is 0
+    batch = int(np.prod(x.shape[:b], dtype=np.int64))
+    xs, ids = x.reshape((batch,) + x.shape[b:]), idx.reshape((batch,) + idx.shape[b:])
+    which = np.broadcast_to(np.arange(batch).reshape((batch,) + (1,) * (ids.ndim - 2)), ids.shape[:-1])
+    picked = xs[(which,) + tuple(ids[..., k] for k in range(last))]
+    return picked.reshape(idx.shape[:-1] + x.shape[b + last:])
+
+
+REDUCTIONS = ("none", "add", "mul", "max", "min")
+
+
+def _check_reduction(node):
+    if node.attrs["reduction"] not in REDUCTIONS:
+        raise OpError(f"{node.where()}: reduction '{node.attrs['reduction']}' is not one of "
+                      f"{', '.join(REDUCTIONS)}")
+
+
+def _check_updates(node, data, updates, want):
+    """updates must be of data's dtype and of shape `want`."""
+    if updates.dtype != data.dtype:
+        raise OpError(f"{node.where()}: updates {updates.type} must have the dtype of data {data.type}")
+    if len(updates.shape) != len(want) or not all(
+            require(u, "==", w, f"{node.op} updates shape") for u, w in zip(updates.shape, want)):
+        raise OpError(f"{node.where()}: updates {updates.type} must have shape "
+                      f"[{', '.join(map(str, want))}]")
+
+
+@op("ScatterElements", inputs=["data", "indices", "updates"], outputs=["output"],
+    attrs={"axis": Attr("int", 0), "reduction": Attr("str", "none")})
+def scatter_elements(node):
+    """A copy of data with out[.., idx[i][j], ..] (axis 0: out[idx[i][j]][j]) set to (or
+    combined by `reduction` with) updates[i][j], in order: a duplicate index with reduction
+    'none' keeps the last update. indices and updates have one shape, the rank of data."""
+    x, idx, upd = node.inputs
+    _check_indices(node, idx)
+    _check_reduction(node)
+    axis = normalize_axis(node.attrs["axis"], x.type.rank)
+    if idx.type.rank != x.type.rank:
+        raise OpError(f"{node.where()}: indices {idx.type} must have the rank of data {x.type}")
+    for d in range(x.type.rank):
+        if d != axis and not require(x.shape[d], ">=", idx.shape[d],
+                                     "ScatterElements indices fit data off the axis"):
+            raise OpError(f"{node.where()}: indices {idx.type} are larger than data {x.type} "
+                          f"on axis {d}")
+    _check_updates(node, x, upd, idx.shape)
+    return [x.type]
+
+
+_UFUNCS = {"add": np.add, "mul": np.multiply, "max": np.maximum, "min": np.minimum}
+
+
+def _scatter(out, target, updates, reduction):
+    """out[target] = / op= updates, in order (duplicates: last wins / all combined)."""
+    if reduction == "none":
+        flat = np.ravel_multi_index(target, out.shape) if out.ndim else np.zeros(0, np.int64)
+        view = out.reshape(-1)
+        for pos, value in zip(flat.reshape(-1), updates.reshape(-1)):  # in order: last wins
+            view[pos] = value
+    else:
+        _UFUNCS[reduction].at(out, target, updates)
+    return out
+
+
+@scatter_elements.reference
+def _(attrs, x, idx, upd):
+    axis = attrs["axis"] % x.ndim
+    _check_range(idx, x.shape[axis])
+    target = list(np.indices(idx.shape, sparse=False))
+    target[axis] = np.where(idx < 0, idx + x.shape[axis], idx).astype(np.int64)
+    return _scatter(x.copy(), tuple(target), upd, attrs["reduction"])
+
+
+@op("ScatterND", inputs=["data", "indices", "updates"], outputs=["output"],
+    attrs={"reduction": Attr("str", "none")})
+def scatter_nd(node):
+    """A copy of data where each index tuple (last indices dim, k entries) selects a slice
+    data[i0, .., ik-1] that is set to (or combined by `reduction` with) the matching slice of
+    updates, in order: a duplicate index with reduction 'none' keeps the last update.
+    updates has shape indices.shape[:-1] + data.shape[k:]."""
+    x, idx, upd = node.inputs
+    _check_indices(node, idx)
+    _check_reduction(node)
+    if idx.type.rank < 1:
+        raise OpError(f"{node.where()}: indices {idx.type} must have rank >= 1")
+    last = idx.shape[-1]
+    if not isinstance(last, int):
+        raise OpError(f"{node.where()}: the last indices dim must be static")
+    if last > x.type.rank:
+        raise OpError(f"{node.where()}: indices {idx.type} index {last} dims, data {x.type} "
+                      f"has {x.type.rank}")
+    _check_updates(node, x, upd, idx.shape[:-1] + x.shape[last:])
+    return [x.type]
+
+
+@scatter_nd.reference
+def _(attrs, x, idx, upd):
+    k = idx.shape[-1]
+    _check_range(idx, x.shape[:k])
+    flat = idx.reshape(int(np.prod(idx.shape[:-1], dtype=np.int64)), k).astype(np.int64)
+    flat = np.where(flat < 0, flat + np.array(x.shape[:k], dtype=np.int64), flat)
+    out = x.copy()
+    slices = upd.reshape((flat.shape[0],) + x.shape[k:])
+    if attrs["reduction"] == "none":
+        for i, value in zip(flat, slices):  # in order: last wins
+            out[tuple(i)] = value
+        return out
+    return _scatter(out, tuple(flat.T), slices, attrs["reduction"])
 
 
 # -- creation and broadcasting -----------------------------------------------------------------

@@ -436,3 +436,48 @@ def test_gather_of_no_indices_symbolic():
     x = RNG.normal(size=(2, 3)).astype(np.float32)
     three_way(m, {"x": x, "i": np.zeros(0, np.int64), "j": np.zeros((2, 0), np.int64)})
     three_way(m, {"x": x, "i": np.array([2, -1]), "j": np.array([[0], [2]])})
+
+
+# -- casts to bool fused into Where ---------------------------------------------------------------
+# Exported attention masks: Where(Cast(mask, to=BOOL), x, y). A cast to bool is `x != 0` for
+# numbers (NaN is true) and the value itself for bools: `!= 0` on a bool became an LLVM fcmp of
+# i1 operands ("Invalid operand types for FCmp") once fused into the Where.
+
+@pytest.mark.parametrize("mask_dtype, mask", [
+    (TP.BOOL, [[True, False, True, False]]),
+    (F32, [[0.0, 1.0, NAN, -0.0]]),
+    (F16, [[0.0, -2.0, NAN, INF]]),
+    (I64, [[0, 3, -1, 0]]),
+])
+def test_cast_to_bool_fused_into_where(mask_dtype, mask):
+    """A causal-mask shape ([1, 1, T, T] against [B, H, T, T]) and a plain one; the mask
+    broadcast over the symbolic dims and cast once more (bool -> bool, as exporters do)."""
+    nodes = [helper.make_node("Cast", ["mask"], ["m"], to=TP.BOOL),
+             helper.make_node("Where", ["m", "x", "y"], ["out"]),
+             helper.make_node("Cast", ["m"], ["m2"], to=TP.BOOL),
+             helper.make_node("Where", ["m2", "y", "x"], ["out2"])]
+    m = graph(nodes, [vi("mask", [1, 1, "T", 4], mask_dtype), vi("x", ["B", 2, "T", 4]),
+                      vi("y", ["B", 2, "T", 4])], ["out", "out2"])
+    t = bool if mask_dtype == TP.BOOL else NP[mask_dtype]
+    feeds = {"mask": np.tile(np.asarray(mask, t), (3, 1))[None, None],
+             "x": RNG.normal(size=(2, 2, 3, 4)).astype(np.float32),
+             "y": RNG.normal(size=(2, 2, 3, 4)).astype(np.float32)}
+    three_way(m, feeds)
+
+
+# -- GatherND with nothing to gather ---------------------------------------------------------------
+
+@pytest.mark.parametrize("data, indices, batch_dims", [
+    ((0, 3, 4), (0, 2, 1), 1),  # an empty batch
+    ((2, 0, 4, 5), (2, 0, 2, 1), 2),  # an empty batch dim after a full one
+    ((2, 3, 4), (2, 0, 1), 1),  # no index tuples
+    ((2, 3, 4), (3, 0), 0),  # index tuples of length 0: whole slices
+])
+def test_gather_nd_of_empty_batches(data, indices, batch_dims):
+    """The reference stacked one result per batch item, which failed when there were none."""
+    out_rank = len(indices) - 1 + len(data) - batch_dims - indices[-1]
+    m = graph([helper.make_node("GatherND", ["x", "i"], ["y"], batch_dims=batch_dims)],
+              [vi("x", [f"d{k}" for k in range(len(data))]), vi("i", list(indices), I64)], ["y"])
+    assert len(m.graph.output[0].type.tensor_type.shape.dim) == out_rank
+    x = RNG.normal(size=data).astype(np.float32)
+    three_way(m, {"x": x, "i": np.zeros(indices, np.int64)})

@@ -3,7 +3,8 @@ implementation (onnx.reference), and judge it.
 
 The allowed outcomes, with onnxruntime (ORT) as the reference:
   match       ORT runs; sbc compiles and runs and its outputs equal ORT's (floats within
-              tolerance, NaN where ORT has NaN, infs equal; integers and bools exactly)
+              the rounding error the values they went through allow, see _compare_floats;
+              NaN where ORT has NaN, infs equal; integers and bools exactly)
   sbc_error   ORT runs; sbc refuses with its own one-line SbcError (e.g. an unsupported case)
   both_error  ORT fails at run time (e.g. an out-of-range Gather index); sbc raises an SbcError
   ort_reject  ORT refuses to load the model: the example is discarded
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-RTOL, ATOL = 1e-4, 1e-4  # float32; see _compare_floats
+RTOL, ATOL = 1e-4, 1e-4  # float32 (about 800 eps); see _compare_floats
 HANG_SECONDS = 300  # compiling a graph of a few ops takes well under a second
 
 
@@ -40,6 +41,7 @@ class Result:
     stage: str = ""            # ORT: "load" or "run"; sbc: "compile" or "run"
     seconds: float = 0.0       # sbc: compile time
     cause: str | None = None   # the exception an SbcError wraps (its __cause__ chain's root)
+    scales: dict | None = None  # interpreter: output name -> rounding error scale (rounding.py)
 
 
 @dataclass
@@ -115,9 +117,20 @@ def run_interpreter(model_bytes: bytes, feeds: dict) -> Result:
         return _raised(e, stage="import")
     try:
         with np.errstate(all="ignore"):  # NaN and inf are part of the fuzzing
-            return Result(arrays=run(graph, feeds))
+            arrays = run(graph, feeds)
     except Exception as e:
         return _raised(e, stage="run")
+    return Result(arrays=arrays, scales=_error_scales(graph, feeds))
+
+
+def _error_scales(graph, feeds: dict) -> dict | None:
+    """The rounding error scales of the outputs (tests/fuzz/rounding.py); None if they cannot
+    be computed, and the judge then compares with the values alone."""
+    from tests.fuzz.rounding import error_scales
+    try:
+        return error_scales(graph, feeds)
+    except Exception:
+        return None
 
 
 def run_onnx_reference(model_bytes: bytes, feeds: dict) -> Result:
@@ -147,8 +160,9 @@ def evaluate(model_bytes: bytes, feeds: dict):
 
 # -- judging -----------------------------------------------------------------------------------
 
-def compare(got: dict, want: dict) -> str | None:
-    """None when `got` equals ORT's `want`, else what differs (one line)."""
+def compare(got: dict, want: dict, scales: dict | None = None) -> str | None:
+    """None when `got` equals ORT's `want`, else what differs (one line). `scales`: the
+    interpreter's rounding error scales by output name (see _compare_floats)."""
     if sorted(got) != sorted(want):
         return f"outputs {sorted(got)}, ORT has {sorted(want)}"
     for name, w in want.items():
@@ -156,7 +170,7 @@ def compare(got: dict, want: dict) -> str | None:
         if g.dtype != w.dtype or g.shape != w.shape:
             return f"output {name}: {g.dtype}{list(g.shape)}, ORT gives {w.dtype}{list(w.shape)}"
         if w.dtype.kind == "f":
-            problem = _compare_floats(g, w)
+            problem = _compare_floats(g, w, (scales or {}).get(name))
         else:
             problem = None if np.array_equal(g, w) else \
                 f"{int(np.sum(g != w))} of {w.size} elements differ, e.g. {_first_diff(g, w)}"
@@ -165,18 +179,21 @@ def compare(got: dict, want: dict) -> str | None:
     return None
 
 
-def _compare_floats(g: np.ndarray, w: np.ndarray) -> str | None:
+def _compare_floats(g: np.ndarray, w: np.ndarray, scale: np.ndarray | None = None) -> str | None:
+    """Equal NaNs and infs; finite values within ATOL + RTOL * max(|w|, scale), elementwise.
+    `scale` (tests/fuzz/rounding.py) bounds how far rounding can move each value given the
+    values it was computed from: a sum of terms of size 1e4 that cancels to 0.01 may be off by
+    about eps * 1e4 in any summation order. Without one, |w| alone."""
     nan_g, nan_w = np.isnan(g), np.isnan(w)
     if not np.array_equal(nan_g, nan_w):
         return f"NaN at {int(np.sum(nan_g))} positions, ORT at {int(np.sum(nan_w))}, e.g. {_first_diff(g, w, nan_g != nan_w)}"
-    g, w = g[~nan_w], w[~nan_w]
+    scale = np.zeros(w.shape) if scale is None or np.shape(scale) != w.shape else scale
+    g, w, scale = g[~nan_w], w[~nan_w], scale[~nan_w]
     inf = np.isinf(g) | np.isinf(w)
     if not np.array_equal(g[inf], w[inf]):
         return f"inf differs, e.g. {_first_diff(g, w, inf & (g != w))}"
-    g, w = g[~inf].astype(np.float64), w[~inf].astype(np.float64)
-    # absolute error relative to the output's largest value, not each element's: a sum of
-    # large terms that cancels (MatMul, reductions) is off by rounding of the terms' size
-    scale = np.abs(w).max(initial=0.0)
+    g, w, scale = g[~inf].astype(np.float64), w[~inf].astype(np.float64), scale[~inf]
+    scale = np.where(np.isfinite(scale), scale, 0.0)  # an inf or NaN went through: no bound
     bad = np.abs(g - w) > ATOL + RTOL * np.maximum(np.abs(w), scale)
     if bad.any():
         return f"{int(bad.sum())} of {w.size} values differ, e.g. {_first_diff(g, w, bad)}"
@@ -194,10 +211,10 @@ def judge(results: dict[str, Result]) -> Outcome:
     if ort.stage == "load":
         return Outcome("ort_reject", ort.error)
     sbc_result, reference = results["sbc"], results["onnx_reference"]
-    seconds = sbc_result.seconds
-    problems = [p for p in (_judge_engine(e, results[e], ort, reference) for e in ("sbc", "interpreter"))
-                if p]
-    if problems and all(_agrees(results[e], reference) for e in ("sbc", "interpreter")):
+    seconds, scales = sbc_result.seconds, results["interpreter"].scales
+    problems = [p for p in (_judge_engine(e, results[e], ort, reference, scales)
+                            for e in ("sbc", "interpreter")) if p]
+    if problems and all(_agrees(results[e], reference, scales) for e in ("sbc", "interpreter")):
         # ORT is not always right (its ReduceMax skips a NaN unless the NaN comes first, its
         # int64 Clip and Min are wrong past int32, its reductions of empty tensors have wrong
         # shapes, so that a later op fails): where ONNX's reference implementation gives what
@@ -206,7 +223,7 @@ def judge(results: dict[str, Result]) -> Outcome:
     if problems:
         if ort.arrays is not None and reference.arrays is not None:
             # say when ORT is not the last word here either
-            ref_vs_ort = compare(reference.arrays, ort.arrays)
+            ref_vs_ort = compare(reference.arrays, ort.arrays, scales)
             problems.append(f"(ONNX's reference differs from ORT too: {ref_vs_ort})" if ref_vs_ort
                             else "(ONNX's reference agrees with ORT)")
         return Outcome("failure", "; ".join(problems), seconds)
@@ -217,14 +234,15 @@ def judge(results: dict[str, Result]) -> Outcome:
     return Outcome("match", "", seconds)
 
 
-def _agrees(r: Result, reference: Result) -> bool:
+def _agrees(r: Result, reference: Result, scales: dict | None) -> bool:
     """r computed what ONNX's reference implementation computed (or refused properly)."""
     if r.error:
         return _error_problem("", r) is None
-    return reference.arrays is not None and compare(r.arrays, reference.arrays) is None
+    return reference.arrays is not None and compare(r.arrays, reference.arrays, scales) is None
 
 
-def _judge_engine(engine: str, r: Result, ort: Result, reference: Result) -> str | None:
+def _judge_engine(engine: str, r: Result, ort: Result, reference: Result,
+                  scales: dict | None) -> str | None:
     """Why `r` is not an allowed outcome next to ORT's, or None."""
     if r.error:
         # the interpreter is a NumPy oracle, not what users run: where ORT or ONNX's reference
@@ -235,7 +253,7 @@ def _judge_engine(engine: str, r: Result, ort: Result, reference: Result) -> str
         return _error_problem(engine, r)
     if ort.error:
         return f"{engine} returned values; ORT fails at run time: {ort.error.splitlines()[0]}"
-    problem = compare(r.arrays, ort.arrays)
+    problem = compare(r.arrays, ort.arrays, scales)
     return f"{engine} differs from ORT: {problem}" if problem else None
 
 

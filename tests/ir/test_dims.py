@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from sbc.ir.dims import Sym, SymbolicError, concretize, evaluate, parse_dim, trunc_div
+from sbc.ir.dims import (Sym, SymbolicError, concretize, difference, dim_max, dim_min, evaluate,
+                         nonnegative, parse_dim, trunc_div)
 
 B, T = Sym.var("batch"), Sym.var("seq")
 
@@ -81,8 +82,52 @@ def test_print_parse_round_trip(text):
 
 
 def test_parse_rejects_garbage():
+    for text in ("seq ** 2", "min(seq)", "min(seq, 2, 3)", "abs(seq)", "min(seq, key=2)"):
+        with pytest.raises(SymbolicError):
+            parse_dim(text)
+
+
+def test_min_max_simplify_where_provable():
+    """Symbols are sizes (>= 0): max(0, seq) is seq; min(seq, 8) depends on seq and stays."""
+    assert dim_max(0, T) == T and dim_min(T, 0) == 0 and dim_min(3, 5) == 3
+    assert dim_min(T, T + 1) == T and dim_max(T - 1, T) == T
+    assert str(dim_min(8, T)) == "min(seq, 8)" and dim_min(8, T) == dim_min(T, 8)
+    assert hash(dim_min(8, T)) == hash(dim_min(T, 8)) and dim_min(T, 8) != dim_max(T, 8)
+    assert str(dim_max(T - 2, 0)) == "max(seq - 2, 0)"
+    assert dim_min(dim_max(T - 6, 0), T) == dim_max(T - 6, 0)  # max(seq - 6, 0) <= seq
+    assert dim_min(T, 64 * ((T + 63) // 64)) == T  # a whole number of chunks covers seq
+    assert dim_max(0, dim_min(T, 8)) == dim_min(T, 8)
+    assert dim_min(T - 1, dim_max(T - 1, 0)) == T - 1
     with pytest.raises(SymbolicError):
-        parse_dim("seq ** 2")
+        dim_min(T, 8) < 8
+
+
+def test_nonnegative_is_a_proof_not_a_guess():
+    assert nonnegative(T) and nonnegative(dim_min(T, 8)) and nonnegative(dim_max(T - 2, 0))
+    assert nonnegative(T - dim_min(T, 8)) and nonnegative(8 - dim_min(T, 8))
+    assert nonnegative(dim_max(T - 3, 5) - 5) and nonnegative(dim_max(T - 3, 5) + 3 - T)
+    assert not nonnegative(T - 1) and not nonnegative(dim_min(T, 8) - 1)
+    assert not nonnegative(dim_max(T - 3, 0) - 1) and not nonnegative(dim_min(T - 1, 8))
+    assert not nonnegative(T - dim_max(T, B))  # true only where seq >= batch
+    assert nonnegative(64 * ((T + 63) // 64) - T) and not nonnegative(64 * ((T + 62) // 64) - T)
+    assert not nonnegative(T - 64 * ((T + 63) // 64))
+
+
+def test_difference_takes_a_lone_min_or_max_apart():
+    assert difference(T, dim_max(T - 3, 0)) == dim_min(T, 3)
+    assert difference(dim_min(T, 8), 2) == dim_min(T - 2, 6)
+    assert difference(dim_min(T, 4), dim_max(T - 6, 0)) == dim_min(T, 4) - dim_max(T - 6, 0)
+
+
+@pytest.mark.parametrize("text", ["min(seq, 8)", "max(seq - 2, 0)", "2*min(seq, 8) + 1",
+                                  "-max(seq - 6, 0) + min(seq, 4)", "max(min(seq - 1, 99), 0)",
+                                  "(max(seq - 1, 0) + min(seq, 1) + 1) // 2", "min(seq, batch)*seq"])
+def test_min_max_print_parse_evaluate(text):
+    d = parse_dim(text)
+    assert isinstance(d, Sym) and parse_dim(str(d)) == d and d.symbols <= {"seq", "batch"}
+    for n in (0, 1, 5, 8, 70):
+        env = {"seq": n, "batch": 4}
+        assert evaluate(d, env) == eval(text, {}, env) == eval(str(d), {}, env)
 
 
 def test_object_arrays_do_shape_arithmetic():

@@ -36,3 +36,19 @@ def test_observer_sees_every_node_in_order():
 def test_bad_inputs_are_named(feeds, message):
     with pytest.raises(SignatureError, match=message):
         run(graph(), feeds)
+
+
+def test_only_plain_symbols_are_bound_from_input_shapes():
+    """An input whose dim is an expression (min(seq, 8), a chunk count) is checked against
+    the symbols the other inputs bind; it binds nothing itself, in whichever order."""
+    from sbc.ir.dims import parse_dim
+    from sbc.ir.types import bind_symbols
+    for order in (1, -1):
+        inputs = [("head", TensorType("f32", (parse_dim("min(seq, 8)"),))),
+                  ("chunks", TensorType("f32", (parse_dim("(seq + 3) // 4"),))),
+                  ("x", TensorType("f32", (Sym.var("seq"),)))][::order]
+        feeds = {"x": np.zeros(10), "head": np.zeros(8), "chunks": np.zeros(3)}
+        feeds = {k: v.astype(np.float32) for k, v in feeds.items()}
+        assert bind_symbols(inputs, feeds) == {"seq": 10}
+        with pytest.raises(SignatureError, match=r"'head' must have shape \[min\(seq, 8\)\] with seq=10"):
+            bind_symbols(inputs, {**feeds, "head": np.zeros(10, np.float32)})

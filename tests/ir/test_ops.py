@@ -11,6 +11,8 @@ test_ops_tensor.py hold the other tables.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx
 import pytest
@@ -127,10 +129,11 @@ def check(op, inputs, attrs=None, opset=OPSET, rtol=1e-5, atol=1e-6):
 
 
 def T(text: str) -> TensorType:
-    """'f32[batch, seq, 8]' -> TensorType with symbolic dims."""
+    """'f32[batch, min(seq, 8), 8]' -> TensorType with symbolic dims."""
     dtype, _, dims = text.partition("[")
     dims = dims.rstrip("]").strip()
-    return TensorType(dtype, tuple(parse_dim(d) for d in dims.split(",")) if dims else ())
+    top_level_commas = r",(?![^()]*\))"
+    return TensorType(dtype, tuple(parse_dim(d) for d in re.split(top_level_commas, dims)) if dims else ())
 
 
 def infer(op, inputs, attrs=None) -> list[TensorType]:

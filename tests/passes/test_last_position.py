@@ -1,21 +1,24 @@
 """last-position: a step program's per-position logits -> the last position's only."""
 
 import numpy as np
+import pytest
 
 from sbc.ir import Graph, TensorType
+from sbc.ir.dims import dim_min
 from sbc.ir.interpreter import run
 from sbc.ir.verifier import verify
 from sbc.passes.last_position import LastPosition
 from sbc.passes.to_recurrent import ToRecurrent
 from tests.passes.attention_graphs import B, T, const
-from tests.passes.test_to_recurrent import mixer_graph, zero_state
+from tests.passes.helpers import sym
+from tests.passes.test_to_recurrent import NAMES, mixer_graph, zero_state
 
 SIZES = {"batch": 2, "seq": 7}
 
 
-def head_graph(extra: str | None = None):
+def head_graph(extra: str | None = None, batch=B, seq=T):
     """The recurrent mixer graph followed by an RMS-normalised LM head (a position-wise tail)."""
-    g = ToRecurrent().run(mixer_graph()).graph
+    g = ToRecurrent().run(mixer_graph(batch=batch, seq=seq)).graph
     y = g.outputs[0]
     rng = np.random.default_rng(1)
     norm = g.add1("Mul", y, g.add1("Reciprocal", g.add1("Sqrt", g.add1(
@@ -38,18 +41,21 @@ def feeds_for(graph, seed=0):
     return feeds
 
 
-def test_tail_runs_at_the_last_position_only():
-    graph = head_graph()
+@pytest.mark.parametrize("batch, seq", [("batch", "seq")] + NAMES)
+def test_tail_runs_at_the_last_position_only(batch, seq):
+    """Whatever the exporter called the dims: the sequence symbol is found, not assumed."""
+    graph = head_graph(batch=sym(batch), seq=sym(seq))
     before = run(graph, feeds_for(graph))
     result = LastPosition().run(graph)
     verify(result.graph)
     assert result.modified
-    assert str(graph.outputs[0].type) == "f32[batch, 1, 11]"
+    # x[:, -1:] has min(seq, 1) rows (ONNX clamps the start at seq = 0)
+    assert str(graph.outputs[0].type) == f"f32[{batch}, min({seq}, 1), 11]"
     # cut where the stateful mixers (and the Unsqueeze, a layout op) hand over to the tail
     cut = sorted(n.inputs[0].producer.op for n in graph.nodes if n.op == "Slice")
     assert cut == ["LinearAttention", "SlidingWindowAttention", "Unsqueeze"]
     mm = next(n for n in graph.nodes if n.op == "MatMul" and n.outputs[0] is graph.outputs[0])
-    assert mm.inputs[0].shape == (B, 1, 32)
+    assert mm.inputs[0].shape == (sym(batch), dim_min(sym(seq), 1), 32)
     after = run(graph, feeds_for(graph))
     np.testing.assert_allclose(after["logits"], before["logits"][:, -1:], rtol=1e-6, atol=1e-6)
     for name in graph.output_names[1:]:  # the state still sees every position

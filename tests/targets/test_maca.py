@@ -249,3 +249,14 @@ def test_host_program_checks_gather_indices(tiny_maca):
         runtime._check(step, {}, {})
     values["ok"] = np.array(True)
     runtime._check(step, {}, {})
+
+
+def test_host_program_sizes_a_clamped_slice():
+    """x[-3:8] on a symbolic axis has max(min(seq, 8) - max(seq - 3, 0), 0) rows (ONNX clamps
+    the bounds): the MACA host program sizes the output with the same min / max."""
+    from tests.test_memory_safety import slice_model
+    module = sbc.compile(slice_model(["seq", 4], [-3], [8], [0]), target="maca")
+    plan = json.loads(module.files["maca/launches.json"])
+    (step,) = [s for s in plan["programs"]["main"]["steps"] if "call" in s]
+    rows = step["outputs"][0]["shape"][0]
+    assert [evaluate(rows, {"seq": n}) for n in (0, 2, 5, 9, 12)] == [0, 2, 3, 2, 0]
