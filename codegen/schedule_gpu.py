@@ -36,10 +36,26 @@ def schedule_gpu(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
     """The hand-written kernels specialised for `target`, then dlight's GPU rules on every
     PrimFunc not marked scheduled (the hand-written kernels are)."""
     mod = specialise_for(mod, target)
+    rules = (dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
+             dl.gpu.Fallback())
     with target:
-        return dl.ApplyDefaultSchedule(
-            dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
-            dl.gpu.Fallback())(mod)
+        return dl.ApplyDefaultSchedule(*map(_UnlessItFails, rules))(mod)
+
+
+class _UnlessItFails(dl.ScheduleRule):
+    """A dlight rule that does not apply to a kernel it fails to schedule: the next rule
+    tries. Reduction and GeneralReduction fail on loops over a clamped Slice's rows
+    (`batch*min(seq, 1)`: their iterators are not affine); Fallback schedules any kernel, and a
+    kernel no rule schedules is refused by require_thread_bound."""
+
+    def __init__(self, rule: dl.ScheduleRule):
+        self.rule = rule
+
+    def apply(self, func, target, tunable):
+        try:
+            return self.rule.apply(func, target, tunable)
+        except tvm.s_tir.schedule.ScheduleError:
+            return None
 
 
 SPECIALISE = "sbc.spike_matmul_args"  # JSON of spike_matmul_gpu_func's arguments

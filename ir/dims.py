@@ -364,7 +364,8 @@ def nonnegative(d: Dim) -> bool:
     `max(seq - 6, 0) - seq + 6` are proven nonnegative."""
     if not isinstance(d, Sym):
         return d >= 0
-    if all(c >= 0 for c in d.terms.values()) and all(_atom_nonnegative(a) for m in d.terms for a in m):
+    atoms = [a for m in d.terms for a in m]
+    if all(c >= 0 for c in d.terms.values()) and all(map(_atom_nonnegative, atoms)):
         return True
     for m, c in d.terms.items():
         for atom in m:

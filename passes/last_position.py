@@ -1,7 +1,7 @@
 """last-position: a program's per-position first output -> that output at the last position only.
 
     y [B, T, V] = f(h [B, T, D])          (f position-wise)     becomes
-    y [B, 1, V] = f(Slice(h, T-1:T))
+    y [B, 1, V] = f(Gather(h, [-1], axis of T))
 
 Prefill needs only the last token's logits, and the LM head alone is about a quarter of the
 `small` model's work per token. f is what feeds nothing but the output, walked back from it
@@ -22,9 +22,6 @@ from sbc.ir.dims import Sym
 from sbc.ir.registry import infer_node
 from sbc.passes.base import Pass, PassResult, register_pass
 from sbc.passes.to_recurrent import LAYOUT, STATEFUL, mixing_reason, sequence_symbol
-
-INT64_MAX = np.iinfo(np.int64).max
-
 
 @register_pass
 class LastPosition(Pass):
@@ -80,7 +77,7 @@ class LastPosition(Pass):
 
     @staticmethod
     def _slice_last(graph: Graph, v: Value, axis: int) -> Value:
-        const = lambda x, hint: graph.add1("Constant", name=f"{v.name}_{hint}",  # noqa: E731
-                                           value=np.array([x], np.int64))
-        return graph.add1("Slice", v, const(-1, "last"), const(INT64_MAX, "end"), const(axis, "axis"),
-                          name=f"{v.name}_last_position")
+        """v at the last position, keeping the axis: Gather([-1]) makes it exactly 1 long (a
+        Slice -1: would be min(T, 1) long, a size dims cannot fold)."""
+        last = graph.add1("Constant", name=f"{v.name}_last", value=np.array([-1], np.int64))
+        return graph.add1("Gather", v, last, axis=axis, name=f"{v.name}_last_position")

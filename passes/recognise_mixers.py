@@ -3,6 +3,8 @@
     region(q, k, v [, g]) -> o           (mixer_regions.py cuts it out by dataflow)
         -> LinearAttention(update_rule linear | gated, decay per key dim or per head, scale)
         -> SlidingWindowAttention(window, scale)
+        -> SlidingWindowAttention(window = max_context, full = 1)     (full causal attention:
+           a KV cache of max_context tokens; longer contexts are refused at run time)
 
 The syntactic rules of fuse-linear-attention and fuse-sliding-window-attention run first (they
 are fast); this pass takes whatever they left, whatever the spelling, and decides by running
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sbc.ir import Graph, Node, Value, numpy_dtype
+from sbc.ir.dims import evaluate as evaluate_dim
 from sbc.ir.interpreter import evaluate
 from sbc.passes.attention_patterns import MASK_SIZES, upstream_symbols
 from sbc.passes.base import Pass, PassResult, register_pass
@@ -136,7 +139,6 @@ def _trial(region: Region, seed: int, mixed_sign: bool) -> Trial:
 
 
 def _size(d, env) -> int:
-    from sbc.ir.dims import evaluate as evaluate_dim
     return d if isinstance(d, int) else evaluate_dim(d, env)
 
 
@@ -431,19 +433,17 @@ def _describe(m: Mixer) -> str:
 
 # -- rewrite ---------------------------------------------------------------------------------
 
-def rewrite(graph: Graph, region: Region, m: Mixer) -> None:
+def rewrite(graph: Graph, region: Region, m: Mixer, max_context: int) -> None:
     out = layout_of(region.output, region.seq)
     name = region.root.name or "mixer"
     packed = {r: _pack(graph, x, m.layouts[r], m.strides.get(r, 1), f"{name}_{r}")
               for r, x in m.roles.items()}
     hq, hkv = out.num_heads, m.layouts["k"].num_heads // m.strides.get("k", 1)
-    if m.kind == "softmax":
-        if not m.window:
-            raise AssertionError("rewrite called for a causal softmax (identify refuses it)")
+    if m.kind == "softmax":  # full causal attention: a window as wide as the KV cache
         op = graph.add("SlidingWindowAttention", [packed["q"], packed["k"], packed["v"]],
-                       {"q_num_heads": hq, "kv_num_heads": hkv, "window": m.window,
-                        "scale": _snap(m.scale, m.layouts["q"].width, exact_default=False)},
-                       name=name)
+                       {"q_num_heads": hq, "kv_num_heads": hkv, "window": m.window or max_context,
+                        "scale": _snap(m.scale, m.layouts["q"].width, exact_default=False),
+                        "full": int(not m.window)}, name=name)
     else:
         gated = m.kind == "gated"
         inputs = [packed["q"], packed["k"], packed["v"]] + ([None, packed["g"]] if gated else [])
@@ -499,10 +499,7 @@ def find(graph: Graph) -> list[tuple[Region | Node, Mixer | str]]:
         if isinstance(region, str):
             found.append((root, f"it is not a self-contained mixer: {region}"))
             continue
-        m = identify(region)
-        if isinstance(m, Mixer) and m.kind == "softmax" and not m.window:
-            m = f"{_describe(m)}: full causal attention has no op with a KV cache yet"
-        found.append((region, m))
+        found.append((region, identify(region)))
     return found
 
 
@@ -520,11 +517,17 @@ def explain(graph: Graph) -> list[str]:
 class RecogniseMixers(Pass):
     name = "recognise-mixers"
 
+    @dataclass
+    class Options:
+        # tokens the KV cache of a full causal attention holds (prompt + generated); longer
+        # sequences are refused at run time
+        max_context: int = 4096
+
     def run(self, graph: Graph) -> PassResult:
         modified = False
         for region, m in find(graph):
             if isinstance(m, Mixer):
-                rewrite(graph, region, m)
+                rewrite(graph, region, m, self.options.max_context)
                 modified = True
         if modified:
             graph.toposort()

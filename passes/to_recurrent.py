@@ -142,6 +142,12 @@ def mixing_reason(node: Node, seq: str) -> str | None:
         a = node.inputs[0]
         k = a.shape[0] if node.op == "Gemm" and node.attrs["transA"] else a.shape[-1]
         return "it contracts over the sequence axis" if _uses(k, seq) else None
+    if node.op == "Tile":  # copies (GQA's heads, repeat_interleave) keep rows unless along T
+        repeats = node.inputs[1].data
+        if repeats is None or repeats.dtype == object:
+            return "sbc cannot tell what a Tile with run-time repeats copies"
+        along = [int(repeats[a]) for a in _seq_axes(node.inputs[0], seq)]
+        return None if along == [1] else "it repeats along the sequence axis"
     if node.op in LAYOUT:
         return None if _keeps_rows(node, seq) else "it moves data across positions (a reshape " \
                                                    "that splits or merges token rows)"
@@ -254,8 +260,13 @@ def memory_certificate(graph: Graph, seq: str | None = None) -> dict:
     growing = [v.name for v in state if seq in v.type.symbols]
     buffers = [entry(v) for n in graph.nodes for v in n.outputs if v.data is None]
     total = _simple(sum((prod(v.shape) * numpy_dtype(v.dtype).itemsize for v in state), Sym({})))
+    capacity = max_context(graph)
     return {
         "sequence_symbol": seq,
+        "max_context": capacity,
+        "kv_caches": [f"{n.where()}: full causal attention, a KV cache of {n.attrs['window']} "
+                      "tokens allocated in full (it holds the context; longer ones are refused)"
+                      for n in graph.nodes if n.op == "SlidingWindowAttention" and n.attrs.get("full")],
         "state": [entry(v) for v in state],
         "state_bytes": str(total),
         "decode_buffers": buffers,
@@ -264,6 +275,14 @@ def memory_certificate(graph: Graph, seq: str | None = None) -> dict:
                   "so every buffer above is a function of the batch size only") if not growing
         else f"state {growing} grows with '{seq}'",
     }
+
+
+def max_context(graph: Graph) -> int | None:
+    """The most tokens a sequence may hold: the smallest KV cache capacity of the full causal
+    attentions (None without them: windows and linear state hold any length)."""
+    capacities = [n.attrs["window"] for n in graph.nodes
+                  if n.op == "SlidingWindowAttention" and n.attrs.get("full")]
+    return min(capacities) if capacities else None
 
 
 def _at_one(d, seq: str):

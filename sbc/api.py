@@ -125,6 +125,11 @@ class Module:
         if not 0 <= value <= MAX_POSITION - steps:
             raise InputError(f"position {value} is out of range: a sequence's position must be "
                              f"in [0, {MAX_POSITION}] after its {steps} new tokens")
+        capacity = self.recurrent["memory_certificate"].get("max_context")
+        if capacity is not None and value + steps > capacity:
+            raise InputError(f"the context would hold {value + steps} tokens, more than the "
+                             f"{capacity} its full-attention KV cache holds (compile with "
+                             "--max-context to allow more)")
         return value
 
     def session(self, batch: int = 1, chunk: int = 512):
@@ -163,13 +168,15 @@ def check_target(target: str, arch: str | None = None) -> None:
 
 
 def compile(model, target: str = "cpu", *, arch=None, passes=None, quantize=None, calibrate=None,
-            print_after=(), time_passes=False, verify_each=False, dump_dir=None) -> Module:
+            max_context=None, print_after=(), time_passes=False, verify_each=False,
+            dump_dir=None) -> Module:
     """Compile an ONNX file path, onnx.ModelProto or sbc.ir.Graph for `target` (cpu, cuda,
     maca; `arch`: the GPU arch, e.g. sm_90 or xcore1000, default sm_80 / $MACA_ARCH).
 
     passes: None for the default pipeline, else a pipeline string ("dce,cse") or list;
     quantize: None, or "w8" (int8 weights, one scale per 128 input channels, where spikes feed
     a matmul: W8ASpike's integer matmuls) added to the default pipeline;
+    max_context: tokens the KV cache of each full causal attention holds (default 4096);
     calibrate: inputs ({name: array} or an .npz path) to measure the spiking sites' firing rates
     on; the figures go to manifest["spike_stats"] (what `sbc report` reads); on cpu the
     spike-sparsity pass then picks per SpikeMatMul the dense or zero-tile-skipping kernel
@@ -178,7 +185,7 @@ def compile(model, target: str = "cpu", *, arch=None, passes=None, quantize=None
     """
     check_target(target, arch)  # before any work: an unsupported target should fail at once
     fixed_point = passes is None  # the default pipeline, quantized or not, runs to a fixed point
-    passes = _with_quantization(passes, quantize)
+    passes = _pipeline(passes, quantize, max_context)
     from sbc.frontend import import_onnx
     from sbc.ir import Graph, assumptions
     from sbc.passes import run_passes
@@ -241,19 +248,29 @@ def _choose_spike_kernels(graph, stats: dict):
     return graph
 
 
-def _with_quantization(passes, quantize):
-    """The pipeline with the weight quantization pass before spike-matmul (which then computes
-    with the int8 weights)."""
-    if quantize is None:
-        return passes
-    if quantize not in QUANTIZE:
-        raise UnsupportedError(f"unknown quantization '{quantize}'; supported: {', '.join(QUANTIZE)}")
+def _pipeline(passes, quantize, max_context):
+    """The pipeline to run: `passes` as given, or the default one with the weight quantization
+    pass before spike-matmul (which then computes with the int8 weights) and recognise-mixers'
+    KV cache capacity."""
     if passes is not None:
-        raise UnsupportedError("quantize= goes with the default pipeline; with passes=, name "
-                               f"'{QUANTIZE[quantize]}' in the pipeline instead")
+        for name, value, spelled in (("quantize", quantize, "quantize-weights-int8"),
+                                     ("max_context", max_context, "recognise-mixers{max-context=N}")):
+            if value is not None:
+                raise UnsupportedError(f"{name}= goes with the default pipeline; with passes=, "
+                                       f"name '{spelled}' in the pipeline instead")
+        return passes
     from sbc.passes.manager import DEFAULT_PIPELINE
-    at = DEFAULT_PIPELINE.index("spike-matmul")
-    return DEFAULT_PIPELINE[:at] + [QUANTIZE[quantize]] + DEFAULT_PIPELINE[at:]
+    pipeline = list(DEFAULT_PIPELINE)
+    if quantize is not None:
+        if quantize not in QUANTIZE:
+            raise UnsupportedError(f"unknown quantization '{quantize}'; supported: {', '.join(QUANTIZE)}")
+        pipeline.insert(pipeline.index("spike-matmul"), QUANTIZE[quantize])
+    if max_context is not None:
+        if isinstance(max_context, bool) or not isinstance(max_context, int) or max_context < 1:
+            raise UnsupportedError(f"max_context must be a positive number of tokens, got {max_context!r}")
+        at = pipeline.index("recognise-mixers")
+        pipeline[at] = f"recognise-mixers{{max-context={max_context}}}"
+    return pipeline
 
 
 def prefill_program(graph):

@@ -174,6 +174,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="measure firing rates on these inputs and store them (see `sbc report`)")
     c.add_argument("--quantize", choices=["w8"],
                    help="w8: int8 weights (per 128 input channels) for the spiking matmuls")
+    c.add_argument("--max-context", type=int, metavar="N",
+                   help="tokens the KV cache of a full causal attention holds (default 4096)")
     c.add_argument("--print-after", action="append", default=[], metavar="PASS|all",
                    help="print the IR after these passes (repeatable, or comma-separated)")
     c.add_argument("--time-passes", action="store_true", help="print per-pass wall times")
@@ -257,6 +259,7 @@ def cmd_compile(args) -> None:
     # the pipeline string goes as is: pass options may hold commas ("a{x=1,y=2},b")
     module = sbc.compile(args.model, target=args.target, arch=args.arch, passes=args.passes,
                          quantize=args.quantize, calibrate=args.calibrate,
+                         max_context=args.max_context,
                          print_after=[p for a in args.print_after for p in a.split(",") if p],
                          time_passes=args.time_passes,
                          verify_each=args.verify_each, dump_dir=args.dump_dir)
@@ -438,7 +441,9 @@ def _certificate(manifest: dict) -> dict:
             "largest decode buffer": largest and f"{largest['name']}: {largest['type']} at "
                                                  f"T = 1 = {largest['bytes']} bytes",
             "depends on sequence length": cert["depends_on_sequence_length"],
-            "proof": cert["proof"]}}
+            "proof": cert["proof"],
+            **({"max context": cert["max_context"], "kv caches": cert["kv_caches"]}
+               if cert.get("max_context") else {})}}
 
 
 def _read_npz(path: str, names: list[str]) -> dict[str, np.ndarray]:

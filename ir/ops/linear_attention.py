@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from sbc.ir.assumptions import require
 from sbc.ir.registry import Attr, OpError, op
 from sbc.ir.types import TensorType
 
@@ -181,13 +182,19 @@ def sliding_window_dims(node) -> dict:
     inputs=["query", "key", "value", "past_key?", "past_value?", "position?"],
     outputs=["output", "present_key", "present_value"],
     attrs={"q_num_heads": Attr("int"), "kv_num_heads": Attr("int"), "window": Attr("int"),
-           "scale": Attr("float", 0.0)}, foldable=False)
+           "scale": Attr("float", 0.0), "full": Attr("int", 0)}, foldable=False)
 def sliding_window_attention(node):
     """Causal softmax attention over a window of keys with a ring-buffer KV window (module
-    docstring); GQA as in LinearAttention."""
+    docstring); GQA as in LinearAttention. full = 1: full causal attention, the window being
+    the KV cache's capacity (a query must see every earlier key, so a chunk longer than it is
+    refused here and runtimes refuse positions past it)."""
     d = sliding_window_dims(node)
     q = node.inputs[0]
     batch, seq = q.shape[:2]
+    if node.attrs.get("full") and not require(d["window"], ">=", seq, "full causal attention "
+                                              "holds at most its KV cache capacity of tokens"):
+        raise OpError(f"SlidingWindowAttention: {seq} tokens exceed the KV cache capacity "
+                      f"{d['window']} of a full causal attention")
     return [TensorType(q.dtype, (batch, seq, d["hq"] * d["dv"])),
             TensorType(q.dtype, (batch, d["hkv"], d["window"], d["d"])),
             TensorType(q.dtype, (batch, d["hkv"], d["window"], d["dv"]))]

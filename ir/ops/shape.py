@@ -231,13 +231,15 @@ def _slice_range(dim, start, end, step):
     rows, `x[:, 1:]` max(seq - 1, 0). +-2**31 and beyond mean "to the end"."""
     lo, hi = (0, dim) if step > 0 else (-1, dim - 1)
     s, e = _from_end(start, dim, 0, hi), _from_end(end, dim, lo, hi)
-    s_clamped, e_clamped = _clamp(s, 0, hi), _clamp(e, lo, hi)
+    s_low, e_low = _at_least(s, 0, start), _at_least(e, lo, end)
+    # the upper bound last: with dim 0 and a negative step both bounds are -1, an empty slice
+    s_clamped, e_clamped = dim_min(s_low, hi), dim_min(e_low, hi)
     # The length needs only the clamps that can shorten the slice (a start past the end
-    # leaves nothing either way); fewer min / max make simpler dims.
+    # leaves nothing either way): fewer min / max make simpler dims.
     if step > 0:
-        span, stride = difference(dim_min(e, hi), dim_max(s, 0)), step
+        span, stride = difference(dim_min(e, hi), s_low), step
     else:
-        span, stride = difference(s_clamped, dim_max(e, lo)), -step
+        span, stride = difference(s_clamped, e_low), -step
     return s_clamped, e_clamped, dim_max(0, (span + stride - 1) // stride)
 
 
@@ -255,10 +257,10 @@ def _from_end(i, dim, lowest, highest):
     return dim + i if i < 0 else i
 
 
-def _clamp(i, lowest, highest):
-    """i clamped to [lowest, highest], the upper bound last: with dim 0 and a negative step
-    both bounds are -1, and so an empty slice."""
-    return dim_min(dim_max(i, lowest), highest)
+def _at_least(i, lowest, given):
+    """max(i, lowest); a symbolic index as given is required to be >= 0 already, so that
+    `x[seq - 1:seq]` has 1 row (where `x[-1:]` has min(seq, 1))."""
+    return i if isinstance(given, Sym) else dim_max(i, lowest)
 
 
 @op("Slice", inputs=["data", "starts", "ends", "axes?", "steps?"], outputs=["output"])
@@ -378,7 +380,8 @@ def _(attrs, x, idx):
     # nothing failed when a batch dim or the number of index tuples is 0
     batch = int(np.prod(x.shape[:b], dtype=np.int64))
     xs, ids = x.reshape((batch,) + x.shape[b:]), idx.reshape((batch,) + idx.shape[b:])
-    which = np.broadcast_to(np.arange(batch).reshape((batch,) + (1,) * (ids.ndim - 2)), ids.shape[:-1])
+    items = np.arange(batch).reshape((batch,) + (1,) * (ids.ndim - 2))
+    which = np.broadcast_to(items, ids.shape[:-1])  # the batch item of each index tuple
     picked = xs[(which,) + tuple(ids[..., k] for k in range(last))]
     return picked.reshape(idx.shape[:-1] + x.shape[b + last:])
 

@@ -425,7 +425,8 @@ def hf_decoder(arch: str, seed: int = 0, **config) -> nn.Module:
 
 LA = {"LinearAttention": 1}
 SWA = {"SlidingWindowAttention": 1}
-CAUSAL = {"CausalAttention": 1}  # the op name may change; kind="causal" is what counts
+# full causal attention: a SlidingWindowAttention whose window is the KV cache (full = 1)
+CAUSAL = {"SlidingWindowAttention": 1}
 GLA = dict(feature="relu", gate="key")  # SpikingBrain's GLA: relu(q), relu(k), low-rank gate
 
 
@@ -544,10 +545,10 @@ _FORMS = [
     hf("mistral", "swa", {"SlidingWindowAttention": 2},
        "transformers MistralForCausalLM, sliding_window=4, SDPA, 2 layers",
        window=4, span=7, sliding_window=4),
-    hf("qwen2", "swa", {"CausalAttention": 1, "SlidingWindowAttention": 1},
+    hf("qwen2", "swa", {"SlidingWindowAttention": 2},
        "transformers Qwen2ForCausalLM, use_sliding_window: layer 0 full, layer 1 window 4",
        window=4, use_sliding_window=True, sliding_window=4, max_window_layers=1),
-    hf("llama", "causal", {"CausalAttention": 2},
+    hf("llama", "causal", {"SlidingWindowAttention": 2},
        "transformers LlamaForCausalLM, full causal attention in both layers (control)"),
 ]
 

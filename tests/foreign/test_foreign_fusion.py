@@ -12,11 +12,13 @@ import onnxruntime as ort
 import pytest
 
 import sbc
+from sbc.errors import InputError
 from sbc.api import fusion_notes
 from sbc.frontend import import_onnx
 from sbc.ir.interpreter import run
 from sbc.passes import run_passes
 from sbc.passes.manager import DEFAULT_PIPELINE
+from sbc.passes.to_recurrent import ToRecurrent, why_not_recurrent
 from tests.foreign.forms import FORMS, QUICK_DYNAMO, SWEEP, export
 
 FUSED = ("LinearAttention", "SlidingWindowAttention")
@@ -56,9 +58,7 @@ def example(name, seq=SEQ):
     return FORMS[name].inputs(batch=2, seq=seq, seed=1).numpy()
 
 
-@pytest.mark.parametrize("name, exporter", cases(lambda f: f.kind in ("linear", "swa", "hybrid")
-                                                  and not f.near_miss and not f.static_seq
-                                                  and "CausalAttention" not in f.expected))
+@pytest.mark.parametrize("name, exporter", cases(lambda f: not f.near_miss and not f.static_seq))
 def test_fuses_and_matches_onnxruntime(name, exporter):
     graph = optimised(name, exporter)
     assert fused_counts(graph) == FORMS[name].expected, fusion_notes(graph)
@@ -66,6 +66,7 @@ def test_fuses_and_matches_onnxruntime(name, exporter):
     got = run(graph, {FORMS[name].input_name: x})
     np.testing.assert_allclose(next(iter(got.values())), ort_run(name, exporter, x),
                                rtol=2e-4, atol=2e-4)
+    assert ToRecurrent().run(graph).modified, why_not_recurrent(graph)  # sessions will work
 
 
 @pytest.mark.parametrize("name, exporter", cases(lambda f: f.near_miss))
@@ -76,9 +77,9 @@ def test_near_misses_stay_unfused_and_say_why(name, exporter):
 
 
 @pytest.mark.parametrize("name, exporter", cases(lambda f: f.kind == "causal"))
-def test_full_causal_attention_is_recognised_not_yet_fused(name, exporter):
-    notes = fusion_notes(optimised(name, exporter))
-    assert any("full causal attention has no op with a KV cache yet" in n for n in notes), notes
+def test_full_causal_attention_gets_a_kv_cache(name, exporter):
+    full = [n for n in optimised(name, exporter).nodes if n.attrs.get("full")]
+    assert full and all(n.attrs["window"] == 4096 for n in full)  # the default capacity
 
 
 @pytest.mark.parametrize("seq_name", ["T", "sequence_length"])
@@ -87,7 +88,7 @@ def test_the_sequence_axis_may_have_any_name(seq_name):
     assert fused_counts(graph) == {"LinearAttention": 1}
 
 
-@pytest.mark.parametrize("name", ["hybrid_decoder", "hf_mistral"])
+@pytest.mark.parametrize("name", ["hybrid_decoder", "hf_mistral", "hf_llama"])
 def test_compiled_sessions_stream_like_the_whole_run(name):
     form = FORMS[name]
     module = sbc.compile(onnx.load_from_string(export(name, "dynamo")), target="cpu")
@@ -114,3 +115,19 @@ def test_unrolled_loops_compile_at_their_length_and_say_how_to_export(name):
     x = example(name, seq=form.static_seq)
     np.testing.assert_allclose(module.run({form.input_name: x})[form.output_name],
                                ort_run(name, "legacy", x), rtol=2e-4, atol=2e-4)
+
+
+def test_contexts_beyond_the_kv_cache_are_refused():
+    """Full causal attention holds max_context tokens: a longer whole run, or a session step
+    past it, is one clear error (a smaller window would silently compute something else)."""
+    form = FORMS["causal_neg_inf"]
+    module = sbc.compile(onnx.load_from_string(export(form.name, "legacy")), max_context=8)
+    assert module.recurrent["memory_certificate"]["max_context"] == 8
+    x = example(form.name, seq=9)
+    module.run({"x": x[:, :8]})
+    with pytest.raises(InputError, match="KV cache"):
+        module.run({"x": x})
+    state = module.initial_state({"batch": 2})
+    _, state = module.step({"x": x[:, :6]}, state)
+    with pytest.raises(InputError, match="more than the 8 its full-attention KV cache holds"):
+        module.step({"x": x[:, 6:9]}, state)

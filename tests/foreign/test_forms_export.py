@@ -123,7 +123,7 @@ def test_near_miss_masks_differ(name):
 
 
 def test_corpus_consistent():
-    kinds = {"linear": "LinearAttention", "swa": "SlidingWindowAttention", "causal": "CausalAttention"}
+    kinds = {"linear": "LinearAttention", "swa": "SlidingWindowAttention", "causal": "SlidingWindowAttention"}
     for form in FORMS.values():
         assert form.exporters, form.name  # at least one exporter works
         assert form.description and form.kind in (*kinds, "hybrid")

@@ -118,7 +118,7 @@ def _gemm(attrs, a, s, y):
 
 def _softmax(attrs, a, s, y):
     """dy_k = y_k (dx_k - sum_j y_j dx_j): at most 2 y_k max(s) along the axis."""
-    return 2 * y * np.max(s[0], axis=attrs["axis"], keepdims=True)
+    return 2 * y * np.max(s[0], axis=attrs["axis"], keepdims=True, initial=0.0)
 
 
 RULES = {

@@ -151,6 +151,19 @@ def test_concat_of_shape_pieces_feeds_reshape_with_symbolic_dims():
     np.testing.assert_array_equal(run(g, {"x": data})["reshape"], data.reshape(3, 5, 2, 4))
 
 
+def test_slice_from_shapes_keeps_its_length():
+    """x[:, seq - 1:seq] has 1 row, x[:, -1:] min(seq, 1): a start computed from shapes is
+    required to be >= 0 (a negative one would count from the end), -1 counts from the end."""
+    g = Graph()
+    x = _x(g)
+    seq = g.add1("Gather", g.add1("Shape", x), g.add_param("i", i64(1)))
+    start = g.add1("Sub", seq, g.add_param("one", i64(1)))
+    axis = g.add_param("axis", i64(1))
+    assert g.add1("Slice", x, start, seq, axis).type == T("f32[batch, 1, 8]")
+    last = g.add1("Slice", x, g.add_param("s", i64(-1)), g.add_param("e", i64(2**63 - 1)), axis)
+    assert last.type == T("f32[batch, min(seq, 1), 8]")
+
+
 def test_shape_arithmetic_folds():
     """seq - 1, batch * seq, Range(seq), Cast/Unsqueeze/Squeeze/Equal/Where of shape values."""
     g = Graph()

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from sbc.ir import Graph, TensorType
-from sbc.ir.dims import dim_min
 from sbc.ir.interpreter import run
 from sbc.ir.verifier import verify
 from sbc.passes.last_position import LastPosition
@@ -49,13 +48,12 @@ def test_tail_runs_at_the_last_position_only(batch, seq):
     result = LastPosition().run(graph)
     verify(result.graph)
     assert result.modified
-    # x[:, -1:] has min(seq, 1) rows (ONNX clamps the start at seq = 0)
-    assert str(graph.outputs[0].type) == f"f32[{batch}, min({seq}, 1), 11]"
+    assert str(graph.outputs[0].type) == f"f32[{batch}, 1, 11]"  # one row, whatever seq is
     # cut where the stateful mixers (and the Unsqueeze, a layout op) hand over to the tail
-    cut = sorted(n.inputs[0].producer.op for n in graph.nodes if n.op == "Slice")
+    cut = sorted(n.inputs[0].producer.op for n in graph.nodes if n.op == "Gather")
     assert cut == ["LinearAttention", "SlidingWindowAttention", "Unsqueeze"]
     mm = next(n for n in graph.nodes if n.op == "MatMul" and n.outputs[0] is graph.outputs[0])
-    assert mm.inputs[0].shape == (sym(batch), dim_min(sym(seq), 1), 32)
+    assert mm.inputs[0].shape == (sym(batch), 1, 32)
     after = run(graph, feeds_for(graph))
     np.testing.assert_allclose(after["logits"], before["logits"][:, -1:], rtol=1e-6, atol=1e-6)
     for name in graph.output_names[1:]:  # the state still sees every position

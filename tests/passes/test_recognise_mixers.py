@@ -38,9 +38,13 @@ WINDOWED = {
 
 
 def fuse(graph):
-    _, after, modified = check_pass(RecogniseMixers(), graph, sizes=SIZES, tolerance=2e-5)
+    return fuse_with(RecogniseMixers(), graph)
+
+
+def fuse_with(pass_, graph):
+    _, after, modified = check_pass(pass_, graph, sizes=SIZES, tolerance=2e-5)
     assert modified
-    assert_stable(RecogniseMixers(), after)
+    assert_stable(pass_, after)
     fused = [n for n in after.nodes if n.op in FUSED_OPS]
     assert len(fused) == 1, print_graph(after)
     assert not any(n.op in ("Softmax", "Trilu", "Einsum", "CumSum") for n in after.nodes)
@@ -78,6 +82,13 @@ def test_a_scale_on_the_scores_becomes_the_ops():
     assert node.attrs["scale"] == pytest.approx(0.35, rel=1e-6)
 
 
+def test_full_causal_attention_gets_a_kv_cache_of_max_context():
+    node, _ = fuse(swa_graph(mask="causal"))
+    assert (node.attrs["full"], node.attrs["window"]) == (1, 4096)
+    node, _ = fuse_with(RecogniseMixers(max_context=64), swa_graph(mask="causal"))
+    assert node.attrs["window"] == 64
+
+
 def test_wide_windows_are_read_from_the_mask():
     """A window wider than the trial shows only when the compile-time mask is read at 257."""
     node, _ = fuse(swa_graph(window=100))
@@ -104,7 +115,6 @@ NEAR_MISSES = {
     "relu on the scores": (forms.relu_scores_graph, "mixed sign"),
     "heads mixed": (forms.mixed_heads_graph, "closest"),
     "bidirectional window": (forms.bidirectional_graph, "not a causal band"),
-    "full causal softmax": (lambda: swa_graph(mask="causal"), "no op with a KV cache"),
 }
 
 

@@ -260,3 +260,19 @@ def test_host_program_sizes_a_clamped_slice():
     (step,) = [s for s in plan["programs"]["main"]["steps"] if "call" in s]
     rows = step["outputs"][0]["shape"][0]
     assert [evaluate(rows, {"seq": n}) for n in (0, 2, 5, 9, 12)] == [0, 2, 3, 2, 0]
+
+
+def test_reduction_over_clamped_rows_is_scheduled():
+    """x[:, -1:] has min(seq, 1) rows; dlight's reduction rules fail on loops over them, so
+    the next rule schedules the kernel (before: 'TVM could not schedule the model')."""
+    from onnx import TensorProto, helper
+    from tests.test_memory_safety import ints, model
+    m = model([helper.make_node("Slice", ["x", "s", "e", "a"], ["last"]),
+               helper.make_node("ReduceMean", ["last", "axes"], ["y"])],
+              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", 64])],
+              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "rows", 1])],
+              [ints("s", [-1]), ints("e", [2**63 - 1]), ints("a", [1]), ints("axes", [2])])
+    plan = json.loads(sbc.compile(m, target="maca").files["maca/launches.json"])
+    reduction = [s for s in plan["programs"]["main"]["steps"] if "call" in s][-1]
+    rows = reduction["outputs"][0]["shape"][1]
+    assert [evaluate(rows, {"seq": n}) for n in (0, 1, 9)] == [0, 1, 1]
