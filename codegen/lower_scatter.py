@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from tvm import te, tirx
 
+from sbc.codegen.index_checks import _unravel
 from sbc.codegen.lower import _wrap, lowering
 
 _COMBINE = {
@@ -36,14 +37,6 @@ def _ravel(index, shape):
     for i, d in zip(index, shape):
         flat = flat * d + i
     return flat
-
-
-def _unravel(flat, shape) -> list:
-    out = []
-    for d in reversed(shape):
-        out.append(tirx.floormod(flat, d))
-        flat = tirx.floordiv(flat, d)
-    return list(reversed(out))
 
 
 def _all(conds):
@@ -81,7 +74,7 @@ def _scatter_elements(ctx, node, x, indices, updates):
 
     def apply(T, idx, upd, out):
         with T.serial(0, _numel(ishape)) as n:
-            target = _unravel(n, ishape)
+            target = list(_unravel(n, ishape))
             target[axis] = _wrap(idx[n], shape[axis])
             # off the axis, indices fit data (an assumption checked at run time): guard anyway
             inside = _all([tirx.And(t >= 0, t < d) for t, d in zip(target, shape)])

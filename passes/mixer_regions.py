@@ -111,6 +111,7 @@ class Region:
     inputs: list[Value]  # boundary values: position-wise, computed from the model's inputs
     masks: list[Value]  # compile-time pairwise values (bands, biases, multiplied masks)
     nodes: list[Node] = field(default_factory=list)
+    memo: dict = field(default_factory=dict)  # shared by a graph's regions (layers share masks)
 
     @property
     def output(self) -> Value:
@@ -133,6 +134,7 @@ class Analysis:
         self.feeds_pairwise = self._feeds_pairwise(graph)
         self.roots: list[tuple[Node, Sym]] = []
         self.mixed: dict[int, bool] = {}
+        self.memo: dict = {}
         for node in graph.nodes:
             self._classify(node)
 
@@ -165,7 +167,7 @@ class Analysis:
 
     def region(self, root: Node, seq: Sym) -> Region | str:
         """The region ending at `root`, or why it is not a self-contained mixer."""
-        region = Region(seq, root, [], [])
+        region = Region(seq, root, [], [], memo=self.memo)
         seen: set[int] = set()
         todo = [x for x in root.inputs if x is not None]
         region.nodes.append(root)

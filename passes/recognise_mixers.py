@@ -161,7 +161,8 @@ def _weights(region: Region, out: Layout, v: Value, v_layout: Layout,
             onehot = np.zeros((b, v_layout.num_heads, t, out.width))
             for d in range(min(out.width, t - start)):
                 onehot[:, :, start + d, d] = 1.0
-            o = out.canonical(_run(region, trial, {id(v): v_layout.from_canonical(onehot, trial.arrays[id(v)].dtype)}))
+            probe = v_layout.from_canonical(onehot, trial.arrays[id(v)].dtype)
+            o = out.canonical(_run(region, trial, {id(v): probe}))
             block = o[..., : min(out.width, t - start)]
             weights[..., start:start + block.shape[-1]] = block
         o = out.canonical(_run(region, trial))
@@ -185,7 +186,10 @@ def _window(region: Region, weights: np.ndarray, trial: Trial) -> int | str:
         return width
     if width < TRIAL_T:
         return width
-    return _wider_window(region, allowed, trial)
+    key = (tuple(id(m) for m in region.masks), allowed.tobytes())  # layers share their masks
+    if key not in region.memo:
+        region.memo[key] = _wider_window(region, allowed, trial)
+    return region.memo[key]
 
 
 def _band_width(allowed: np.ndarray) -> int | str:
@@ -257,7 +261,9 @@ def _kinds(weights: np.ndarray, others: int) -> list[str]:
     return ["gated"] if others == 3 and not stochastic else []
 
 
-def _assignments(kind: str, others: list[Value], v: Value, seq) -> list[dict]:
+def _assignments(kind: str, others: list[Value], v: Value, seq) -> list[tuple[dict, dict]]:
+    """(roles, layouts) for each way of giving the other boundary values the roles of `kind`
+    that their shapes allow."""
     names = ("q", "k") if kind != "gated" else ("q", "k", "g")
     found = []
     for order in itertools.permutations(others):
@@ -308,8 +314,7 @@ def _scores(kind: str, canon: dict, q_heads: int) -> np.ndarray:
     if kind != "gated":
         return canon["q"] @ k.swapaxes(-1, -2)
     b = np.repeat(np.cumsum(canon["g"], axis=2), groups, axis=1)  # [B, Hq, T, dk or 1]
-    t = b.shape[2]
-    causal = (np.arange(t)[:, None] >= np.arange(t)[None, :])[:, :, None]
+    causal = _band(b.shape[2], 0)[:, :, None]  # the upper triangle would overflow unmasked
     decay = np.exp(np.where(causal, b[:, :, :, None, :] - b[:, :, None, :, :], 0.0))
     return np.einsum("bhic,bhjc,bhijc->bhij", canon["q"], k, decay)
 
