@@ -97,6 +97,15 @@ REGRESSIONS = [
             y = Cast <to = 9> (m)
         }""", {"a": i64(2**32, 3), "b": i64(2**32, 0)}),
 
+    # ... and Add in the unsigned type broke ordinary negative values: uint64(-1) + 1 carries,
+    # TVM marks unsigned adds no-unsigned-wrap, and LLVM folded (x + 1 != 0) to true for
+    # x = -1. (Fixed: Add and Sub stay signed; only Mul goes through the unsigned type.)
+    case("int64-add-negative-cast-bool", """
+        g (int64[5] x) => (bool[5] y) <int64[1] one = {1}> {
+            s = Add (x, one)
+            y = Cast <to = 9> (s)
+        }""", {"x": i64(-1, -2, 5, -8, 0)}),
+
     # Squeeze without axes removes the axes that are 1 at run time; sbc decides at compile
     # time, keeps a symbolic axis, and returns f32[1] where ORT returns a scalar (a silent
     # rank mismatch; an InputError or a compile-time refusal would be allowed).
