@@ -20,11 +20,13 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
 from sbc.ir import Graph, Node, Value
 from sbc.ir.dims import Sym
+from sbc.passes.attention_patterns import upstream_symbols
 from sbc.passes.base import scalar
 from sbc.passes.to_recurrent import ELEMENTWISE, LAYOUT
 
@@ -116,6 +118,11 @@ class Region:
     @property
     def output(self) -> Value:
         return self.root.outputs[0]
+
+    @cached_property
+    def symbols(self) -> set[str]:
+        """The symbols evaluating the region needs a size for (one walk, whatever asks)."""
+        return upstream_symbols(self.output)
 
 
 class Analysis:

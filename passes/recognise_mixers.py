@@ -31,7 +31,7 @@ import numpy as np
 from sbc.ir import Graph, Node, Value, numpy_dtype
 from sbc.ir.dims import evaluate as evaluate_dim
 from sbc.ir.interpreter import evaluate
-from sbc.passes.attention_patterns import MASK_SIZES, upstream_symbols
+from sbc.passes.attention_patterns import MASK_SIZES
 from sbc.passes.base import Pass, PassResult, register_pass
 from sbc.passes.dce import DeadCodeElimination
 from sbc.passes.mixer_regions import COPY_OPS, Analysis, Layout, Region, layout_of, seq_axes
@@ -127,8 +127,7 @@ def _with_value(region: Region, out: Layout, v: Value) -> tuple[int, Mixer | str
 def _trial(region: Region, seed: int, mixed_sign: bool) -> Trial:
     """Random boundary values: in (-1, 0) for the fits (stable exponentials of a decay), of
     mixed sign for the confirmation (so relu or max inside the region cannot agree)."""
-    symbols = upstream_symbols(region.output)
-    env = {s: OTHER_SIZE for s in symbols} | {s: TRIAL_T for s in region.seq.symbols}
+    env = {s: OTHER_SIZE for s in region.symbols} | {s: TRIAL_T for s in region.seq.symbols}
     rng = np.random.default_rng(seed)
     arrays = {}
     for x in region.inputs:

@@ -15,6 +15,7 @@ import tempfile
 import numpy as np
 
 from sbc.errors import InputError, UnsupportedError
+from sbc.ir.dims import Sym
 from sbc.runtimes.artifact import check_runnable, read_artifact, signature_from_json, \
     signature_to_json, write_artifact
 
@@ -109,9 +110,14 @@ class Module:
 
     def steps(self, feeds: dict[str, np.ndarray]) -> int:
         """How many tokens `feeds` holds: the size of the manifest's sequence symbol (artifacts
-        from before it was recorded knew only "seq")."""
-        from sbc.ir.types import bind_symbols
-        return bind_symbols(self.inputs, feeds)[self.recurrent.get("sequence_symbol", "seq")]
+        from before it was recorded knew only "seq"), read off the first input that has it as
+        an axis; the runtime checks the whole signature when it runs (once per step)."""
+        seq = Sym.var(self.recurrent.get("sequence_symbol", "seq"))
+        for name, t in self.inputs:
+            if seq in t.shape and np.ndim(feeds.get(name)) == t.rank:
+                return int(np.shape(feeds[name])[list(t.shape).index(seq)])
+        from sbc.ir.types import bind_symbols  # a missing or misshapen input: its own error
+        return bind_symbols(self.inputs, feeds)[str(seq)]
 
     def _check_position(self, state: dict, steps: int) -> int:
         """The state's position: one integer in [0, MAX_POSITION - steps]. A negative one
