@@ -26,7 +26,8 @@ import tvm
 
 from sbc.codegen.kernels.linear_attention import linear_attention_kernel
 from sbc.codegen.kernels.linear_attention_chunked import linear_attention_chunked_kernel
-from sbc.codegen.target import host_cpu_features, host_cpu_target
+from sbc.codegen.target import host_cpu_target
+from sbc.runtimes.machine import host_cpu_features
 from sbc.models.spikingbrain import gla_chunked
 
 HQ, HKV, DK, DV = 8, 2, 64, 64

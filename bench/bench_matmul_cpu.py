@@ -22,9 +22,10 @@ from onnx import TensorProto, helper, numpy_helper
 from tvm import relax, te, tirx, topi
 
 from sbc.codegen.schedule_cpu import schedule_cpu
-from sbc.codegen.target import host_cpu_features, host_cpu_target
+from sbc.codegen.target import host_cpu_target
+from sbc.runtimes.machine import host_cpu_features
 from sbc.ir.ops.nn import pack_weight
-from sbc.passes.pack_matmul_weights import PANEL
+from sbc.ir.ops.nn import PANEL
 
 SHAPES = [(128, 512, 512), (2048, 512, 512), (128, 512, 1536), (2048, 512, 1536), (1024, 512, 1536),
           (128, 4096, 4096), (1024, 4096, 4096), (1, 512, 1536), (1, 4096, 4096), (7, 512, 1536)]

@@ -23,7 +23,7 @@ from tvm import relax
 
 from sbc.codegen.build import build
 from sbc.codegen.kernels.spike_matmul import integer_dot_instruction
-from sbc.codegen.target import host_cpu_features
+from sbc.runtimes.machine import host_cpu_features
 from sbc.ir import Graph, Sym, TensorType
 from sbc.ir.ops.nn import pack_weight
 from sbc.ir.ops.spike import pack_spike_weight, quantize_groups

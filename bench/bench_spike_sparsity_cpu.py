@@ -1,6 +1,6 @@
 """SpikeMatMul int8: the dense kernel vs zero-tile skipping, against the tile density (the
 fraction of 6-row x 128-channel count tiles holding a nonzero), at the small model's
-projection shape; then the break-even spike-sparsity would use (sbc.spike_breakeven). Both
+projection shape; then the break-even spike-sparsity would use (sbc.codegen.spike_breakeven). Both
 kernels run on the same synthetic counts, interleaved, medians of --repeats calls (the last
 column: the median of the per-pair ratios).
 
@@ -16,8 +16,8 @@ import time
 import numpy as np
 
 from sbc.codegen.kernels.spike_matmul import integer_dot_instruction
-from sbc.codegen.target import host_cpu_features
-from sbc.spike_breakeven import break_even, build_kernel, kernel_args, kernel_weights, \
+from sbc.runtimes.machine import host_cpu_features
+from sbc.codegen.spike_breakeven import break_even, build_kernel, kernel_args, kernel_weights, \
     synthetic_counts
 
 DENSITIES = (0.0, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 1.0)
@@ -53,7 +53,7 @@ def main() -> None:
         ratio = statistics.median(b / a for a, b in pairs)
         print(f"| {density:.2f} | {d:.2f} | {s:.2f} | {ratio:.2f} |")
     result = break_even(m, k, n)
-    print(f"break-even (sbc.spike_breakeven, densities {result['densities']}, skip / dense "
+    print(f"break-even (sbc.codegen.spike_breakeven, densities {result['densities']}, skip / dense "
           f"{', '.join(f'{r:.2f}' for r in result['skip_vs_dense'])}): {result['break_even']:.3f}")
 
 

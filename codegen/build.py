@@ -14,6 +14,7 @@ codegen (nvcc for CUDA; codegen.maca's MACA source and package for MetaX), see `
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,11 +24,11 @@ from tvm import relax, te, tirx
 from sbc.codegen.index_checks import CHECKED_OPS, IndexCheck, checked_axes, emit_assert, \
     emit_index_check
 from sbc.codegen.lower import RULES, TVM_DTYPES, Ctx, Known
-from sbc.codegen import kernels  # noqa: F401  (registers the hand-written kernel lowerings)
 from sbc.codegen.schedule_cpu import SCHEDULED, schedule_cpu
-from sbc.codegen.target import SbcTarget, host_cpu_features, host_cpu_target, resolve
+from sbc.codegen.target import SbcTarget, host_cpu_target, resolve
 from sbc.errors import CompileError, SbcError, UnsupportedError
 from sbc.ir import Graph, TensorType, Value, get_op
+from sbc.runtimes.machine import host_cpu_features
 
 SUPPORTED_TARGETS = ("cpu", "cuda", "maca")
 OPAQUE = 8  # relax's OpPatternKind kOpaque: FuseOps leaves the kernel alone
@@ -333,7 +334,7 @@ class _Lowerer:
     def lower_kernel(self, node, rule) -> None:
         """A hand-written PrimFunc: already scheduled, and opaque to fusion."""
         fn = self.kernel_fns.get(node.op, rule.fn)
-        func = fn(node).with_attr(SCHEDULED, True).with_attr("op_pattern", OPAQUE)
+        func = cached_kernel(fn, node).with_attr(SCHEDULED, True).with_attr("op_pattern", OPAQUE)
         gv = self.bb.add_func(func, _func_name(node))
         declared = len(get_op(node.op).inputs)
         inputs = list(node.inputs) + [None] * (declared - len(node.inputs))
@@ -351,6 +352,36 @@ class _Lowerer:
         else:
             for k, v in enumerate(node.outputs):
                 self.env[id(v)] = self.bb.emit(relax.TupleGetItem(out, k))
+
+
+# A hand-written kernel is TVMScript, and parsing one takes about a second (the parser walks
+# the interpreter's frames for every statement), while a model repeats a few configurations
+# (every layer's SpikeMatMul) and a process compiles many models. A kernel is a function of
+# its builder and the node's op, attributes and types (never its names or data), so that is
+# the key; PrimFuncs are immutable, so sharing one is safe.
+_KERNELS: OrderedDict = OrderedDict()
+KERNEL_CACHE_SIZE = 256
+
+
+def cached_kernel(fn, node) -> tirx.PrimFunc:
+    key = (fn, node.op, tuple((k, _attr_key(v)) for k, v in sorted(node.attrs.items())),
+           tuple(None if v is None else v.type for v in node.inputs),
+           tuple(v.type for v in node.outputs))
+    if key in _KERNELS:
+        _KERNELS.move_to_end(key)
+    else:
+        _KERNELS[key] = fn(node)
+        if len(_KERNELS) > KERNEL_CACHE_SIZE:
+            _KERNELS.popitem(last=False)
+    return _KERNELS[key]
+
+
+def _attr_key(value):
+    if isinstance(value, np.ndarray):
+        return value.dtype.str, value.shape, value.tobytes()
+    if isinstance(value, (list, tuple)):
+        return tuple(_attr_key(v) for v in value)
+    return value
 
 
 def is_empty(shape) -> bool:

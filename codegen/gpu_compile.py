@@ -20,14 +20,15 @@ back after); `finish()` returns the extra artifact members.
 
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 
 import tvm
 import tvm_ffi
 
-from sbc.codegen.target import SbcTarget, find_nvcc
+from sbc.codegen.target import SbcTarget
 from sbc.errors import CompileError, SbcError
+from sbc.runtimes.cuda import FATBIN as CUDA_FATBIN, SOURCE as CUDA_SOURCE
+from sbc.runtimes.machine import find_nvcc, nvcc_fatbin
 
 POSTPROC = "tvm_callback_cuda_postproc"
 
@@ -86,9 +87,6 @@ class DeviceCompiler:
         return package(self.source, self.launches, self.target, mod)
 
 
-CUDA_SOURCE, CUDA_FATBIN = "cuda/kernels.cu", "cuda/kernels.fatbin"
-
-
 @contextmanager
 def device_compiler(target: SbcTarget):
     """sbc's postproc callback (and for maca the launch recorder) for one build."""
@@ -111,45 +109,6 @@ def device_compiler(target: SbcTarget):
 
 def _identity(code, *_):
     return code
-
-
-@contextmanager
-def _env(**values):
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def nvcc_fatbin(source: str, arch: str) -> bytes:
-    """SASS for `arch` plus its PTX in one fatbin; exact math (no --use_fast_math)."""
-    from tvm.support import nvcc
-    version = arch[3:]
-    gencode = ["-gencode", f"arch=compute_{version},code=sm_{version}",
-               "-gencode", f"arch=compute_{version},code=compute_{version}"]
-    path = os.path.dirname(find_nvcc())
-    # compile_cuda reads the compute version from the current target
-    with _env(TVM_CUDA_NVCC_NO_FAST_MATH="1", PATH=path + os.pathsep + os.environ.get("PATH", "")), \
-            tvm.target.Target({"kind": "cuda", "arch": arch}):
-        try:
-            return bytes(nvcc.compile_cuda(source, target_format="fatbin", arch=gencode,
-                                           compiler="nvcc"))
-        except RuntimeError as e:
-            raise CompileError(f"nvcc could not compile the CUDA kernels for {arch}: "
-                               f"{_nvcc_error(e)}") from e
-
-
-def _nvcc_error(e: Exception) -> str:
-    """The first line of nvcc's output that names an error."""
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    errors = [ln for ln in lines if "error" in ln.lower()]
-    return (errors or lines or ["unknown error"])[0][:300]
 
 
 def _first_line(e: Exception) -> str:

@@ -30,7 +30,7 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.tirx import IndexMap
 
-from sbc.passes.pack_matmul_weights import PANEL  # pre-packed B's panel width
+from sbc.ir.ops.nn import PANEL  # pre-packed B's panel width
 
 log = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ compiled silently as a HOST function of the CUDA build, reading device memory fr
 
 from __future__ import annotations
 
+import functools
 import json
 
 import tvm
@@ -62,15 +63,14 @@ SPECIALISE = "sbc.spike_matmul_args"  # JSON of spike_matmul_gpu_func's argument
 SPECIALISE_CHUNKED = "sbc.linear_attention_chunked_args"  # and of the chunked LinearAttention's
 
 
-def _chunked_for(target: tvm.target.Target, limits: GpuLimits, **args) -> tirx.PrimFunc:
+def _chunked_for(maca: bool, limits: GpuLimits, **args) -> tirx.PrimFunc:
     # MACA's host program (codegen.maca) has no conditional steps, so there the kernel takes
     # the chunked path at every T (three launches for a decode step too)
-    short = 0 if "maca" in [str(k) for k in target.keys] else SHORT
-    return linear_attention_chunked_gpu_kernel(**args, limits=limits, short=short)
+    return linear_attention_chunked_gpu_kernel(**args, limits=limits, short=0 if maca else SHORT)
 
 
-# attribute -> fn(target, limits, **arguments) rebuilding the kernel it holds the arguments of
-SPECIALISED = {SPECIALISE: lambda target, limits, **args: spike_matmul_gpu_func(**args, limits=limits),
+# attribute -> fn(maca, limits, **arguments) rebuilding the kernel it holds the arguments of
+SPECIALISED = {SPECIALISE: lambda maca, limits, **args: spike_matmul_gpu_func(**args, limits=limits),
                SPECIALISE_CHUNKED: _chunked_for}
 
 
@@ -78,17 +78,23 @@ def specialise_for(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule
     """Every PrimFunc carrying a SPECIALISED attribute rebuilt with `target`'s limits; same
     signature and attributes, so the calls to it stay as they are."""
     limits = GpuLimits.of(target)
+    maca = "maca" in [str(k) for k in target.keys]
     out = mod.clone()
     for gv, func in mod.functions_items():
         if not isinstance(func, tirx.PrimFunc) or func.attrs is None:
             continue
-        for attr, build in SPECIALISED.items():
+        for attr in SPECIALISED:
             if attr in func.attrs:
-                new = build(target, limits, **json.loads(str(func.attrs[attr])))
+                new = _specialised(attr, str(func.attrs[attr]), maca, limits)
                 for key, value in func.attrs.items():
                     new = new.with_attr(key, value)
                 out.update_func(gv, new)
     return out
+
+
+@functools.lru_cache(maxsize=64)  # each layer asks again, and parsing TVMScript takes ~1 s
+def _specialised(attr: str, args_json: str, maca: bool, limits: GpuLimits) -> tirx.PrimFunc:
+    return SPECIALISED[attr](maca, limits, **json.loads(args_json))
 
 
 def thread_bound(func: tirx.PrimFunc) -> bool:

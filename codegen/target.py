@@ -20,6 +20,7 @@ import subprocess
 from dataclasses import dataclass
 
 from sbc.errors import UnsupportedError
+from sbc.runtimes.machine import host_cpu_name, maca_path
 
 TARGET_KINDS = ("cpu", "cuda", "maca")
 DEFAULT_CUDA_ARCH = "sm_80"  # Ampere: the oldest arch the artifact's PTX is JIT-compiled from
@@ -28,57 +29,12 @@ MACA_TAG = "metax/maca"
 MACA_LIMITS = {"thread_warp_size": 64, "max_shared_memory_per_block": 65536,
                "max_threads_per_block": 1024, "max_num_threads": 1024}
 
-# flags worth knowing for sbc's kernels (vector width, integer dot products), as sbc names
-# them -> the names /proc/cpuinfo uses
-FLAGS = {"avx2": "avx2", "fma": "fma", "avx512f": "avx512f", "avx512bw": "avx512bw",
-         "avx512vnni": "avx512_vnni", "avxvnni": "avx_vnni", "amx_int8": "amx_int8"}
-
-
-def host_cpu_name() -> str:
-    """LLVM's name for this CPU (e.g. 'znver1'), the `mcpu` of the target."""
-    import tvm
-    return str(tvm.target.codegen.llvm_get_system_cpu())
-
-
 def host_cpu_target(num_cores: int | None = None) -> "tvm.target.Target":
     """LLVM for this machine's CPU; without mcpu LLVM targets generic x86-64 (2-3x slower).
     `num-cores` sizes TVM's thread pool for parallel loops (default: all cores)."""
     import tvm
     cores = num_cores or os.cpu_count() or 1
     return tvm.target.Target({"kind": "llvm", "mcpu": host_cpu_name(), "num-cores": cores})
-
-
-def host_cpu_features() -> dict:
-    """{'cpu', 'arch', 'cores', 'features'}: what a compiled artifact was built for.
-    Features come from /proc/cpuinfo, or from LLVM where that file does not exist."""
-    flags = _proc_cpuinfo_flags()
-    if flags:
-        features = [name for name, linux in FLAGS.items() if linux in flags]
-    else:
-        features = [name for name in FLAGS if _llvm_has(name)]
-    return {"cpu": host_cpu_name(), "arch": platform.machine(), "cores": os.cpu_count(),
-            "features": sorted(features)}
-
-
-def _proc_cpuinfo_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def _llvm_has(feature: str) -> bool:
-    """LLVM's view of the host CPU (LLVM spells the features without underscores)."""
-    import tvm
-    try:
-        target = tvm.target.Target({"kind": "llvm", "mcpu": host_cpu_name()})
-        return bool(tvm.target.codegen.llvm_cpu_has_features(feature, target))
-    except Exception:  # an LLVM without that feature name
-        return False
 
 
 # -- GPU targets -------------------------------------------------------------------------------
@@ -116,13 +72,20 @@ class SbcTarget:
 
 def resolve(name: str, arch: str | None = None) -> SbcTarget:
     """The target for `--target name [--arch arch]`; UnsupportedError on a bad name or arch."""
+    arch = checked_arch(name, arch)
+    return SbcTarget(name, host_cpu_name() if name == "cpu" else arch)
+
+
+def checked_arch(name: str, arch: str | None = None) -> str | None:
+    """The GPU arch a build for `--target name [--arch arch]` is for (None for cpu: this
+    machine's CPU), without importing TVM; UnsupportedError on a bad name or arch."""
     if name not in TARGET_KINDS:
         raise UnsupportedError(f"unknown target '{name}'; supported: {', '.join(TARGET_KINDS)}")
     if name == "cpu":
         if arch is not None:
             raise UnsupportedError("--arch applies to the cuda and maca targets; the cpu target "
                                    "always compiles for this machine's CPU")
-        return SbcTarget("cpu", host_cpu_name())
+        return None
     if name == "cuda":
         arch = arch or DEFAULT_CUDA_ARCH
         if not re.fullmatch(r"sm_\d{2,3}[af]?", arch):
@@ -131,11 +94,11 @@ def resolve(name: str, arch: str | None = None) -> SbcTarget:
         if int(re.match(r"sm_(\d+)", arch).group(1)) < 75:
             raise UnsupportedError(f"CUDA arch '{arch}' is older than sm_75, which CUDA 13 "
                                    f"no longer compiles for")
-        return SbcTarget("cuda", arch)
+        return arch
     arch = arch or maca_arch()
     if not re.fullmatch(r"xcore\d+", arch):
         raise UnsupportedError(f"unknown MACA arch '{arch}'; expected xcore<N>, e.g. xcore1000")
-    return SbcTarget("maca", arch)
+    return arch
 
 
 def register_maca_tag() -> None:
@@ -144,29 +107,6 @@ def register_maca_tag() -> None:
     import tvm
     tvm.target.register_tag(MACA_TAG, {"kind": "cuda", "keys": ["maca", "gpu"], "arch": "sm_80",
                                        **MACA_LIMITS}, override=True)
-
-
-# -- toolchains --------------------------------------------------------------------------------
-
-def find_nvcc() -> str | None:
-    """nvcc on PATH, else under CUDA_HOME / CUDA_PATH or /usr/local/cuda."""
-    found = shutil.which("nvcc")
-    if found:
-        return found
-    for root in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
-        if root and os.access(os.path.join(root, "bin", "nvcc"), os.X_OK):
-            return os.path.join(root, "bin", "nvcc")
-    return None
-
-
-def maca_path() -> str:
-    return os.environ.get("MACA_PATH", "/opt/maca")
-
-
-def find_mxcc() -> str | None:
-    """$MACA_PATH/mxgpu_llvm/bin/mxcc, if the MACA SDK is installed."""
-    path = os.path.join(maca_path(), "mxgpu_llvm", "bin", "mxcc")
-    return path if os.access(path, os.X_OK) else None
 
 
 def maca_arch() -> str:

@@ -5,6 +5,7 @@ from sbc.ir.dims import Dim, Sym, SymbolicError, parse_dim
 from sbc.ir.graph import Graph, Node, Value
 from sbc.ir.registry import Attr, OpDef, OpError, all_ops, get_op, op
 from sbc.ir.types import DTYPES, SignatureError, TensorType, dtype_of, numpy_dtype, type_of
+from sbc.ir import ops  # noqa: F401,E402  (registers every op before anything looks one up)
 
 __all__ = [
     "Attr", "DTYPES", "Dim", "Graph", "Node", "OpDef", "OpError", "SignatureError", "Sym",

@@ -6,15 +6,17 @@ the start only if n >= 4 (a negative start would count from the end). Such a nod
 it must be checked, once, before any kernel runs: a size that breaks it would otherwise make
 the kernel read outside its buffers or return wrong numbers.
 
-Inference states what it relies on with `require(lhs, rel, rhs)`. Outside `collect` that is
-free (inference runs all the time during passes); `collect(graph)` re-infers every node and
-returns the distinct relations that are not provable at compile time. The build stores them
-in the artifact, and `check` evaluates them with the sizes bound from the inputs.
+Inference states what it relies on with `require(lhs, rel, rhs)`. Outside `collecting` that
+is free (inference runs all the time during passes); `registry.collect_assumptions(graph)`
+re-infers every node inside it and returns the distinct relations that are not provable at
+compile time. The build stores them in the artifact, and `broken` evaluates them with the sizes
+bound from the inputs (types.bind_symbols raises what it finds).
 """
 
 from __future__ import annotations
 
 import contextvars
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from sbc.ir.dims import Dim, Sym, evaluate, parse_dim, SymbolicError
@@ -79,7 +81,7 @@ def provable(lhs: Dim, rel: str, rhs: Dim) -> bool | None:
 def require(lhs: Dim, rel: str, rhs: Dim, why: str) -> bool:
     """State that the node being inferred needs `lhs rel rhs`. Returns False when that is
     provably false (the caller raises its own error), else True; an open relation is
-    recorded while `collect` runs."""
+    recorded while `collecting` is active."""
     decided = provable(lhs, rel, rhs)
     if decided is not None:
         return decided
@@ -89,24 +91,25 @@ def require(lhs: Dim, rel: str, rhs: Dim, why: str) -> bool:
     return True
 
 
-def collect(graph) -> list[Assumption]:
-    """Every distinct open relation the nodes of `graph` rely on, in graph order."""
-    from sbc.ir.registry import infer_node
+@contextmanager
+def collecting():
+    """While active, `require` records the open relations in the list this yields."""
     found: list[Assumption] = []
     token = _collecting.set(found)
     try:
-        for node in graph.nodes:
-            node_token = _node.set(node.where())
-            try:
-                types, _ = infer_node(node)
-                for t in types:  # e.g. a Pad that crops a symbolic axis, a Split's last part
-                    for d in t.shape:
-                        require(d, ">=", 0, "sizes are never negative")
-            finally:
-                _node.reset(node_token)
+        yield found
     finally:
         _collecting.reset(token)
-    return unique(found)
+
+
+@contextmanager
+def at_node(where: str):
+    """Relations recorded while active are attributed to the node `where`."""
+    token = _node.set(where)
+    try:
+        yield
+    finally:
+        _node.reset(token)
 
 
 def unique(found: list[Assumption]) -> list[Assumption]:
@@ -117,10 +120,10 @@ def unique(found: list[Assumption]) -> list[Assumption]:
     return list(first.values())
 
 
-def check(assumptions: list[Assumption], env: dict[str, int], bound_by: dict[str, str]) -> None:
-    """Raise SignatureError for the first relation the bound sizes break. bound_by names,
+def broken(assumptions: list[Assumption], env: dict[str, int],
+           bound_by: dict[str, str]) -> str | None:
+    """What the first relation the bound sizes break says, in words, or None. bound_by names,
     per symbol, the input (and axis) it was read from, e.g. {"K": "input 'x' axis 1"}."""
-    from sbc.ir.types import SignatureError
     for a in assumptions:
         try:
             ok = a.holds(env)
@@ -132,5 +135,5 @@ def check(assumptions: list[Assumption], env: dict[str, int], bound_by: dict[str
             given = ", ".join(f"{bound_by.get(s, 'the inputs')}: {s} = {env[s]}"
                               for s in symbols if s in env)
             because = f" ({a.why})" if a.why else ""
-            raise SignatureError(f"{given or 'the input sizes'}, but {a.where} was compiled "
-                                 f"for {a}{because}")
+            return f"{given or 'the input sizes'}, but {a.where} was compiled for {a}{because}"
+    return None

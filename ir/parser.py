@@ -3,6 +3,16 @@
 `parse_graph(text, params={name: array})` rebuilds the graph; node output types are inferred
 again and compared with the text, so a hand-edited type mismatch is reported. A graph
 attribute (a Scan body) is a nested `graph ... { ... }` with its own names.
+
+A param's data comes from `params=` (which wins) or from an initialiser in the text, so that
+a hand-written file (a pass test, `sbc opt`) is self-contained:
+
+    param %w: f32[64, 64] = random(7)              seeded N(0, 1); random(7, 0.1): N(0, 0.1^2)
+    param %k: f32[] = tensor<f32[]>[3.0]           a literal, as attributes are written
+
+random(seed) depends on the seed alone (not on the param's name or place): floats are
+normal, integers uniform in [0, 5), booleans fair coins. Lines whose first non-blank
+characters are `//` are comments (not `//` after text: `(seq + 63) // 64` is a dim).
 """
 
 from __future__ import annotations
@@ -33,9 +43,18 @@ class ParseError(SbcError, ValueError):
     pass
 
 
+_COMMENT_LINE = re.compile(r"^[ \t]*//[^\n]*", re.MULTILINE)
+
+
+def _blank_comments(text: str) -> str:
+    """Comment lines as spaces: offsets in error messages still point into the text."""
+    return _COMMENT_LINE.sub(lambda m: " " * len(m.group()), text)
+
+
 class _Tokens:
     def __init__(self, text: str):
         self.toks: list[tuple[str, str]] = []
+        text = _blank_comments(text)
         pos = 0
         while pos < len(text):
             m = _TOKEN.match(text, pos)
@@ -57,7 +76,8 @@ class _Tokens:
     def expect(self, text: str) -> None:
         kind, got = self.next()
         if got != text:
-            raise ParseError(f"expected {text!r}, got {got!r} (token {self.i})")
+            found = "the end of the text" if kind == "eof" else repr(got)
+            raise ParseError(f"expected {text!r}, got {found} (token {self.i})")
 
     def accept(self, text: str) -> bool:
         if self.peek()[1] == text:
@@ -183,9 +203,12 @@ def _parse_graph(toks: _Tokens, params: dict[str, np.ndarray]) -> Graph:
             name = _value_name(toks.next()[1])
             toks.expect(":")
             ptype = _parse_type(toks)
-            if name not in params:
-                raise ParseError(f"no data given for param %{name}")
-            value = graph.add_param(name, params[name])
+            initial = _param_initialiser(toks, name, ptype) if toks.accept("=") else None
+            data = params[name] if name in params else initial
+            if data is None:
+                raise ParseError(f"no data given for param %{name}: pass it in params= or "
+                                 f"write `= random(SEED)` or `= tensor<TYPE>[...]` after its type")
+            value = graph.add_param(name, data)
             if value.type != ptype:
                 raise ParseError(f"param %{name}: text says {ptype}, data is {value.type}")
             env[name] = value
@@ -193,7 +216,7 @@ def _parse_graph(toks: _Tokens, params: dict[str, np.ndarray]) -> Graph:
             toks.next()
             values, names = [], []
             while not toks.accept("}"):
-                v = env[_value_name(toks.next()[1])]
+                v = _defined(env, toks.next()[1])
                 toks.expect("as")
                 kind, out_name = toks.next()
                 values.append(v)
@@ -205,6 +228,52 @@ def _parse_graph(toks: _Tokens, params: dict[str, np.ndarray]) -> Graph:
             _parse_node(toks, graph, env)
         else:
             raise ParseError(f"unexpected {text_!r} in graph body")
+
+
+def _defined(env: dict[str, Value], tok: str) -> Value:
+    name = _value_name(tok)
+    if name not in env:
+        raise ParseError(f"%{name} used before it is defined")
+    return env[name]
+
+
+def _param_initialiser(toks: _Tokens, name: str, ptype: TensorType) -> np.ndarray:
+    """What follows `param %name: TYPE =`: a tensor literal or random(seed[, scale])."""
+    text = toks.peek()[1]
+    if text == "tensor":
+        return _parse_attr_value(toks)
+    if text != "random":
+        raise ParseError(f"param %{name}: expected random(SEED) or tensor<TYPE>[...] after '=', "
+                         f"got {text!r}")
+    toks.next()
+    toks.expect("(")
+    args = []
+    while not toks.accept(")"):
+        args.append(_parse_scalar(toks.until({",", ")"})))
+        toks.accept(",")
+    return random_param(name, ptype, *args)
+
+
+RANDOM_INT_BOUND = 5  # integers are uniform in [0, 5): valid indices into most small tables
+
+
+def random_param(name: str, ptype: TensorType, seed=None, scale=1.0, *extra) -> np.ndarray:
+    """The data of `random(seed[, scale])` for a param of type `ptype`; the seed alone fixes it."""
+    if not isinstance(seed, int) or seed < 0 or not isinstance(scale, (int, float)) or extra:
+        raise ParseError(f"param %{name}: write random(SEED) or random(SEED, SCALE), SEED a "
+                         f"non-negative integer and SCALE a number")
+    if not ptype.is_static:
+        raise ParseError(f"param %{name}: random() needs a static shape, got {ptype}")
+    dtype = numpy_dtype(ptype.dtype)
+    if dtype.kind != "f" and scale != 1.0:
+        raise ParseError(f"param %{name}: a scale applies to float params only, not {ptype.dtype}")
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(d) for d in ptype.shape)
+    if dtype.kind == "f":
+        return (rng.standard_normal(shape) * scale).astype(dtype)
+    if dtype.kind == "b":
+        return rng.random(shape) < 0.5
+    return rng.integers(0, RANDOM_INT_BOUND, shape).astype(dtype)
 
 
 def _parse_node(toks: _Tokens, graph: Graph, env: dict[str, Value]) -> None:
@@ -225,10 +294,7 @@ def _parse_node(toks: _Tokens, graph: Graph, env: dict[str, Value]) -> None:
         if tok == "none":
             inputs.append(None)
         else:
-            name = _value_name(tok)
-            if name not in env:
-                raise ParseError(f"%{name} used before it is defined")
-            inputs.append(env[name])
+            inputs.append(_defined(env, tok))
         toks.accept(",")
     attrs = {}
     if toks.accept("{"):

@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import json
 import re
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from sbc.ir.dims import Sym
-from sbc.ir.graph import Graph, Node, Value
 from sbc.ir.types import dtype_of
+
+if TYPE_CHECKING:  # the graph prints itself through this module (Graph.__str__)
+    from sbc.ir.graph import Graph, Node, Value
 
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_./\-]*$")
 
@@ -36,7 +39,7 @@ def value_ref(v: Value | None) -> str:
 
 
 def format_attr(value) -> str:
-    if isinstance(value, Graph):  # its lines after the first are indented by the caller
+    if hasattr(value, "nodes"):  # a Graph (a Scan body): lines after the first indented by the caller
         return print_graph(value).rstrip("\n")
     if isinstance(value, np.ndarray):
         return format_tensor(value)

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from sbc.errors import UnsupportedError
+from sbc.ir.assumptions import at_node, collecting, require, unique
 from sbc.ir.dims import Sym
 from sbc.ir.types import TensorType
 
@@ -92,17 +93,13 @@ def op(name: str, inputs: list[str], outputs: list[str] | None = None,
     return register
 
 
-def _load_op_definitions() -> None:
-    import sbc.ir.ops  # noqa: F401  (importing registers every op)
-
-
+# sbc.ir's __init__ imports sbc.ir.ops, which registers every op: any import of the IR
+# (which runs that __init__ first) finds the table complete.
 def get_op(name: str) -> OpDef | None:
-    _load_op_definitions()
     return _OPS.get(name)
 
 
 def all_ops() -> dict[str, OpDef]:
-    _load_op_definitions()
     return dict(sorted(_OPS.items()))
 
 
@@ -143,6 +140,18 @@ def infer_node(node) -> tuple[list[TensorType], list[np.ndarray | None]]:
     except Exception as e:  # inference bugs and shape mismatches read as a typed op error
         raise OpError(f"{node.where()}: {type(e).__name__}: {e}") from e
     return types, known_values(opdef, node, types)
+
+
+def collect_assumptions(graph) -> list:
+    """Every distinct open relation (ir.assumptions) the nodes of `graph` rely on, in order."""
+    with collecting() as found:
+        for node in graph.nodes:
+            with at_node(node.where()):
+                types, _ = infer_node(node)
+                for t in types:  # e.g. a Pad that crops a symbolic axis, a Split's last part
+                    for d in t.shape:
+                        require(d, ">=", 0, "sizes are never negative")
+    return unique(found)
 
 
 # Compile-time evaluation keeps to small tensors (shapes, indices, scalars): folding big

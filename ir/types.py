@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sbc.errors import InputError
+from sbc.ir.assumptions import broken
 from sbc.ir.dims import Dim, Sym, dims_str, is_static, prod
 
 # sbc's short dtype names, in the order the printer and the error messages list them.
@@ -140,9 +141,9 @@ def bind_symbols(expected: list[tuple[str, TensorType]], arrays: dict[str, np.nd
             raise SignatureError(f"input '{name}' must have shape {dims_str(t.shape)}"
                                  f"{' with ' + binding if binding else ''}, "
                                  f"got {tuple(np.shape(a))}")
-    if assumptions:
-        from sbc.ir.assumptions import check
-        check(assumptions, env, bound_by)
+    why = broken(assumptions, env, bound_by) if assumptions else None
+    if why:
+        raise SignatureError(why)
     return env
 
 

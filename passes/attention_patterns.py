@@ -17,20 +17,12 @@ MASK_SIZES = (17, 257, 4097)  # seq lengths at which a mask is evaluated to find
 
 
 class AttentionRule(RewriteRule):
-    """A rule rooted at `MatMul(weights [.., T, T], v)`, T symbolic: the attention candidates.
-    Subclasses implement `match(node) -> dict of pieces | reason`; check and rewrite use it."""
+    """A rule rooted at `MatMul(weights [.., T, T], v)`, T symbolic: the attention candidates."""
     ops = ("MatMul",)
 
     def matches(self, node: Node) -> bool:
         shape = node.inputs[0].shape if node.op == "MatMul" else ()
         return len(shape) >= 2 and shape[-1] == shape[-2] and not isinstance(shape[-1], int)
-
-    def check(self, node: Node) -> str | None:
-        parts = self.match(node)
-        return parts if isinstance(parts, str) else None
-
-    def match(self, node: Node) -> dict | str:
-        raise NotImplementedError
 
 
 def other_operand(node: Node, v: Value) -> Value:

@@ -5,9 +5,10 @@
   leave it topologically sorted and verifiable.
 - A lazy registry: `register_pass` (a class decorator), `get_pass(name)`, `available_passes()`.
   The built-in passes are imported on first lookup, so importing `sbc.passes` stays cheap.
-- `RewriteRule`: pattern (`ops`, the root op names) + `check(node)` (None on a match, else a
-  sentence saying why not; `explain` lists these near misses) + `rewrite(graph, node)`.
-  `apply_rules` applies rules to every node until nothing matches.
+- `RewriteRule`: pattern (`ops`, the root op names) + `match(node) -> Match | Miss` (the
+  bindings the rewrite needs, or why not: `explain` lists these near misses) +
+  `rewrite(graph, node, match)`. `apply_rules` applies rules to every node until nothing
+  matches; `RulePass` is a pass that does only that.
 """
 
 from __future__ import annotations
@@ -23,9 +24,12 @@ from sbc.ir import Graph, Node, Value
 
 @dataclass
 class PassResult:
-    """What a pass returns: the graph (usually the same object) and whether it changed."""
+    """What a pass returns: the graph (usually the same object), whether it changed, and the
+    facts it learned on the way (spike-sparsity's kernel choices...), which the manager
+    collects by pass name."""
     graph: Graph
     modified: bool
+    facts: dict = dataclasses.field(default_factory=dict)
 
     def __iter__(self):  # `graph, modified = p.run(g)` reads naturally
         return iter((self.graph, self.modified))
@@ -38,6 +42,8 @@ class Pass:
     pipeline strings use (`max-elements`); strings are converted to the field's type.
     """
     name: ClassVar[str] = ""
+    # passes that must run before this one when both are in a pipeline (checked by the manager)
+    runs_after: ClassVar[tuple[str, ...]] = ()
 
     @dataclass
     class Options:
@@ -72,6 +78,18 @@ class Pass:
         return self.name + ("{" + ",".join(changed) + "}" if changed else "")
 
     __repr__ = __str__
+
+
+class RulePass(Pass):
+    """A pass that applies its rewrite rules until none fires; the first rule that matches a
+    node wins, so `rules` are listed cheapest result first."""
+    RULES: ClassVar[list[RewriteRule]] = []
+
+    def rules(self) -> list[RewriteRule]:
+        return self.RULES
+
+    def run(self, graph: Graph) -> PassResult:
+        return PassResult(graph, apply_rules(graph, self.rules()))
 
 
 def _option_fields(options_cls) -> dict[str, tuple[dataclasses.Field, type]]:
@@ -150,23 +168,45 @@ def get_pass(name: str) -> type[Pass]:
 
 # -- rewrite rules -------------------------------------------------------------------------
 
+@dataclass
+class Miss:
+    """Why a rule does not apply at a node, in words, and the value at fault when there is one."""
+    reason: str
+    value: Value | None = None
+
+    def __str__(self):
+        return self.reason if self.value is None else f"{self.reason} (%{self.value.name})"
+
+
+class Match(dict):
+    """What a rule found at its root: named bindings, read as `m["x"]` or `m.x`."""
+    __getattr__ = dict.__getitem__
+
+
 class RewriteRule:
     """One local rewrite rooted at a node whose op is in `ops` (the pattern).
 
-    `check(node)` returns None when the rule applies, else the reason it does not, in words.
-    `rewrite(graph, node)` builds the replacement and points the uses of the node's outputs
-    at it (Graph.replace_uses); `apply_rules` then removes the node and re-sorts the graph.
+    `match(node)` returns what the rewrite needs (a Match, or any object holding the pieces)
+    or a Miss saying why the rule does not apply; `rewrite(graph, node, match)` builds the
+    replacement from that match and points the uses of the node's outputs at it
+    (Graph.replace_uses); `apply_rules` then removes the node and re-sorts the graph.
+    `check` and `explain` are derived from `match`.
     """
     ops: ClassVar[tuple[str, ...]] = ()
 
     def matches(self, node: Node) -> bool:
         return node.op in self.ops
 
-    def check(self, node: Node) -> str | None:
+    def match(self, node: Node) -> object | Miss:
         raise NotImplementedError
 
-    def rewrite(self, graph: Graph, node: Node) -> None:
+    def rewrite(self, graph: Graph, node: Node, match) -> None:
         raise NotImplementedError
+
+    def check(self, node: Node) -> str | None:
+        """None when the rule applies at `node`, else why not."""
+        found = self.match(node)
+        return str(found) if isinstance(found, Miss) else None
 
 
 MAX_SWEEPS = 16  # a bound on apply_rules' sweeps; every built-in rule shrinks the graph
@@ -183,10 +223,12 @@ def apply_rules(graph: Graph, rules: list[RewriteRule], max_sweeps: int = MAX_SW
     for _ in range(max_sweeps):
         rewritten = []
         for node in list(graph.nodes):
-            rule = next((r for r in rules if r.matches(node) and r.check(node) is None), None)
-            if rule is not None:
-                rule.rewrite(graph, node)
-                rewritten.append(node)
+            for rule in rules:
+                found = rule.match(node) if rule.matches(node) else None
+                if found is not None and not isinstance(found, Miss):
+                    rule.rewrite(graph, node, found)
+                    rewritten.append(node)
+                    break
         if not rewritten:
             break
         _remove_dead(graph, rewritten)

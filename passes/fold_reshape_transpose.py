@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from sbc.ir import Graph, Node, Value
-from sbc.passes.base import Pass, PassResult, RewriteRule, apply_rules, register_pass
+from sbc.ir import Node, Value
+from sbc.passes.base import Match, Miss, RewriteRule, RulePass, register_pass
 
 RESHAPE_LIKE = ("Reshape", "Squeeze", "Unsqueeze", "Flatten")  # change the shape, not the data order
 
@@ -39,23 +39,24 @@ class RemoveIdentity(RewriteRule):
     """Identity(x) -> x."""
     ops = ("Identity",)
 
-    def check(self, node):
-        return None
+    def match(self, node):
+        return Match(source=node.inputs[0])
 
-    def rewrite(self, graph, node):
-        graph.replace_uses(node.outputs[0], node.inputs[0])
+    def rewrite(self, graph, node, match):
+        graph.replace_uses(node.outputs[0], match.source)
 
 
 class NoOpReshape(RewriteRule):
     """A reshape-like op whose output has its input's type -> its input."""
     ops = RESHAPE_LIKE
 
-    def check(self, node):
+    def match(self, node):
         before, after = node.inputs[0].type, node.outputs[0].type
-        return None if before == after else f"the shape changes from {before} to {after}"
+        return Match(source=node.inputs[0]) if before == after else \
+            Miss(f"the shape changes from {before} to {after}")
 
-    def rewrite(self, graph, node):
-        graph.replace_uses(node.outputs[0], node.inputs[0])
+    def rewrite(self, graph, node, match):
+        graph.replace_uses(node.outputs[0], match.source)
 
 
 class CancelSqueezeUnsqueeze(RewriteRule):
@@ -63,32 +64,33 @@ class CancelSqueezeUnsqueeze(RewriteRule):
     ops = ("Squeeze", "Unsqueeze")
     INVERSE = {"Squeeze": "Unsqueeze", "Unsqueeze": "Squeeze"}
 
-    def check(self, node):
+    def match(self, node):
         inverse = self.INVERSE[node.op]
         if _producer_op(node.inputs[0]) != inverse:
-            return f"the input is not produced by {inverse}"
+            return Miss(f"the input is not produced by {inverse}", node.inputs[0])
         source = node.inputs[0].producer.inputs[0]
         if source.type != node.outputs[0].type:
-            return f"the pair maps {source.type} to {node.outputs[0].type}, not back to itself"
-        return None
+            return Miss(f"the pair maps {source.type} to {node.outputs[0].type}, not back to itself")
+        return Match(source=source)
 
-    def rewrite(self, graph, node):
-        graph.replace_uses(node.outputs[0], node.inputs[0].producer.inputs[0])
+    def rewrite(self, graph, node, match):
+        graph.replace_uses(node.outputs[0], match.source)
 
 
 class ReshapeOfReshape(RewriteRule):
     """Reshape-like(Reshape-like(x)) -> Reshape(x) to the outer shape (or x if that is x's)."""
     ops = RESHAPE_LIKE
 
-    def check(self, node):
+    def match(self, node):
         if _producer_op(node.inputs[0]) not in RESHAPE_LIKE:
-            return "the input is not produced by a reshape-like op"
+            return Miss("the input is not produced by a reshape-like op", node.inputs[0])
         if any(isinstance(d, int) and d == 0 for d in node.outputs[0].shape):
-            return "a 0 in the target shape would mean 'copy this dim' (empty tensors stay as they are)"
-        return None
+            return Miss("a 0 in the target shape would mean 'copy this dim' (empty tensors stay "
+                        "as they are)")
+        return Match(source=node.inputs[0].producer.inputs[0])
 
-    def rewrite(self, graph, node):
-        source, out = node.inputs[0].producer.inputs[0], node.outputs[0]
+    def rewrite(self, graph, node, match):
+        source, out = match.source, node.outputs[0]
         if source.type == out.type:
             graph.replace_uses(out, source)
             return
@@ -107,25 +109,26 @@ class NoOpTranspose(RewriteRule):
     """Transpose(x) with the identity permutation -> x."""
     ops = ("Transpose",)
 
-    def check(self, node):
+    def match(self, node):
         perm = perm_of(node)
-        return None if _is_identity(perm) else f"the permutation {perm} is not the identity"
+        return Match(source=node.inputs[0]) if _is_identity(perm) else \
+            Miss(f"the permutation {perm} is not the identity")
 
-    def rewrite(self, graph, node):
-        graph.replace_uses(node.outputs[0], node.inputs[0])
+    def rewrite(self, graph, node, match):
+        graph.replace_uses(node.outputs[0], match.source)
 
 
 class TransposeOfTranspose(RewriteRule):
     """Transpose(Transpose(x, p1), p2) -> Transpose(x, p1[p2]), or x when that is the identity."""
     ops = ("Transpose",)
 
-    def check(self, node):
+    def match(self, node):
         if _producer_op(node.inputs[0]) != "Transpose":
-            return "the input is not produced by a Transpose"
-        return None
+            return Miss("the input is not produced by a Transpose", node.inputs[0])
+        return Match(inner=node.inputs[0].producer)
 
-    def rewrite(self, graph, node):
-        inner = node.inputs[0].producer
+    def rewrite(self, graph, node, match):
+        inner = match.inner
         outer_perm, inner_perm = perm_of(node), perm_of(inner)
         composed = [inner_perm[p] for p in outer_perm]  # out[j] = x[inner[outer[j]]]
         if _is_identity(composed):
@@ -141,8 +144,6 @@ RULES: list[RewriteRule] = [RemoveIdentity(), NoOpReshape(), CancelSqueezeUnsque
 
 
 @register_pass
-class FoldReshapeTranspose(Pass):
+class FoldReshapeTranspose(RulePass):
     name = "fold-reshape-transpose"
-
-    def run(self, graph: Graph) -> PassResult:
-        return PassResult(graph, apply_rules(graph, RULES))
+    RULES = RULES

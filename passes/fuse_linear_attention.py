@@ -23,7 +23,7 @@ from sbc.ir import Graph, Node
 from sbc.passes.attention_patterns import (AttentionRule, mask_window, pack_heads, producer,
                                            scalar, split_mul,
                                            unpack_heads, unrepeat_kv)
-from sbc.passes.base import Pass, PassResult, apply_rules, register_pass
+from sbc.passes.base import Match, Miss, RulePass, register_pass
 from sbc.passes.fold_reshape_transpose import perm_of
 from sbc.passes.linear_attention_chunked_form import ChunkedLinearAttention
 from sbc.passes.linear_attention_scan import ScanLinearAttention
@@ -40,37 +40,38 @@ def _exp_of_cumsum(v, negated: bool):
 
 
 class ParallelLinearAttention(AttentionRule):
-    def match(self, node) -> dict | str:
+    def match(self, node) -> Match | Miss:
         """The pieces of the pattern, or why it does not match."""
         where = producer(node.inputs[0], "Where")
         if where is None:
-            return "the scores are not masked by Where(mask, scores, 0)"
+            return Miss("the scores are not masked by Where(mask, scores, 0)")
         if scalar(where.inputs[2]) != 0.0:
-            return "the masked-out value is not 0 (a softmax attention?)"
+            return Miss("the masked-out value is not 0 (a softmax attention?)")
         scores = producer(where.inputs[1], "MatMul")
         kt = producer(scores.inputs[1], "Transpose") if scores else None
         if kt is None or perm_of(kt) != [0, 1, 3, 2]:
-            return "the scores are not MatMul(q, Transpose(k)) over [B, H, T, D]"
+            return Miss("the scores are not MatMul(q, Transpose(k)) over [B, H, T, D]",
+                        where.inputs[1])
         q, k, v = scores.inputs[0], kt.inputs[0], node.inputs[1]
         if any(x.type.rank != 4 for x in (q, k, v)):
-            return "q, k and v are not [B, H, T, D]"
+            return Miss("q, k and v are not [B, H, T, D]")
         seq = q.shape[2]
         window, why = mask_window(where.inputs[0], seq)
         if why:
-            return why
+            return Miss(why)
         if window != 0:
-            return f"the mask is a sliding window of {window}, not causal"
+            return Miss(f"the mask is a sliding window of {window}, not causal")
         parts = {"q": q, "k": k, "v": v, "g": None}
         decayed = self.decay(q, k, parts)
         if isinstance(decayed, str):
-            return decayed
+            return Miss(decayed)
         hq, hkv = self.heads(parts)
         kv_heads = {parts[n].shape[1] for n in ("k", "v", "g") if parts[n] is not None}
         if len(kv_heads) != 1:
-            return f"key, value and decay have different head counts {sorted(kv_heads)}"
+            return Miss(f"key, value and decay have different head counts {sorted(kv_heads)}")
         if not isinstance(hq, int) or not isinstance(hkv, int) or hq % hkv:
-            return f"query heads {hq} are not a multiple of key/value heads {hkv}"
-        return parts
+            return Miss(f"query heads {hq} are not a multiple of key/value heads {hkv}")
+        return Match(parts)
 
     @staticmethod
     def decay(q, k, parts: dict) -> str | None:
@@ -101,8 +102,7 @@ class ParallelLinearAttention(AttentionRule):
             parts.update({n: x for n, (x, _) in unrepeated.items()})
         return parts["q"].shape[1], parts["k"].shape[1]
 
-    def rewrite(self, graph: Graph, node: Node) -> None:
-        p = self.match(node)
+    def rewrite(self, graph: Graph, node: Node, p: Match) -> None:
         hq, hkv = p["q"].shape[1], p["k"].shape[1]
         name = node.name or "linear_attention"
         inputs = [pack_heads(graph, p[n], f"{name}_{n}") for n in ("q", "k", "v")]
@@ -118,8 +118,7 @@ RULES = [ParallelLinearAttention(), ScanLinearAttention(), ChunkedLinearAttentio
 
 
 @register_pass
-class FuseLinearAttention(Pass):
+class FuseLinearAttention(RulePass):
     name = "fuse-linear-attention"
-
-    def run(self, graph: Graph) -> PassResult:
-        return PassResult(graph, apply_rules(graph, RULES))
+    runs_after = ("loop-to-scan",)  # the Scans it makes of Loops are raised here
+    RULES = RULES

@@ -26,7 +26,7 @@ from sbc.ir import Graph, Node
 from sbc.passes.attention_patterns import (AttentionRule, bias_window, const_scalar,
                                            mask_window, never_true, other_operand, pack_heads,
                                            producer, through_casts, unpack_heads, unrepeat_kv)
-from sbc.passes.base import Pass, PassResult, apply_rules, register_pass
+from sbc.passes.base import Match, Miss, RulePass, register_pass
 from sbc.passes.fold_reshape_transpose import perm_of
 
 
@@ -114,38 +114,37 @@ def _snapped(scale: float, head_size) -> float:
 
 
 class MaskedSoftmaxAttention(AttentionRule):
-    def match(self, node) -> dict | str:
+    def match(self, node) -> Match | Miss:
         weights, zeroed_rows = _safe_softmax(node.inputs[0])
         softmax = producer(weights, "Softmax")
         if softmax is None or softmax.attrs["axis"] not in (-1, 3):
-            return "the weights are not a Softmax over the last axis"
+            return Miss("the weights are not a Softmax over the last axis")
         masked = _masked(softmax.inputs[0])
         if isinstance(masked, str):
-            return masked
+            return Miss(masked)
         window, why, scores_value = masked
         scores = _scores(scores_value)
         if isinstance(scores, str):
-            return scores
+            return Miss(scores)
         q, k, scale = scores
         v = node.inputs[1]
         if any(x.type.rank != 4 for x in (q, k, v)):
-            return "q, k and v are not [B, H, T, D]"
+            return Miss("q, k and v are not [B, H, T, D]")
         if why:
-            return why
+            return Miss(why)
         if window == 0:
-            return "the mask is causal without a window: the KV cache would grow with T"
+            return Miss("the mask is causal without a window: the KV cache would grow with T")
         if zeroed_rows is not None and (why := never_true(zeroed_rows, q.shape[2], window)):
-            return f"the softmax output is zeroed where {why}"
+            return Miss(f"the softmax output is zeroed where {why}")
         (k0, gk), (v0, gv) = unrepeat_kv(k), unrepeat_kv(v)
         if gk == gv:
             k, v = k0, v0
         hq, hkv = q.shape[1], k.shape[1]
         if not isinstance(hq, int) or not isinstance(hkv, int) or hq % hkv:
-            return f"query heads {hq} are not a multiple of key/value heads {hkv}"
-        return {"q": q, "k": k, "v": v, "window": window, "scale": _snapped(scale, q.shape[3])}
+            return Miss(f"query heads {hq} are not a multiple of key/value heads {hkv}")
+        return Match(q=q, k=k, v=v, window=window, scale=_snapped(scale, q.shape[3]))
 
-    def rewrite(self, graph: Graph, node: Node) -> None:
-        p = self.match(node)
+    def rewrite(self, graph: Graph, node: Node, p: Match) -> None:
         hq, hkv = p["q"].shape[1], p["k"].shape[1]
         name = node.name or "sliding_window_attention"
         inputs = [pack_heads(graph, p[n], f"{name}_{n}") for n in ("q", "k", "v")]
@@ -159,8 +158,6 @@ RULES = [MaskedSoftmaxAttention()]
 
 
 @register_pass
-class FuseSlidingWindowAttention(Pass):
+class FuseSlidingWindowAttention(RulePass):
     name = "fuse-sliding-window-attention"
-
-    def run(self, graph: Graph) -> PassResult:
-        return PassResult(graph, apply_rules(graph, RULES))
+    RULES = RULES

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from sbc.ir import Graph, Node, Value
-from sbc.passes.base import Pass, PassResult, RewriteRule, apply_rules, producer, register_pass, scalar
+from sbc.passes.base import (Miss, Pass, PassResult, RewriteRule, apply_rules, producer,
+                              register_pass, scalar)
 from sbc.passes.dce import DeadCodeElimination
 
 COUNT_DTYPES = {"i8": 127, "i16": 32767, "i32": 2**31 - 1}  # dtype -> largest count it holds
@@ -49,37 +50,33 @@ class SpikeNeuron(RewriteRule):
     def __init__(self, count_dtype: str = "auto"):
         self.count_dtype = count_dtype
 
-    def check(self, node):
-        found = self.match(node)
-        return found if isinstance(found, str) else None
-
-    def match(self, node: Node) -> Neuron | str:
+    def match(self, node: Node) -> Neuron | Miss:
         """The neuron rooted at this Mul, or the sentence saying why there is none."""
         for rounded_value, v in (node.inputs, node.inputs[::-1]):
             if producer(rounded_value, "Round", "Floor", "Ceil") is not None:
                 break
         else:
-            return "neither operand is produced by Round"
+            return Miss("neither operand is produced by Round")
         quantiser = rounded_value.producer
         if quantiser.op != "Round":
-            return f"the counts come from {quantiser.op}, not Round (round half to even)"
+            return Miss(f"the counts come from {quantiser.op}, not Round (round half to even)")
         div = producer(quantiser.inputs[0], "Div")
         if div is None or div.inputs[1] is not v:
-            return "Round's input is not Div(x, v) with v the Mul's other operand"
+            return Miss("Round's input is not Div(x, v) with v the Mul's other operand")
         x = div.inputs[0]
         if not x.dtype.startswith("f"):
-            return f"x is {x.type}, not a float tensor"
+            return Miss(f"x is {x.type}, not a float tensor")
         clamp = self.match_clamp(v)
         if isinstance(clamp, str):
-            return clamp
+            return Miss(clamp)
         scaled, lo, hi = clamp
         mean = self.match_scaling(scaled)
         if isinstance(mean, str):
-            return mean
+            return Miss(mean)
         mean_value, k, k_form = mean
         why = self.check_mean(mean_value, x)
         if why:
-            return why
+            return Miss(why)
         return Neuron(x, v, rounded_value, k, k_form, lo, hi)
 
     @staticmethod
@@ -146,8 +143,7 @@ class SpikeNeuron(RewriteRule):
         bound = math.floor(k_eff * row * (1 + 1e-3)) + 1  # margin: mean|x| rounds in float
         return next((d for d, top in COUNT_DTYPES.items() if bound <= top), "i32")
 
-    def rewrite(self, graph: Graph, node: Node) -> None:
-        neuron = self.match(node)
+    def rewrite(self, graph: Graph, node: Node, neuron: Neuron) -> None:
         attrs = {"k": neuron.k, "k_form": neuron.k_form, "lo": neuron.lo, "hi": neuron.hi,
                  "dtype": self.counts_dtype(neuron)}
         name = neuron.rounded.producer.name or node.name

@@ -34,7 +34,7 @@ from sbc.ir.ops.common import normalize_axis
 from sbc.ir.registry import get_op
 from sbc.passes.attention_patterns import (pack_heads, unpack_heads, unrepeat_all,
                                            upstream_symbols)
-from sbc.passes.base import RewriteRule, scalar
+from sbc.passes.base import Miss, RewriteRule, scalar
 from sbc.passes.linear_attention_scan import FLOAT_DTYPES, LAYOUT_OPS, SMOOTH_OPS, TOLERANCE
 
 # Sequence lengths of the trials: a single partial chunk, and lengths that cross the chunk
@@ -419,28 +419,24 @@ class ChunkedLinearAttention(RewriteRule):
     def matches(self, node: Node) -> bool:
         return node.op in self.ops and restored_length(node) is not None
 
-    def check(self, node: Node) -> str | None:
-        found = self.match(node)
-        return found if isinstance(found, str) else None
-
-    def match(self, node: Node) -> tuple[Region, Roles] | str:
+    def match(self, node: Node) -> tuple[Region, Roles] | Miss:
         seq = restored_length(node)
         why = first_positions(node, seq)
         if why:
-            return why
+            return Miss(why)
         region = chunked_region(node, seq)
         if isinstance(region, str):
-            return region
-        # the trials run once per region (check, explain and rewrite all ask)
+            return Miss(region)
+        # the trials run once per region (the fixed-point rounds and explain ask again)
         key = tuple(id(n) for n in region.nodes) + tuple(id(x) for x in region.leaves)
         cached = _FOUND.get(node.outputs[0])
         if cached is None or cached[0] != key:
             cached = (key, classify(region))
             _FOUND[node.outputs[0]] = cached
-        return cached[1] if isinstance(cached[1], str) else (region, cached[1])
+        return Miss(cached[1]) if isinstance(cached[1], str) else (region, cached[1])
 
-    def rewrite(self, graph: Graph, node: Node) -> None:
-        _, roles = self.match(node)
+    def rewrite(self, graph: Graph, node: Node, match: tuple[Region, Roles]) -> None:
+        _, roles = match
         parts = unrepeat_all({"q": roles.q, "k": roles.k, "v": roles.v, "g": roles.g},
                              ("k", "v", "g"))
         hq, hkv = parts["q"].shape[1], parts["k"].shape[1]

@@ -31,7 +31,7 @@ from sbc.ir.ops.common import normalize_axis
 from sbc.ir.ops.control_flow import scan_layout
 from sbc.ir.registry import get_op
 from sbc.passes.attention_patterns import producer, upstream_symbols
-from sbc.passes.base import RewriteRule
+from sbc.passes.base import Miss, RewriteRule
 
 ROLES = {"linear": ("q", "k", "v"), "gated": ("q", "k", "v", "g"),
          "delta": ("q", "k", "v", "beta"), "gated_delta": ("q", "k", "v", "g", "beta")}
@@ -319,25 +319,21 @@ class ScanLinearAttention(RewriteRule):
     """Scan(S0, q, k, v [, decay] [, beta]) whose body is one linear-attention step."""
     ops = ("Scan",)
 
-    def check(self, node: Node) -> str | None:
-        found = self.match(node)
-        return found if isinstance(found, str) else None
-
-    def match(self, node: Node) -> tuple[Boundary, Recurrence] | str:
+    def match(self, node: Node) -> tuple[Boundary, Recurrence] | Miss:
         b = scan_boundary(node)
         if isinstance(b, str):
-            return b
-        # the body is run at most once per body and captured values (check, explain and
-        # rewrite all ask; the body graph is never changed in place)
+            return Miss(b)
+        # the body is run at most once per body and captured values (the fixed-point rounds
+        # and explain ask again; the body graph is never changed in place)
         key = tuple(id(v) for v in node.inputs)
         cached = _FOUND.get(b.body)
         if cached is None or cached[0] != key:
             cached = (key, classify(b))
             _FOUND[b.body] = cached
-        return cached[1] if isinstance(cached[1], str) else (b, cached[1])
+        return Miss(cached[1]) if isinstance(cached[1], str) else (b, cached[1])
 
-    def rewrite(self, graph: Graph, node: Node) -> None:
-        b, rec = self.match(node)
+    def rewrite(self, graph: Graph, node: Node, match: tuple[Boundary, Recurrence]) -> None:
+        b, rec = match
         name = node.name or "linear_attention"
         packed = {r: pack_sequence(graph, b.sequences[i], b.axes[i], f"{name}_{r}")
                   for r, i in rec.roles.items()}

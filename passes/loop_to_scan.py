@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from sbc.ir import Graph, Node, Value
 from sbc.ir.ops.common import normalize_axis
 from sbc.ir.ops.control_flow import loop_layout, trip_count
-from sbc.passes.base import Pass, PassResult, RewriteRule, apply_rules, register_pass
+from sbc.passes.base import Miss, RewriteRule, RulePass, register_pass
 
 
 @dataclass
@@ -146,12 +146,11 @@ class LoopAsScan(RewriteRule):
     """Loop(M = x.shape[a], true, S0, x...) that gathers slice i of x... -> Scan(S0, x...)."""
     ops = ("Loop",)
 
-    def check(self, node: Node) -> str | None:
+    def match(self, node: Node) -> Walk | Miss:
         walk = walk_of(node)
-        return walk if isinstance(walk, str) else None
+        return Miss(walk) if isinstance(walk, str) else walk
 
-    def rewrite(self, graph: Graph, node: Node) -> None:
-        walk = walk_of(node)
+    def rewrite(self, graph: Graph, node: Node, walk: Walk) -> None:
         body, kept = scan_body(walk)
         outer = dict(zip(walk.body.inputs, node.inputs))  # body input -> the Loop's input
         states = node.inputs[2:2 + walk.states]
@@ -169,8 +168,6 @@ RULES = [LoopAsScan()]
 
 
 @register_pass
-class LoopToScan(Pass):
+class LoopToScan(RulePass):
     name = "loop-to-scan"
-
-    def run(self, graph: Graph) -> PassResult:
-        return PassResult(graph, apply_rules(graph, RULES))
+    RULES = RULES

@@ -43,14 +43,18 @@ _ITEM = re.compile(r"^\s*([A-Za-z0-9_-]+)\s*(?:\{([^{}]*)\})?\s*$")
 _OPTION = re.compile(r"^([A-Za-z0-9_-]+)=(.*)$")
 
 
-def parse_pipeline(spec: str | list[str] | tuple[str, ...]) -> list[Pass]:
-    """'fold-constants{max-elements=1024},dce' (or a list of such items) -> pass instances.
+def parse_pipeline(spec: str | list[str | Pass] | tuple[str | Pass, ...]) -> list[Pass]:
+    """'fold-constants{max-elements=1024},dce' (or a list of such items, or of Pass
+    instances, which are taken as they are) -> pass instances.
 
     Unknown passes, unknown options and unreadable values raise UnsupportedError saying what
     exists.
     """
     items = [spec] if isinstance(spec, str) else list(spec)
-    return [_parse_item(item) for text in items for item in _split_top_level(text)]
+    passes = []
+    for item in items:
+        passes += [item] if isinstance(item, Pass) else [_parse_item(t) for t in _split_top_level(item)]
+    return passes
 
 
 def _parse_item(item: str) -> Pass:
@@ -70,6 +74,34 @@ def _parse_item(item: str) -> Pass:
                                    f"{cls.describe_options() or 'none'})")
         options[om.group(1)] = om.group(2)
     return cls(**options)
+
+
+def check_order(passes: list[Pass]) -> None:
+    """Each pass's `runs_after` constraints hold in this pipeline; UnsupportedError says which
+    pair is the wrong way round."""
+    first_at = {}
+    for i, p in enumerate(passes):
+        first_at.setdefault(p.name, i)
+    for i, p in enumerate(passes):
+        for before in p.runs_after:
+            if first_at.get(before, -1) > i:
+                raise UnsupportedError(f"pass '{p.name}' must run after '{before}' (it works on "
+                                       f"what '{before}' produces); put '{before}' first")
+
+
+def insert_in_order(pipeline: list[str], name: str) -> list[str]:
+    """`pipeline` (pass names) with `name` added right after the last pass it must follow
+    (its `runs_after`), which check_order then confirms is before every pass that must
+    follow it."""
+    after = set(get_pass(name).runs_after)
+    at = max((i + 1 for i, item in enumerate(pipeline) if _name_of(item) in after), default=0)
+    pipeline = pipeline[:at] + [name] + pipeline[at:]
+    check_order(parse_pipeline(pipeline))
+    return pipeline
+
+
+def _name_of(item: str) -> str:
+    return item.split("{", 1)[0].strip()
 
 
 def _split_top_level(spec: str) -> list[str]:
@@ -96,6 +128,7 @@ class PassManager:
                  out: TextIO | None = None, max_rounds: int = MAX_ROUNDS,
                  fixed_point: bool | None = None):
         self.passes = parse_pipeline(DEFAULT_PIPELINE if pipeline is None else pipeline)
+        check_order(self.passes)
         fixed_point = pipeline is None if fixed_point is None else fixed_point
         self.rounds = max_rounds if fixed_point else 1
         self.print_after = _print_after_set(print_after, self.passes)
@@ -104,6 +137,7 @@ class PassManager:
         self.dump_dir = dump_dir
         self.out = out
         self.times: dict[str, list[float]] = {}  # pass name -> wall time of each run
+        self.facts: dict[str, dict] = {}  # pass name -> the facts its runs reported
         self.step = 0
 
     def run(self, graph: Graph) -> Graph:
@@ -124,6 +158,8 @@ class PassManager:
         start = time.perf_counter()
         result = p.run(graph)
         self.times.setdefault(p.name, []).append(time.perf_counter() - start)
+        if result.facts:
+            self.facts.setdefault(p.name, {}).update(result.facts)
         self.step += 1
         if self.verify_each:
             self._verify(result.graph, f"after pass '{p}' (step {self.step})")

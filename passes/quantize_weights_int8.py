@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 from sbc.ir import Graph, Node
 from sbc.ir.ops.spike import quantize_groups
-from sbc.passes.base import Pass, PassResult, RewriteRule, apply_rules, register_pass
+from sbc.passes.base import (Match, Miss, Pass, PassResult, RewriteRule, apply_rules,
+                              register_pass)
 from sbc.passes.fuse_spike_neurons import dequantised_spikes
 
 K_AXIS = {"MatMul": 0, "MatMulPacked": 1}  # where the input channels lie in each weight layout
@@ -32,19 +33,19 @@ class QuantizeSpikeWeight(RewriteRule):
         self.group = group
         self.done: dict[int, tuple] = {}  # id(weight) -> its quantised params (shared weights)
 
-    def check(self, node: Node) -> str | None:
+    def match(self, node: Node) -> Match | Miss:
         a, w = node.inputs
         spikes = dequantised_spikes(a)
         if isinstance(spikes, str):
-            return spikes
+            return Miss(spikes, a)
         if w.producer is not None or w.data is None:
-            return "the weight is not a param known at compile time"
+            return Miss("the weight is not a param known at compile time", w)
         if w.dtype != "f32" or w.type.rank != WEIGHT_RANK[node.op]:
-            return f"the weight {w.type} is not an f32 {node.op} weight"
-        return None
+            return Miss(f"the weight {w.type} is not an f32 {node.op} weight", w)
+        return Match(a=a, w=w)
 
-    def rewrite(self, graph: Graph, node: Node) -> None:
-        a, w = node.inputs
+    def rewrite(self, graph: Graph, node: Node, match: Match) -> None:
+        a, w = match.a, match.w
         axis = K_AXIS[node.op]
         if id(w) not in self.done:
             q, scales = quantize_groups(w.data, axis, self.group)
@@ -59,6 +60,7 @@ class QuantizeSpikeWeight(RewriteRule):
 @register_pass
 class QuantizeWeightsInt8(Pass):
     name = "quantize-weights-int8"
+    runs_after = ("fuse-spike-neurons",)  # it quantises the weights that spikes feed
 
     @dataclass
     class Options:

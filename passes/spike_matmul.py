@@ -22,7 +22,8 @@ import numpy as np
 
 from sbc.ir import Graph, Node, Value
 from sbc.ir.ops.spike import INT_COUNT_DTYPES, PANEL, pack_spike_weight
-from sbc.passes.base import Pass, PassResult, RewriteRule, apply_rules, register_pass
+from sbc.passes.base import (Match, Miss, Pass, PassResult, RewriteRule, apply_rules,
+                              register_pass)
 from sbc.passes.fuse_spike_neurons import dequantised_spikes, producer
 from sbc.passes.quantize_weights_int8 import K_AXIS
 
@@ -46,29 +47,30 @@ class SpikeMatMulRule(RewriteRule):
     def __init__(self, float_weights: bool = False):
         self.float_weights = float_weights
 
-    def check(self, node: Node) -> str | None:
+    def match(self, node: Node) -> Match | Miss:
         a, w = node.inputs
         spikes = dequantised_spikes(a)
         if isinstance(spikes, str):
-            return spikes
+            return Miss(spikes, a)
         counts = spikes[0]
         if counts.dtype not in INT_COUNT_DTYPES:
-            return f"counts are {counts.dtype}; the integer matmul takes {INT_COUNT_DTYPES}"
+            return Miss(f"counts are {counts.dtype}; the integer matmul takes {INT_COUNT_DTYPES}")
         if node.op == "MatMulPacked" and w.shape[-1] != PANEL:
-            return f"the weight's panels are {w.shape[-1]} wide, not {PANEL}"
+            return Miss(f"the weight's panels are {w.shape[-1]} wide, not {PANEL}")
         if a.type.rank < 1 or w.type.rank != (2 if node.op == "MatMul" else 3):
-            return f"needs [..., K] x a weight, got {a.type} x {w.type}"
+            return Miss(f"needs [..., K] x a weight, got {a.type} x {w.type}")
         n = w.shape[-1] if node.op == "MatMul" else w.shape[0] * w.shape[2]
         if not isinstance(n, int) or n % PANEL:
-            return f"N = {n} is not a multiple of {PANEL}"
+            return Miss(f"N = {n} is not a multiple of {PANEL}")
         quantised = producer(w, "DequantizeGroups")
         if quantised is not None:
-            return self.check_quantised(quantised, K_AXIS[node.op])
+            why = self.check_quantised(quantised, K_AXIS[node.op])
+            return Miss(why, w) if why else Match(counts=counts, scale=spikes[1], dequantise=quantised)
         if w.producer is not None or w.data is None or w.dtype != "f32":
-            return "the weight is neither an f32 param nor DequantizeGroups of params"
+            return Miss("the weight is neither an f32 param nor DequantizeGroups of params")
         if not self.float_weights:
-            return "the weight is f32 (not quantised) and the float-weights option is off"
-        return None
+            return Miss("the weight is f32 (not quantised) and the float-weights option is off")
+        return Match(counts=counts, scale=spikes[1], dequantise=None)
 
     @staticmethod
     def check_quantised(dequantise: Node, k_axis: int) -> str | None:
@@ -82,10 +84,8 @@ class SpikeMatMulRule(RewriteRule):
             return f"K = {k} and the group must be multiples of 4 (K is read in quads)"
         return None
 
-    def rewrite(self, graph: Graph, node: Node) -> None:
-        a, w = node.inputs
-        counts, scale = dequantised_spikes(a)
-        dequantise = producer(w, "DequantizeGroups")
+    def rewrite(self, graph: Graph, node: Node, match: Match) -> None:
+        w, counts, scale, dequantise = node.inputs[1], match.counts, match.scale, match.dequantise
         if dequantise is None:
             weights = [graph.add_param(f"{w.name}:spike", pack_spike_weight(dense_weight(node, w.data)))]
             group = 128
@@ -102,13 +102,13 @@ class AbsorbBias(RewriteRule):
     """Add(SpikeMatMul(...), b) with b a constant f32 [N] -> SpikeMatMul(..., bias=b)."""
     ops = ("Add",)
 
-    def check(self, node: Node) -> str | None:
+    def match(self, node: Node) -> Match | Miss:
         mm, bias = self.operands(node)
         if mm is None:
-            return "neither operand is a SpikeMatMul without bias"
+            return Miss("neither operand is a SpikeMatMul without bias")
         if bias.data is None or bias.dtype != "f32" or bias.shape != (mm.outputs[0].shape[-1],):
-            return f"the other operand {bias.type} is not a constant f32 [N] bias"
-        return None
+            return Miss(f"the other operand {bias.type} is not a constant f32 [N] bias", bias)
+        return Match(mm=mm, bias=bias)
 
     @staticmethod
     def operands(node: Node) -> tuple[Node | None, Value | None]:
@@ -118,8 +118,8 @@ class AbsorbBias(RewriteRule):
                 return mm, bias
         return None, None
 
-    def rewrite(self, graph: Graph, node: Node) -> None:
-        mm, bias = self.operands(node)
+    def rewrite(self, graph: Graph, node: Node, match: Match) -> None:
+        mm, bias = match.mm, match.bias
         w_scale = mm.inputs[3] if len(mm.inputs) > 3 else None
         out = graph.add1("SpikeMatMul", *mm.inputs[:3], w_scale, bias, name=mm.name, **mm.attrs)
         graph.replace_uses(node.outputs[0], out)
@@ -128,6 +128,7 @@ class AbsorbBias(RewriteRule):
 @register_pass
 class SpikeMatMul(Pass):
     name = "spike-matmul"
+    runs_after = ("fuse-spike-neurons", "quantize-weights-int8")  # it reads their ops
 
     @dataclass
     class Options:

@@ -181,6 +181,9 @@ def why_not_recurrent(graph: Graph, seq: str | None = None) -> str | None:
 @register_pass
 class ToRecurrent(Pass):
     name = "to-recurrent"
+    # the state it makes lives in the fused ops: a mixer fused after it stays stateless
+    runs_after = ("fuse-linear-attention", "fuse-sliding-window-attention", "recognise-mixers",
+                  "fuse-spike-neurons", "spike-matmul")
 
     @dataclass
     class Options:

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-import sbc
+from sbc import version
 from sbc.errors import ArtifactError, InputError, TargetUnavailableError
 from sbc.ir.dims import SymbolicError, parse_dim
 from sbc.ir.types import DTYPES, TensorType, dtype_of
@@ -192,7 +192,7 @@ def write_artifact(path: str | os.PathLike, library: bytes | None, params: dict[
     if library is not None:
         members = {LIBRARY: library, **members}
     manifest = dict(manifest, format=FORMAT, format_version=FORMAT_VERSION,
-                    sbc_version=sbc.__version__,
+                    sbc_version=version.__version__,
                     created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), weights=table,
                     files={n: {"sha256": hashlib.sha256(b).hexdigest(), "size": len(b)}
                            for n, b in members.items()})
@@ -346,8 +346,8 @@ def check_version(path: str, manifest: dict) -> None:
                             f"is not supported (this sbc reads version {FORMAT_VERSION}); "
                             f"recompile the model with this version")
     written = str(manifest.get("sbc_version", "?"))
-    if written.split(".")[:2] != sbc.__version__.split(".")[:2]:
-        raise ArtifactError(f"{path}: written by sbc {written}, this is sbc {sbc.__version__}; "
+    if written.split(".")[:2] != version.__version__.split(".")[:2]:
+        raise ArtifactError(f"{path}: written by sbc {written}, this is sbc {version.__version__}; "
                             f"recompile the model with this version")
 
 
@@ -430,7 +430,7 @@ def _check_gpu(target: dict, path: str) -> None:
 def _check_host_cpu(target: dict, path: str) -> None:
     """Code built for another ISA, or using vector extensions this CPU lacks, would crash
     with an illegal instruction: refuse it with a clear line instead."""
-    from sbc.codegen.target import host_cpu_features
+    from sbc.runtimes.machine import host_cpu_features
     host = host_cpu_features()
     arch = target.get("arch")
     if arch and arch != host["arch"]:

@@ -39,7 +39,7 @@ def _compile_callback(code, *_target) -> bytes:
     """TVM asks for the device code of a CUDA source: the artifact's fatbin."""
     key = hashlib.sha256(str(code).encode()).hexdigest()
     if key not in _FATBINS:  # a source sbc did not build: compile it here if nvcc exists
-        from sbc.codegen.gpu_compile import nvcc_fatbin
+        from sbc.runtimes.machine import nvcc_fatbin
         import tvm
         arch = "sm_" + tvm.cuda(0).compute_version.replace(".", "")
         _FATBINS[key] = nvcc_fatbin(str(code), arch)

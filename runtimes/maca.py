@@ -33,6 +33,45 @@ MEMCPY_H2D, MEMCPY_D2H = 1, 2  # mcMemcpyKind, as cudaMemcpyKind
 LAUNCH_END, LAUNCH_BUFFER_POINTER, LAUNCH_BUFFER_SIZE = 0, 1, 2  # as CU_LAUNCH_PARAM_*
 AXES = ("x", "y", "z")
 
+# The artifact members of a maca build (codegen.maca writes them, this runtime reads them).
+SOURCE, LAUNCHES, SCRIPT, CONSTANTS, BINARY = ("maca/kernels.maca", "maca/launches.json",
+                                               "maca/build.sh", "maca/constants.npz",
+                                               "maca/kernels.bin")
+
+
+def evaluate(e, env: dict):
+    """Value of an expr_json tree; variables from `env`. Integer division is TIR's (floor
+    for // and %, truncating for / and mod on integers)."""
+    if isinstance(e, (int, float)):
+        return e
+    if isinstance(e, str):
+        return env[e]
+    op, *args = e
+    if op == "cast":
+        value = evaluate(args[1], env)
+        return float(value) if args[0].startswith("float") else int(value)
+    if op == "select":
+        return evaluate(args[1], env) if evaluate(args[0], env) else evaluate(args[2], env)
+    if op == "not":
+        return not evaluate(args[0], env)
+    a, b = (evaluate(x, env) for x in args)
+    return _APPLY[op](a, b)
+
+
+def _trunc_div(a, b):
+    if isinstance(a, float) or isinstance(b, float):
+        return a / b
+    q = abs(a) // abs(b)
+    return q if (a >= 0) == (b >= 0) else -q
+
+
+_APPLY = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
+          "//": lambda a, b: a // b, "%": lambda a, b: a % b, "/": _trunc_div,
+          "mod": lambda a, b: a - _trunc_div(a, b) * b, "min": min, "max": max,
+          "==": lambda a, b: a == b, "!=": lambda a, b: a != b, "<": lambda a, b: a < b,
+          "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b,
+          "and": lambda a, b: bool(a and b), "or": lambda a, b: bool(a or b)}
+
 
 def _library() -> ctypes.CDLL | None:
     """libmcruntime from $MACA_PATH/lib, the loader path, or ldconfig's cache."""
@@ -153,7 +192,6 @@ class MacaRuntime:
 
     def __init__(self, files: dict[str, bytes], manifest: dict, inputs, outputs, param_names,
                  params, assumptions=()):
-        from sbc.codegen.maca import BINARY, CONSTANTS, LAUNCHES, SOURCE
         self.mc = _Mc()
         if LAUNCHES not in files or SOURCE not in files:
             raise ArtifactError("the maca artifact lacks its host program or kernel source")
@@ -171,8 +209,7 @@ class MacaRuntime:
 
     @staticmethod
     def _build(source: str, arch: str) -> bytes:
-        from sbc.codegen.maca import compile_maca
-        from sbc.codegen.target import find_mxcc
+        from sbc.runtimes.machine import compile_maca, find_mxcc
         if find_mxcc() is None:
             raise TargetUnavailableError("the maca artifact has no kernels.bin and the MACA "
                                          "SDK's mxcc was not found to build it (set MACA_PATH)")
@@ -229,7 +266,6 @@ class MacaRuntime:
         return dims
 
     def _resolve(self, ref: dict, env: dict, dims: dict):
-        from sbc.codegen.maca import evaluate
         if "value" in ref:
             return env[ref["value"]]
         if "const" in ref:
@@ -241,7 +277,6 @@ class MacaRuntime:
         return evaluate(ref["expr"], dims)
 
     def _step(self, step: dict, env: dict, dims: dict, temps: list) -> None:
-        from sbc.codegen.maca import evaluate
         if "check" in step:
             self._check(step, env, dims)
             return
@@ -260,7 +295,6 @@ class MacaRuntime:
 
     def _call(self, name: str, args: list, temps: list) -> None:
         """One PrimFunc: bind its dims from its buffers, then its lets, workspaces, launches."""
-        from sbc.codegen.maca import evaluate
         func = self.plan["functions"][name]
         env, workspaces = {}, {}
         for p, a in zip(func["params"], args):
@@ -280,7 +314,6 @@ class MacaRuntime:
                 self._launch(s, args, workspaces, env)
 
     def _launch(self, s: dict, args: list, workspaces: dict, env: dict) -> None:
-        from sbc.codegen.maca import evaluate
         info = self.plan["kernels"][s["launch"]]
         values = [args[a["param"]] if "param" in a else workspaces[a["workspace"]]
                   if "workspace" in a else evaluate(a["expr"], env) for a in s["args"]]

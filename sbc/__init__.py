@@ -2,7 +2,7 @@
 
 import os
 
-__version__ = "0.1.0"
+from sbc.version import __version__
 
 # TVM's CPU thread pool defaults to half the hardware threads (it assumes two per core); on a
 # machine with one thread per core that leaves half the cores idle while onnxruntime and
@@ -11,6 +11,6 @@ __version__ = "0.1.0"
 os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                                              else os.cpu_count() or 1))
 
-from sbc.api import Module, compile, load  # noqa: E402  (the API needs __version__ defined)
+from sbc.api import Module, compile, load  # noqa: E402  (after the thread count is set)
 
 __all__ = ["Module", "__version__", "compile", "load"]

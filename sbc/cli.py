@@ -1,4 +1,4 @@
-"""The `sbc` command line: compile, run, inspect, export, debug, demo.
+"""The `sbc` command line: compile, run, inspect, export, debug, demo, opt.
 
 Any sbc error prints one line `sbc: error: ...` on stderr and exits 2 (a failed comparison in
 `demo` exits 1). Output files are written atomically, so an interrupted command leaves nothing:
@@ -183,6 +183,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--dump-dir", help="write the IR after each pass to DIR/NN-<pass>.sbcir")
     c.add_argument("--explain", action="store_true",
                    help="list attention-like subgraphs that were not fused, and why")
+    c.add_argument("--no-cache", action="store_true",
+                   help="compile even if the compile cache ($SBC_CACHE_DIR, ~/.cache/sbc) has it")
+    c.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    c.add_argument("--json", action="store_true",
+                   help="print the summary (and each stage's time) as one JSON object")
     c.set_defaults(command=cmd_compile)
 
     r = sub.add_parser("run", help="run a .sbc artifact on inputs from an .npz file")
@@ -209,6 +214,17 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--ir", action="store_true", help="print the sbc IR after import")
     i.add_argument("--json", action="store_true")
     i.set_defaults(command=cmd_inspect)
+
+    o = sub.add_parser("opt", help="run passes on IR text (.sbcir) and print the IR after them")
+    o.add_argument("file", help="IR text, e.g. a .sbcir test file (- reads stdin); params carry "
+                                "their data: `= random(SEED)` or `= tensor<TYPE>[...]`")
+    o.add_argument("--passes", help="pass pipeline, run once in the order given "
+                                    "(default: none; the IR is only verified and printed)")
+    o.add_argument("-o", "--output", help="write the IR here (default: stdout)")
+    o.add_argument("--print-after", action="append", default=[], metavar="PASS|all",
+                   help="print the IR after these passes on stderr (repeatable or comma-separated)")
+    o.add_argument("--verify-each", action="store_true", help="verify the IR after every pass")
+    o.set_defaults(command=cmd_opt)
 
     e = sub.add_parser("export", help="export the built-in reference model to ONNX")
     e.add_argument("--config", default="tiny")
@@ -256,21 +272,38 @@ def cmd_compile(args) -> None:
     output = args.output or os.path.splitext(args.model)[0] + ".sbc"
     _check_output_dir(output)  # before the compile, not after it
     start = time.perf_counter()
+    stages = {}
+
+    def progress(stage: str, seconds: float) -> None:
+        stages[stage] = round(seconds, 3)
+        if sys.stderr.isatty() and not (args.quiet or args.json):
+            print(f"  {stage:<9} {seconds:7.2f} s", file=sys.stderr)
+
     # the pipeline string goes as is: pass options may hold commas ("a{x=1,y=2},b")
     module = sbc.compile(args.model, target=args.target, arch=args.arch, passes=args.passes,
                          quantize=args.quantize, calibrate=args.calibrate,
                          max_context=args.max_context,
                          print_after=[p for a in args.print_after for p in a.split(",") if p],
                          time_passes=args.time_passes,
-                         verify_each=args.verify_each, dump_dir=args.dump_dir)
+                         verify_each=args.verify_each, dump_dir=args.dump_dir,
+                         cache=not args.no_cache, progress=progress)
     module.save(output)
+    summary = {"model": args.model, "output": output, "target": args.target,
+               "ops": sum(module.manifest["ops"].values()),
+               "parameters": int(sum(p.size for p in module.params.values())),
+               "bytes": os.path.getsize(output), "seconds": round(time.perf_counter() - start, 3),
+               "stages": stages, "from_cache": module.from_cache, "notes": module.manifest["notes"]}
+    if args.json:
+        print(json.dumps(summary))
+        return
+    if args.quiet:
+        return
     if args.explain:
         for note in module.manifest["notes"] or ["every attention-like subgraph was fused"]:
             print(f"explain: {note}")
-    n_ops = sum(module.manifest["ops"].values())
-    n_params = sum(p.size for p in module.params.values())
-    print(f"compiled {args.model} -> {output}: {n_ops} ops, {n_params:,} parameters, "
-          f"{os.path.getsize(output) / 1e6:.2f} MB, {time.perf_counter() - start:.1f} s")
+    print(f"compiled {args.model} -> {output}: {summary['ops']} ops, "
+          f"{summary['parameters']:,} parameters, {summary['bytes'] / 1e6:.2f} MB, "
+          f"{summary['seconds']:.1f} s{' (from the compile cache)' if module.from_cache else ''}")
 
 
 def _check_output_dir(path: str) -> None:
@@ -284,7 +317,7 @@ def _check_output_dir(path: str) -> None:
 
 
 def cmd_run(args) -> None:
-    from sbc.api import module_from_artifact
+    from sbc.module import module_from_artifact
     from sbc.ir.types import bind_symbols
     from sbc.runtimes.artifact import atomic_path, check_runnable, read_artifact
     if args.outputs:
@@ -351,6 +384,50 @@ def cmd_inspect(args) -> None:
                 print(f"  {v}")
         else:
             print(f"{key}: {value}")
+
+
+def cmd_opt(args) -> None:
+    text = sys.stdin.read() if args.file == "-" else _read_text(args.file)
+    if args.output:
+        _check_output_dir(args.output)
+    result = opt_text(text, args.passes, verify_each=args.verify_each,
+                      print_after=[p for a in args.print_after for p in a.split(",") if p])
+    if not args.output:
+        sys.stdout.write(result)
+        return
+    from sbc.runtimes.artifact import atomic_path
+    with atomic_path(args.output) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(result)
+
+
+def opt_text(text: str, pipeline: str | None = None, *, print_after=(),
+             verify_each: bool = False) -> str:
+    """`sbc opt` without the command line: IR text -> the pipeline, run once in the order given
+    -> IR text. The IR is verified before (a broken input is not blamed on the first pass) and
+    after; without a pipeline it is only verified and printed back. --print-after goes to
+    stderr, so stdout holds the final IR alone (what a FileCheck test reads)."""
+    from sbc.ir.parser import parse_graph
+    from sbc.ir.printer import print_graph
+    from sbc.ir.verifier import VerificationError, verify
+    from sbc.passes import run_passes
+    graph = parse_graph(text)
+    try:
+        verify(graph)
+    except VerificationError as e:
+        raise VerificationError(f"the input IR is invalid: {e}") from e
+    graph = run_passes(graph, pipeline or [], print_after=print_after, verify_each=verify_each,
+                       fixed_point=False)
+    verify(graph)
+    return print_graph(graph)
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not IR text (not UTF-8: {e.reason} at byte {e.start})") from e
 
 
 def _is_zip(path: str) -> bool:
@@ -578,7 +655,8 @@ def _compare(ours: np.ndarray, theirs: np.ndarray) -> dict:
 
 def cmd_calibrate(args) -> None:
     """Import, run the default passes, measure every SpikeEncode on the data, write JSON."""
-    from sbc.calibration import calibrate, format_sites, read_npz, report
+    from sbc.passes.calibration import calibrate
+    from sbc.report import format_sites, read_npz, report
     from sbc.frontend import import_onnx
     from sbc.passes import run_passes
     from sbc.runtimes.artifact import atomic_path
@@ -600,7 +678,7 @@ def cmd_calibrate(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from sbc.calibration import format_report, load_stats, report, write_plots
+    from sbc.report import format_report, load_stats, report, write_plots
     stats = load_stats(args.stats)
     rep = report(stats)
     paths = write_plots(stats, rep, args.plots) if args.plots else []

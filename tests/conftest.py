@@ -1,9 +1,15 @@
 """Shared fixtures: the tiny reference model is exported and compiled once per test session."""
 
+import os
+
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
+
+# The tests compile to test the compiler: no compile cache (sbc.cache) unless a test asks for
+# one (tests/test_compile_cache.py), or an earlier test's artifact would answer for a later one.
+os.environ.setdefault("SBC_NO_CACHE", "1")
 
 
 @pytest.fixture(scope="session")

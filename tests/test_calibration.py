@@ -8,7 +8,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from sbc.calibration import ENERGY_PJ, _complete, calibrate, load_stats, report
+from sbc.passes.calibration import _complete, calibrate
+from sbc.report import ENERGY_PJ, load_stats, report
 from sbc.cli import main
 from sbc.errors import InputError
 from sbc.frontend import import_onnx
@@ -185,7 +186,7 @@ def test_cli_errors_are_one_line(neuron, mlp_module, tmp_path, capsys):
                      tmp_path / "s.json"], capsys, "lacks input 'x'")
     assert not (tmp_path / "s.json").exists()
     (tmp_path / "bad.json").write_text("{not json")
-    _one_line_error(["report", tmp_path / "bad.json"], capsys, "neither an sbc artifact")
+    _one_line_error(["report", tmp_path / "bad.json"], capsys, "not an sbc artifact or calibration JSON")
     (tmp_path / "other.json").write_text('{"a": 1}')
     _one_line_error(["report", tmp_path / "other.json"], capsys, "not spike statistics")
     _one_line_error(["report", tmp_path / "missing.json"], capsys, "no such file")
@@ -227,7 +228,7 @@ def test_tile_density_counts_all_zero_kernel_tiles(neuron):
 
 
 def test_break_even_measures_both_kernels():
-    from sbc.spike_breakeven import DENSITIES, break_even, crossing
+    from sbc.codegen.spike_breakeven import DENSITIES, break_even, crossing
     result = break_even(96, 256, 64, repeats=3)
     assert 0.0 <= result["break_even"] <= 1.0
     assert len(result["skip_ms"]) == len(DENSITIES) and result["dense_ms"] > 0
@@ -244,11 +245,11 @@ def test_compile_calibrate_chooses_spike_kernels(tmp_path, capsys, monkeypatch):
     and the measured break-even land in the manifest and the report, the build uses that
     kernel, and results are unchanged."""
     import sbc
-    import sbc.spike_breakeven
+    import sbc.codegen.spike_breakeven
     from sbc.codegen.kernels import spike_matmul as kernels
     from tests.passes.spike_graphs import spiking_matmul_graph
     built, int8_kernel = [], kernels.int8_kernel
-    monkeypatch.setattr(sbc.spike_breakeven, "_CACHE", {})  # measured here, whatever ran before
+    monkeypatch.setattr(sbc.codegen.spike_breakeven, "_CACHE", {})  # measured here, whatever ran before
     monkeypatch.setattr(kernels, "int8_kernel", lambda *a, **kw: built.append(
         kw["skip_zero_tiles"]) or int8_kernel(*a, **kw))
     x = np.random.default_rng(3).standard_normal((1, 12, 256)).astype(np.float32)

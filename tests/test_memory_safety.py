@@ -15,6 +15,7 @@ import sbc
 from sbc.errors import InputError
 from sbc.frontend import import_onnx
 from sbc.ir import assumptions
+from sbc.ir.registry import collect_assumptions
 from sbc.ir.interpreter import run as interpret
 
 F, I64 = TensorProto.FLOAT, TensorProto.INT64
@@ -217,7 +218,7 @@ def test_collect_lists_each_open_relation_once():
          helper.make_node("Add", ["h", "h2"], ["y"])],
         [helper.make_tensor_value_info("x", F, [2, "K"])], [helper.make_tensor_value_info("y", F, [2, 3])],
         [numpy_helper.from_array(np.ones((4, 3), np.float32), "W")]))
-    found = assumptions.collect(graph)
+    found = collect_assumptions(graph)
     assert [str(a) for a in found] == ["K == 4"] and found[0].where.endswith("(MatMul)")
 
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 from tvm import tirx
 from tvm.script import tirx as T
 
+from sbc.codegen.kernels.signatures import linear_attention_buffers
+
 
 def fast_exp(x):
     """exp of a float32 (vector) expression: Cephes range reduction and a degree-6 polynomial
@@ -137,9 +139,6 @@ def linear_attention_kernel(hq: int, hkv: int, dk: int, dv: int, scale: float, d
     """PrimFunc(q, k, v, past_state, decay, beta) -> (output, present_state); decay in
     (None, "head", "key"), beta in (None, "head", "one") as in linear_attention_dims."""
     groups = hq // hkv
-    gw = {None: 1, "head": hkv, "key": hkv * dk}[decay]
-    bw = {None: 1, "head": hkv, "one": 1}[beta]
-    gated, delta = decay is not None, beta is not None
     step = recurrent_step(hq, hkv, dk, dv, scale, decay, beta)
     cs = col_tile(dv, groups)
 
@@ -147,16 +146,8 @@ def linear_attention_kernel(hq: int, hkv: int, dk: int, dv: int, scale: float, d
     def kernel(q_h: T.handle, k_h: T.handle, v_h: T.handle, s0_h: T.handle, g_h: T.handle,
                beta_h: T.handle, o_h: T.handle, s_h: T.handle):
         T.func_attr({"tirx.noalias": True})
-        B = T.int64()
-        L = T.int64()
-        q = T.match_buffer(q_h, (B, L, hq * dk), "float32")
-        k = T.match_buffer(k_h, (B, L, hkv * dk), "float32")
-        v = T.match_buffer(v_h, (B, L, hkv * dv), "float32")
-        s0 = T.match_buffer(s0_h, (B, hkv, dk, dv) if past else (1,), "float32")
-        g = T.match_buffer(g_h, (B, L, gw) if gated else (1,), "float32")
-        bt = T.match_buffer(beta_h, (B, L, bw) if delta else (1,), "float32")
-        o = T.match_buffer(o_h, (B, L, hq * dv), "float32")
-        s = T.match_buffer(s_h, (B, hkv, dk, dv), "float32")
+        B, L, q, k, v, s0, g, bt, o, s = linear_attention_buffers(
+            (q_h, k_h, v_h, s0_h, g_h, beta_h, o_h, s_h), hq, hkv, dk, dv, decay, beta, past)
         for bh in T.parallel(B * hkv):
             b = bh // hkv
             h = bh % hkv

@@ -39,6 +39,7 @@ from __future__ import annotations
 from tvm.script import tirx as T
 
 from sbc.codegen.kernels.linear_attention import col_tile, fast_exp, prefetch_token, recurrent_step
+from sbc.codegen.kernels.signatures import linear_attention_buffers
 
 SUB = 16  # tokens per sub-chunk: the keys of one AVX-512 vector in the scores
 ROWS = 4  # register tile height of the output and state products
@@ -211,8 +212,6 @@ def linear_attention_chunked_kernel(hq: int, hkv: int, dk: int, dv: int, scale: 
     "key"); beta is an unused placeholder."""
     groups = hq // hkv
     rows = groups * SUB
-    gw = {None: 1, "head": hkv, "key": hkv * dk}[decay]
-    gated = decay is not None
     load, scores = _load(hkv, dk, dv, decay), _scores(hq, hkv, dk, dv, decay)
     decayed_queries, outputs = _decayed_queries(hq, hkv, dk, decay), _outputs(hq, hkv, dk, dv, scale)
     state, step = _state(dk, dv, decay), recurrent_step(hq, hkv, dk, dv, scale, decay, None)
@@ -222,15 +221,8 @@ def linear_attention_chunked_kernel(hq: int, hkv: int, dk: int, dv: int, scale: 
     def kernel(q_h: T.handle, k_h: T.handle, v_h: T.handle, s0_h: T.handle, g_h: T.handle,
                beta_h: T.handle, o_h: T.handle, s_h: T.handle):
         T.func_attr({"tirx.noalias": True})
-        B = T.int64()
-        L = T.int64()
-        q = T.match_buffer(q_h, (B, L, hq * dk), "float32")
-        k = T.match_buffer(k_h, (B, L, hkv * dk), "float32")
-        v = T.match_buffer(v_h, (B, L, hkv * dv), "float32")
-        s0 = T.match_buffer(s0_h, (B, hkv, dk, dv) if past else (1,), "float32")
-        g = T.match_buffer(g_h, (B, L, gw) if gated else (1,), "float32")
-        o = T.match_buffer(o_h, (B, L, hq * dv), "float32")
-        s = T.match_buffer(s_h, (B, hkv, dk, dv), "float32")
+        B, L, q, k, v, s0, g, bt, o, s = linear_attention_buffers(
+            (q_h, k_h, v_h, s0_h, g_h, beta_h, o_h, s_h), hq, hkv, dk, dv, decay, None, past)
         for bh in T.parallel(B * hkv):
             b = bh // hkv
             h = bh % hkv

@@ -58,6 +58,7 @@ from dataclasses import dataclass
 from tvm.script import tirx as T
 
 from sbc.codegen.kernels.linear_attention_gpu import recurrent_gpu_nest
+from sbc.codegen.kernels.signatures import linear_attention_buffers
 from sbc.codegen.kernels.spike_matmul_gpu import MAX_BLOCK_THREADS, PORTABLE, GpuLimits
 from sbc.errors import UnsupportedError
 
@@ -140,7 +141,6 @@ def linear_attention_chunked_gpu_kernel(hq: int, hkv: int, dk: int, dv: int, sca
     the CPU kernel (beta is a never-read placeholder: delta rules stay recurrent); decay in
     (None, "head", "key"). T < `short` runs the recurrent nest (0: always chunked)."""
     plan = choose_plan(limits, dk, dv, decay)
-    gw = {None: 1, "head": hkv, "key": hkv * dk}[decay]
     gated = decay is not None
     recurrent = recurrent_gpu_nest(hq, hkv, dk, dv, scale, decay, None, past, bind_threads)
     state_phase = _state_phase(plan, hkv, dk, dv, decay, bind_threads)
@@ -161,16 +161,8 @@ def linear_attention_chunked_gpu_kernel(hq: int, hkv: int, dk: int, dv: int, sca
     def kernel(q_h: T.handle, k_h: T.handle, v_h: T.handle, s0_h: T.handle, g_h: T.handle,
                beta_h: T.handle, o_h: T.handle, s_h: T.handle):
         T.func_attr({"tirx.noalias": True})
-        B = T.int64()
-        L = T.int64()
-        q = T.match_buffer(q_h, (B, L, hq * dk), "float32")
-        k = T.match_buffer(k_h, (B, L, hkv * dk), "float32")
-        v = T.match_buffer(v_h, (B, L, hkv * dv), "float32")
-        s0 = T.match_buffer(s0_h, (B, hkv, dk, dv) if past else (1,), "float32")
-        g = T.match_buffer(g_h, (B, L, gw) if gated else (1,), "float32")
-        bt = T.match_buffer(beta_h, (1,), "float32")
-        o = T.match_buffer(o_h, (B, L, hq * dv), "float32")
-        s = T.match_buffer(s_h, (B, hkv, dk, dv), "float32")
+        B, L, q, k, v, s0, g, bt, o, s = linear_attention_buffers(
+            (q_h, k_h, v_h, s0_h, g_h, beta_h, o_h, s_h), hq, hkv, dk, dv, decay, None, past)
         if short == 0:
             chunks(q, k, v, s0, g, o, s, B, L)
         else:

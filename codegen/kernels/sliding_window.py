@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from tvm.script import tirx as T
 
+from sbc.codegen.kernels.signatures import sliding_window_buffers
+
 LANES = 8  # dot products accumulate in 8 partial sums so LLVM can use vector FMAs
 
 
@@ -27,18 +29,9 @@ def sliding_window_kernel(hq: int, hkv: int, d: int, dv: int, window: int, scale
     def kernel(q_h: T.handle, k_h: T.handle, v_h: T.handle, pk_h: T.handle, pv_h: T.handle,
                pos_h: T.handle, o_h: T.handle, nk_h: T.handle, nv_h: T.handle):
         T.func_attr({"tirx.noalias": True})
-        B = T.int64()
-        L = T.int64()
-        q = T.match_buffer(q_h, (B, L, hq * d), "float32")
-        k = T.match_buffer(k_h, (B, L, hkv * d), "float32")
-        v = T.match_buffer(v_h, (B, L, hkv * dv), "float32")
-        pk = T.match_buffer(pk_h, (B, hkv, w, d) if past else (1,), "float32")
-        pv = T.match_buffer(pv_h, (B, hkv, w, dv) if past else (1,), "float32")
-        pos = T.match_buffer(pos_h, position_shape if has_position else (1,),
-                         "int64" if has_position else "float32")
-        o = T.match_buffer(o_h, (B, L, hq * dv), "float32")
-        nk = T.match_buffer(nk_h, (B, hkv, w, d), "float32")
-        nv = T.match_buffer(nv_h, (B, hkv, w, dv), "float32")
+        B, L, q, k, v, pk, pv, pos, o, nk, nv = sliding_window_buffers(
+            (q_h, k_h, v_h, pk_h, pv_h, pos_h, o_h, nk_h, nv_h), hq, hkv, d, dv, window, past,
+            position_shape)
         for bq in T.parallel(B * hq):
             b = bq // hq
             hh = bq % hq

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from tvm.script import tirx as T
 
+from sbc.codegen.kernels.signatures import sliding_window_buffers
 from sbc.errors import UnsupportedError
 
 THREADS = 128  # per block of kernel 1: a power of two (the tree reductions halve it)
@@ -142,18 +143,9 @@ def sliding_window_gpu_kernel(hq: int, hkv: int, d: int, dv: int, window: int, s
         def kernel(q_h: T.handle, k_h: T.handle, v_h: T.handle, pk_h: T.handle, pv_h: T.handle,
                    pos_h: T.handle, o_h: T.handle, nk_h: T.handle, nv_h: T.handle):
             T.func_attr({"tirx.noalias": True})
-            B = T.int64()
-            L = T.int64()
-            q = T.match_buffer(q_h, (B, L, hq * d), "float32")
-            k = T.match_buffer(k_h, (B, L, hkv * d), "float32")
-            v = T.match_buffer(v_h, (B, L, hkv * dv), "float32")
-            pk = T.match_buffer(pk_h, (B, hkv, w, d) if past else (1,), "float32")
-            pv = T.match_buffer(pv_h, (B, hkv, w, dv) if past else (1,), "float32")
-            pos = T.match_buffer(pos_h, position_shape if has_position else (1,),
-                                 "int64" if has_position else "float32")
-            o = T.match_buffer(o_h, (B, L, hq * dv), "float32")
-            nk = T.match_buffer(nk_h, (B, hkv, w, d), "float32")
-            nv = T.match_buffer(nv_h, (B, hkv, w, dv), "float32")
+            B, L, q, k, v, pk, pv, pos, o, nk, nv = sliding_window_buffers(
+                (q_h, k_h, v_h, pk_h, pv_h, pos_h, o_h, nk_h, nv_h), hq, hkv, d, dv, window, past,
+                position_shape)
             for blk in block_loop(B * L * hq):
                 qs = T.alloc_buffer((dp,), "float32", scope="shared")
                 score = T.alloc_buffer((wp,), "float32", scope="shared")
@@ -198,18 +190,9 @@ def sliding_window_gpu_kernel(hq: int, hkv: int, d: int, dv: int, window: int, s
     def serial(q_h: T.handle, k_h: T.handle, v_h: T.handle, pk_h: T.handle, pv_h: T.handle,
                pos_h: T.handle, o_h: T.handle, nk_h: T.handle, nv_h: T.handle):
         T.func_attr({"tirx.noalias": True})
-        B = T.int64()
-        L = T.int64()
-        q = T.match_buffer(q_h, (B, L, hq * d), "float32")
-        k = T.match_buffer(k_h, (B, L, hkv * d), "float32")
-        v = T.match_buffer(v_h, (B, L, hkv * dv), "float32")
-        pk = T.match_buffer(pk_h, (B, hkv, w, d) if past else (1,), "float32")
-        pv = T.match_buffer(pv_h, (B, hkv, w, dv) if past else (1,), "float32")
-        pos = T.match_buffer(pos_h, position_shape if has_position else (1,),
-                             "int64" if has_position else "float32")
-        o = T.match_buffer(o_h, (B, L, hq * dv), "float32")
-        nk = T.match_buffer(nk_h, (B, hkv, w, d), "float32")
-        nv = T.match_buffer(nv_h, (B, hkv, w, dv), "float32")
+        B, L, q, k, v, pk, pv, pos, o, nk, nv = sliding_window_buffers(
+            (q_h, k_h, v_h, pk_h, pv_h, pos_h, o_h, nk_h, nv_h), hq, hkv, d, dv, window, past,
+            position_shape)
         for blk in block_loop(B * L * hq):
             qs = T.alloc_buffer((dp,), "float32")
             score = T.alloc_buffer((wp,), "float32")

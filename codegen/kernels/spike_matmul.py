@@ -45,10 +45,11 @@ from functools import reduce
 from tvm import te, tirx
 from tvm.script import tirx as T
 
+from sbc.codegen.kernels.signatures import spike_matmul_buffers
 from sbc.codegen.schedule_cpu import schedule_func
-from sbc.codegen.target import host_cpu_features
+from sbc.runtimes.machine import host_cpu_features
 
-ROWS = 6  # rows of the int32 register tile (calibration.TILE keeps a copy)
+ROWS = 6  # rows of the int32 register tile (passes.calibration.TILE keeps a copy)
 PANEL = 16  # columns per weight panel (the layout [N/16, K/4, 16, 4])
 # register tile with 512-bit vpdpbusd: 6 rows x 32 columns (two panels) = 12 zmm accumulators
 # (of 32), 2 weight vectors and 6 broadcast count quads: 12 independent multiply-add chains,
@@ -152,7 +153,6 @@ def int8_kernel(rank: int, counts_dtype: str, k: int, n: int, group: int, has_bi
     quads_per_group = group // 4
     dtype = {"i8": "int8", "i16": "int16"}[counts_dtype]
     may_be_wide = counts_dtype == "i16"  # i8 counts always fit a byte plane
-    bias_shape = (n,) if has_bias else (1,)
     byte_dot = instruction in ("vnni512", "vnni")  # vpdpbusd on byte planes
     word_dot = instruction == "avx2"  # vpmaddwd on 16-bit counts
     # avx2: one panel per tile, so that its tile of pair sums (2 per column) stays on the stack
@@ -171,12 +171,8 @@ def int8_kernel(rank: int, counts_dtype: str, k: int, n: int, group: int, has_bi
     def kernel(a_h: T.handle, s_h: T.handle, w_h: T.handle, ws_h: T.handle, b_h: T.handle,
                y_h: T.handle):
         T.func_attr({"tirx.noalias": True})
-        A = T.match_buffer(a_h, (*lead, k), dtype)
-        S = T.match_buffer(s_h, (*lead, 1), "float32")
-        W = T.match_buffer(w_h, (panels, quads, PANEL, 4), "int8")
-        WS = T.match_buffer(ws_h, (groups, n), "float32")
-        B = T.match_buffer(b_h, bias_shape, "float32")
-        Y = T.match_buffer(y_h, (*lead, n), "float32")
+        A, S, W, WS, B, Y = spike_matmul_buffers((a_h, s_h, w_h, ws_h, b_h, y_h), lead, dtype,
+                                                k, n, group, has_bias, False)
         A2 = T.decl_buffer((m, k), dtype, data=A.data)
         S1 = T.decl_buffer((m,), "float32", data=S.data)
         W1 = T.decl_buffer((panels, quads, 4 * PANEL), "int8", data=W.data)

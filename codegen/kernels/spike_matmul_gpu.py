@@ -37,6 +37,7 @@ from functools import reduce
 from tvm import tirx
 from tvm.script import tirx as T
 
+from sbc.codegen.kernels.signatures import spike_matmul_buffers
 from sbc.errors import UnsupportedError
 from sbc.ir.ops.spike import PANEL
 
@@ -145,10 +146,7 @@ def spike_matmul_gpu_func(rank: int, counts_dtype: str, weight_dtype: str, k: in
     groups = 1 if float_weights else -(-k // group)
     chunks_per_group = -(-k // chunk) if float_weights else group // chunk
     col_tiles = -(-n // cols)
-    w_shape = (panels, k, PANEL) if float_weights else (panels, k // 4, PANEL, 4)
     acc_dtype, wdt = ("float32", "float32") if float_weights else ("int32", "int8")
-    ws_shape = (1,) if float_weights else (groups, n)
-    bias_shape = (n,) if has_bias else (1,)
     shared = "shared" if bind_threads else "global"
 
     def thread_loop(extent):
@@ -226,12 +224,8 @@ def spike_matmul_gpu_func(rank: int, counts_dtype: str, weight_dtype: str, k: in
         def kernel(a_h: T.handle, s_h: T.handle, w_h: T.handle, ws_h: T.handle, b_h: T.handle,
                    y_h: T.handle):
             T.func_attr({"tirx.noalias": True})
-            A = T.match_buffer(a_h, (*lead, k), dtype)
-            S = T.match_buffer(s_h, (*lead, 1), "float32")
-            W = T.match_buffer(w_h, w_shape, wdt)
-            WS = T.match_buffer(ws_h, ws_shape, "float32")
-            B = T.match_buffer(b_h, bias_shape, "float32")
-            Y = T.match_buffer(y_h, (*lead, n), "float32")
+            A, S, W, WS, B, Y = spike_matmul_buffers((a_h, s_h, w_h, ws_h, b_h, y_h), lead, dtype,
+                                                    k, n, group, has_bias, float_weights)
             A2 = T.decl_buffer((m, k), dtype, data=A.data)
             S1 = T.decl_buffer((m,), "float32", data=S.data)
             Y2 = T.decl_buffer((m, n), "float32", data=Y.data)
@@ -258,12 +252,8 @@ def spike_matmul_gpu_func(rank: int, counts_dtype: str, weight_dtype: str, k: in
     def serial(a_h: T.handle, s_h: T.handle, w_h: T.handle, ws_h: T.handle, b_h: T.handle,
                y_h: T.handle):
         T.func_attr({"tirx.noalias": True})
-        A = T.match_buffer(a_h, (*lead, k), dtype)
-        S = T.match_buffer(s_h, (*lead, 1), "float32")
-        W = T.match_buffer(w_h, w_shape, wdt)
-        WS = T.match_buffer(ws_h, ws_shape, "float32")
-        B = T.match_buffer(b_h, bias_shape, "float32")
-        Y = T.match_buffer(y_h, (*lead, n), "float32")
+        A, S, W, WS, B, Y = spike_matmul_buffers((a_h, s_h, w_h, ws_h, b_h, y_h), lead, dtype,
+                                                k, n, group, has_bias, float_weights)
         A2 = T.decl_buffer((m, k), dtype, data=A.data)
         S1 = T.decl_buffer((m,), "float32", data=S.data)
         Y2 = T.decl_buffer((m, n), "float32", data=Y.data)

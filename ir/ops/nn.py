@@ -139,6 +139,11 @@ def _(attrs, x, scale):
     return (xf * inv * scale).astype(x.dtype)
 
 
+# columns per weight panel: one vector of fp32, the CPU kernels' tile (MatMulPacked and the
+# spike kernels share the layout)
+PANEL = 16
+
+
 @op("MatMulPacked", inputs=["A", "B_packed"])
 def matmul_packed(node):
     """MatMul with a weight pre-packed in column panels: B_packed[n // P, k, n % P] = B[k, n].

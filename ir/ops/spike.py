@@ -17,6 +17,7 @@ import numpy as np
 
 from sbc.ir.dims import Sym
 from sbc.ir.ops.common import normalize_axis
+from sbc.ir.ops.nn import PANEL
 from sbc.ir.registry import Attr, OpError, op
 from sbc.ir.types import SPIKE_DTYPES, SPIKE_ENCODINGS, TensorType, numpy_dtype
 
@@ -177,7 +178,6 @@ def _(attrs, train):
 
 # -- SpikeMatMul -----------------------------------------------------------------------------
 
-PANEL = 16  # columns per weight panel: the CPU kernels' vector tile (as MatMulPacked's)
 INT_COUNT_DTYPES = ("i8", "i16")  # int32 accumulation of a 128-group stays exact for these
 SPIKE_MATMUL_KERNELS = ("dense", "skip_zero_tiles")  # how the CPU computes it; same numbers
 

@@ -1,5 +1,5 @@
 """ScatterElements and ScatterND: declarations (sbc.ir.ops.shape), cpu lowering
-(sbc.codegen.lower_scatter) and their run-time index checks (sbc.codegen.index_checks), compared
+(sbc.codegen.lower.shape) and their run-time index checks (sbc.codegen.index_checks), compared
 with onnxruntime. Cases share a few compiled models (one node and one output per case):
 compiling, not running, is what costs time."""
 

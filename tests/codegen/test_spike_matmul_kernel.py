@@ -12,9 +12,9 @@ import pytest
 import tvm
 
 import sbc
-import sbc.spike_breakeven
+import sbc.codegen.spike_breakeven
 from sbc.codegen.kernels import spike_matmul as kernels
-from sbc.codegen.target import host_cpu_features
+from sbc.runtimes.machine import host_cpu_features
 from sbc.ir import Graph, Sym, TensorType
 from sbc.ir.interpreter import run
 from sbc.ir.ops.spike import expand, pack_spike_weight, quantize_groups
@@ -106,7 +106,7 @@ def test_int8_spike_matmul_kernel(monkeypatch, instruction, counts_dtype, n_out)
 
 def test_instruction_paths_are_bit_identical():
     """Every integer path gives the same bits (exact int32 sums, one epilogue order)."""
-    from sbc.spike_breakeven import kernel_args, kernel_weights
+    from sbc.codegen.spike_breakeven import kernel_args, kernel_weights
     from sbc.codegen.target import host_cpu_target
     rng = np.random.default_rng(7)
     counts = spike_counts(rng, (13, 300), "int16")
@@ -200,14 +200,14 @@ def test_skip_zero_tiles_is_bit_identical_to_dense(counts_dtype):
 def test_skip_zero_tiles_portable_path_and_float_weights(monkeypatch):
     """The portable (no AVX2) loops skip alike; f32 weights have no skipping kernel."""
     from sbc.ir.registry import OpError
-    from sbc.spike_breakeven import kernel_args, kernel_weights
+    from sbc.codegen.spike_breakeven import kernel_args, kernel_weights
     rng = np.random.default_rng(6)
     monkeypatch.setattr(kernels, "integer_dot_instruction", lambda: "portable")
     counts = zero_tile_counts(rng, 20, 256, np.int16, zero_tiles=True)
     weights = kernel_weights(rng, 256, 32, 128)
     outputs = []
     for skip in (False, True):
-        fn = sbc.spike_breakeven.build_kernel(256, 32, 128, "i16", skip)
+        fn = sbc.codegen.spike_breakeven.build_kernel(256, 32, 128, "i16", skip)
         args = kernel_args(counts, weights, 32)
         fn(*args)
         outputs.append(args[-1].numpy())
@@ -219,5 +219,5 @@ def test_skip_zero_tiles_portable_path_and_float_weights(monkeypatch):
 
 
 def test_calibration_tile_is_the_kernel_tile():
-    from sbc.calibration import TILE
+    from sbc.passes.calibration import TILE
     assert TILE[0] == kernels.ROWS  # calibration keeps a copy so that it needs no TVM

@@ -13,7 +13,7 @@ import pytest
 
 import sbc
 from sbc.errors import InputError
-from sbc.api import fusion_notes
+from sbc.driver import fusion_notes
 from sbc.frontend import import_onnx
 from sbc.ir.interpreter import run
 from sbc.passes import run_passes

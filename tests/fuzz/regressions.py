@@ -90,7 +90,7 @@ REGRESSIONS = [
     # int64 Mul that overflows, then Cast to bool: ORT, the reference and the interpreter wrap
     # (2**32 * 2**32 = 0 -> False); sbc's fused kernel gives True (as if a*b != 0 were folded
     # to a != 0 and b != 0, which holds only without overflow). Mul alone wraps in sbc too.
-    # (Fixed: signed Add/Sub/Mul are computed in the unsigned type, codegen.lower._wrapping.)
+    # (Fixed: signed Add/Sub/Mul are computed in the unsigned type, codegen.lower.elementwise._wrapping.)
     case("int64-mul-overflow-cast-bool", """
         g (int64[2] a, int64[2] b) => (bool[2] y) {
             m = Mul (a, b)
@@ -117,7 +117,7 @@ REGRESSIONS = [
 
     # Tanh of small inputs: sbc's Tanh gives +0.0 for |x| <= 1e-8 (and 10% off at 1e-7): the
     # sign is lost, so 1 / Tanh(-1e-8) is +inf where ORT gives -1e8 (Sqrt(Tanh(-1e-8)): 0, not NaN)
-    # (Fixed: a series near 0, codegen.lower._tanh.)
+    # (Fixed: a series near 0, codegen.lower.elementwise._tanh.)
     case("tanh-small-input-loses-sign", """
         g (float[3] x) => (float[3] y) <float one = {1}> {
             t = Tanh (x)

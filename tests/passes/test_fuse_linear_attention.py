@@ -159,7 +159,7 @@ def test_a_plain_running_sum_is_not_a_candidate_state():
 
 
 def test_compile_explain_lists_the_scan_near_miss():
-    from sbc.api import fusion_notes  # what `sbc compile --explain` prints
+    from sbc.driver import fusion_notes  # what `sbc compile --explain` prints
     notes = fusion_notes(scan_graph(sign=-1))
     assert any(note.startswith("ScanLinearAttention at node 'recurrence' (Scan): the Scan body "
                                "decays the state by exp(-g_t)") for note in notes), notes

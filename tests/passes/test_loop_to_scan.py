@@ -86,7 +86,7 @@ def test_near_misses_stay_loops_and_say_why(options, reason):
 
 
 def test_compile_explain_lists_the_loop_near_miss():
-    from sbc.api import fusion_notes  # what `sbc compile --explain` prints
+    from sbc.driver import fusion_notes  # what `sbc compile --explain` prints
     notes = fusion_notes(import_onnx(gla_loop_model(offset=True)))
     assert any(n.startswith("LoopAsScan at node 'recurrence' (Loop): its body reads the "
                             "iteration number") for n in notes), notes

@@ -142,3 +142,48 @@ def test_verify_each_blames_no_pass_for_a_broken_input():
     g.nodes[0].outputs[0].type = TensorType("f32", (7,))
     with pytest.raises(VerificationError, match="before the first pass"):
         run_passes(g, "dce", verify_each=True)
+
+
+def test_pass_order_constraints_are_checked_for_explicit_pipelines():
+    """`runs_after` is data: a pipeline that puts a pass before one it works on is refused,
+    naming both; the default pipeline (with --quantize's insertion) satisfies every one."""
+    with pytest.raises(UnsupportedError, match="'spike-matmul' must run after 'quantize-weights-int8'"):
+        run_passes(graph(), "spike-matmul,quantize-weights-int8")
+    with pytest.raises(UnsupportedError, match="'to-recurrent' must run after 'fuse-linear-attention'"):
+        run_passes(graph(), ["to-recurrent", "fuse-linear-attention"])
+    from sbc.passes.manager import check_order
+    pipeline = list(DEFAULT_PIPELINE)
+    pipeline.insert(pipeline.index("spike-matmul"), "quantize-weights-int8")
+    check_order(parse_pipeline(pipeline))
+    assert all(after in available_passes() for name in available_passes()
+               for after in get_pass(name).runs_after)
+
+
+def test_a_rule_hands_its_match_to_the_rewrite_and_its_miss_to_explain():
+    """The rule kit: match -> Match | Miss; check and explain come from the Miss (with the
+    value at fault), rewrite gets the Match, RulePass applies the rules."""
+    from sbc.passes import Match, Miss, RewriteRule, RulePass, explain
+
+    class ExpOfLog(RewriteRule):
+        ops = ("Exp",)
+
+        def match(self, node):
+            log = node.inputs[0].producer
+            if log is None or log.op != "Log":
+                return Miss("the input is not a Log", node.inputs[0])
+            return Match(x=log.inputs[0])
+
+        def rewrite(self, graph, node, match):
+            graph.replace_uses(node.outputs[0], match.x)
+
+    class Fold(RulePass):
+        name = "exp-of-log-test"
+        RULES = [ExpOfLog()]
+
+    g = Graph()
+    x = g.add_input("x", TensorType("f32", (3,)))
+    g.set_outputs([g.add1("Exp", g.add1("Log", x)), g.add1("Exp", x, name="plain")], ["y", "z"])
+    (note,) = explain(g, Fold.RULES)
+    assert note == "ExpOfLog at node 'plain' (Exp): the input is not a Log (%x)"
+    assert Fold().run(g).modified and g.outputs[0] is x
+    assert [n.name for n in g.nodes if n.op == "Exp"] == ["plain"]  # (the Log is dce's)

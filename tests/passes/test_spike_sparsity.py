@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from sbc.calibration import calibrate
+from sbc.passes.calibration import calibrate
 from sbc.passes import parse_pipeline, run_passes
 from sbc.passes.spike_sparsity import SpikeSparsity, spike_site
 from tests.passes.helpers import check_pass
@@ -25,6 +25,11 @@ def half_silent_inputs():
     return {"x": x}
 
 
+def kernels(sparsity) -> list[dict]:
+    """The choices the pass reports (PassResult.facts) for the int8 layer."""
+    return sparsity.run(int8_layer()).facts["kernels"]
+
+
 def spike_matmul(graph):
     (node,) = [n for n in graph.nodes if n.op == "SpikeMatMul"]
     return node
@@ -36,9 +41,9 @@ def test_below_break_even_skips_zero_tiles():
     stats = calibrate(graph, feeds)
     assert stats["sites"][0]["tile_density"] == 0.5
     sparsity = SpikeSparsity(stats=stats, break_even=0.6)
+    (choice,) = sparsity.run(int8_layer()).facts["kernels"]
     _, after, modified = check_pass(sparsity, graph, feeds)
     assert modified and spike_matmul(after).attrs["kernel"] == "skip_zero_tiles"
-    (choice,) = sparsity.choices
     assert choice["site"] == spike_site(spike_matmul(after)) == stats["sites"][0]["name"]
     assert (choice["tile_density"], choice["break_even"]) == (0.5, 0.6)
     assert choice["shape"] == [512, K, 32]  # the rows option, K, N
@@ -52,7 +57,7 @@ def test_above_break_even_stays_dense():
     sparsity = SpikeSparsity(stats=calibrate(graph, feeds), break_even=0.4)
     _, after, modified = check_pass(sparsity, graph, feeds)
     assert not modified and spike_matmul(after).attrs["kernel"] == "dense"
-    assert sparsity.choices[0]["why"] == "tile density 0.500 >= break-even 0.400"
+    assert kernels(sparsity)[0]["why"] == "tile density 0.500 >= break-even 0.400"
 
 
 def test_without_calibration_data_stays_dense():
@@ -60,16 +65,17 @@ def test_without_calibration_data_stays_dense():
     sparsity = SpikeSparsity()
     _, after, modified = check_pass(sparsity, graph, half_silent_inputs())
     assert not modified and spike_matmul(after).attrs["kernel"] == "dense"
-    assert sparsity.choices[0]["tile_density"] is None
-    assert "no calibration data" in sparsity.choices[0]["why"]
+    assert kernels(sparsity)[0]["tile_density"] is None
+    assert "no calibration data" in kernels(sparsity)[0]["why"]
 
 
 def test_float_weights_stay_dense():
     graph = run_passes(spiking_matmul_graph(k=K, n=32), "spike-matmul{float-weights=1}")
     stats = calibrate(graph, half_silent_inputs())
     sparsity = SpikeSparsity(stats=stats, break_even=1.0)
-    assert not sparsity.run(graph).modified
-    assert sparsity.choices[0]["why"] == "f32 weights: no zero-tile skipping kernel"
+    result = sparsity.run(graph)
+    assert not result.modified
+    assert result.facts["kernels"][0]["why"] == "f32 weights: no zero-tile skipping kernel"
 
 
 def test_pipeline_options_read_a_stats_file(tmp_path):
@@ -79,3 +85,18 @@ def test_pipeline_options_read_a_stats_file(tmp_path):
     (sparsity,) = parse_pipeline(f"spike-sparsity{{stats-file={path},break-even=0.75}}")
     assert sparsity.run(graph).modified
     assert spike_matmul(graph).attrs["kernel"] == "skip_zero_tiles"
+
+
+def test_measured_break_even_comes_from_the_measure_option():
+    """The pass times nothing itself (that is codegen's): it calls `measure`, and without one
+    or a fixed break-even the layer stays dense, saying why."""
+    graph = int8_layer()
+    stats = calibrate(graph, half_silent_inputs())
+    asked = []
+    measure = lambda *shape: asked.append(shape) or {"break_even": 0.7}  # noqa: E731
+    result = SpikeSparsity(stats=stats, measure=measure).run(graph)
+    assert spike_matmul(result.graph).attrs["kernel"] == "skip_zero_tiles"
+    assert asked == [(512, K, 32, 128, "i16")] and result.facts["break_even"] == [{"break_even": 0.7}]
+    unmeasured = SpikeSparsity(stats=stats).run(int8_layer())
+    assert not unmeasured.modified
+    assert unmeasured.facts["kernels"][0]["why"].startswith("no break-even density")

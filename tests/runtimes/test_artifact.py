@@ -112,7 +112,7 @@ def test_missing_member_and_manifest_keys(tmp_path, written):
 
 @pytest.mark.parametrize("written_by, ok", [("0.1.7", True), ("0.2.0", False), ("1.1.0", False)])
 def test_version_compatibility_is_major_minor(written_by, ok, monkeypatch):
-    monkeypatch.setattr(sbc, "__version__", "0.1.3")
+    monkeypatch.setattr(sbc.version, "__version__", "0.1.3")
     manifest = {"format_version": art.FORMAT_VERSION, "sbc_version": written_by}
     if ok:
         art.check_version("m.sbc", manifest)
@@ -139,7 +139,7 @@ def test_check_runnable():
         art.check_runnable({"target": {"kind": "cuda"}}, host_cpu=False)
     with pytest.raises(TargetUnavailableError, match="compiled for riscv64"):
         art.check_runnable({"target": {"kind": "cpu", "arch": "riscv64"}})
-    from sbc.codegen.target import host_cpu_features
+    from sbc.runtimes.machine import host_cpu_features
     cpu = host_cpu_features()
     with pytest.raises(TargetUnavailableError, match="amx_imaginary"):
         art.check_runnable({"target": {"kind": "cpu", "arch": cpu["arch"],

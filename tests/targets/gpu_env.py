@@ -9,7 +9,7 @@ COMPAT = os.path.join(os.path.dirname(__file__), "maca_compat")
 
 
 def nvcc_or_skip() -> str:
-    from sbc.codegen.target import find_nvcc
+    from sbc.runtimes.machine import find_nvcc
     path = find_nvcc()
     if path is None:
         pytest.skip("nvcc (CUDA toolkit) not found: the CUDA / MACA-compat compile checks need it")

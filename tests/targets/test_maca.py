@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import sbc
-from sbc.codegen.maca import FULL_MASK, check_maca, evaluate, split_kernels, to_maca
+from sbc.codegen.maca import FULL_MASK, check_maca, split_kernels, to_maca
+from sbc.runtimes.maca import evaluate
 from sbc.errors import CompileError
 from tests.codegen.test_spike_matmul_kernel import spike_matmul_graph
 from tests.targets.gpu_env import (COMPAT, check_unavailable_in_one_line, has_metax, nvcc_or_skip,
@@ -177,7 +178,7 @@ def test_host_program_covers_every_call_and_launch(tiny_maca, source):
 
 
 def test_package_without_the_sdk(tiny_maca, tmp_path):
-    from sbc.codegen.target import find_mxcc
+    from sbc.runtimes.machine import find_mxcc
     path = tmp_path / "tiny.sbc"
     tiny_maca.save(path)
     names = set(zipfile.ZipFile(path).namelist())

@@ -1,14 +1,15 @@
-"""TE lowering rules of the spiking ops (sbc.ir.ops.spike) but SpikeMatMul, whose CPU kernel
-is hand-written (sbc.codegen.kernels.spike_matmul). Each follows its op's NumPy reference."""
+"""Lowering of the spiking ops (sbc.ir.ops.spike): TE rules for SpikeEncode, SpikeExpand,
+SpikeCollapse and DequantizeGroups, each following its op's NumPy reference, and the
+hand-written kernel of SpikeMatMul (sbc.codegen.kernels.spike_matmul)."""
 
 from __future__ import annotations
 
+import numpy as np
 from tvm import te, tirx
 
-from sbc.codegen.lower import _fmax, _fmin, lowering
+from sbc.codegen.kernels.spike_matmul import spike_matmul_kernel
+from sbc.codegen.lower.common import fmax, fmin, kernel_lowering, lowering
 from sbc.ir.types import numpy_dtype
-
-import numpy as np
 
 
 def _f(value: float, dtype: str):
@@ -29,7 +30,7 @@ def _spike_encode(ctx, node, x):
     def threshold(*i):
         mean = total[i] / shape[-1].astype(dt)
         v = mean / k if form == "div" else mean * k
-        return _fmin(_fmax(v, _f(node.attrs["lo"], dt)), _f(node.attrs["hi"], dt))
+        return fmin(fmax(v, _f(node.attrs["lo"], dt)), _f(node.attrs["hi"], dt))
     v_th = te.compute(shape[:-1] + [1], threshold, name="spike_threshold")
     counts_dtype = ctx.out_dtype(0)
     info = np.iinfo(numpy_dtype(node.attrs["dtype"]))
@@ -94,3 +95,8 @@ def _dequantize_groups(ctx, node, q, scales):
         j[axis] = tirx.floordiv(i[axis], group)
         return q[i].astype("float32") * scales[tuple(j)]
     return te.compute(q.shape, body, name="dequantize_groups")
+
+
+@kernel_lowering("SpikeMatMul")
+def _spike_matmul(node):
+    return spike_matmul_kernel(node)

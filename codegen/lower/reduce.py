@@ -1,0 +1,219 @@
+"""Lowering of the reductions (sbc.ir.ops.reduce): Reduce*, ArgMax / ArgMin, CumSum (a scan)
+and Softmax / LogSoftmax."""
+
+from __future__ import annotations
+
+from tvm import te, tirx
+
+from sbc.codegen.lower.common import divide, fmax, fmin, lowering
+
+
+def _reduce_axes(node, x, axes_known):
+    rank = len(x.shape)
+    axes = [] if axes_known is None else [int(a) % max(rank, 1) for a in axes_known.array.reshape(-1)]
+    if not axes and not node.attrs.get("noop_with_empty_axes", 0):
+        axes = list(range(rank))
+    return sorted(set(axes))
+
+
+def _source_index(idx, axes, keep, rank, reduce_vars):
+    """Index into the reduced input for output index idx (keepdims or not)."""
+    full, it, ri = [], iter(idx), iter(reduce_vars)
+    for d in range(rank):
+        if d in axes:
+            if keep:
+                next(it)
+            full.append(next(ri))
+        else:
+            full.append(next(it))
+    return tuple(full)
+
+
+def _reduce(x, axes, keep, combine, finish=None, pre=None, name="reduce"):
+    raxes = [te.reduce_axis((0, x.shape[a]), name=f"r{a}") for a in axes]
+    rank = len(x.shape)
+    out_shape = [1 if d in axes else s for d, s in enumerate(x.shape) if keep or d not in axes]
+    pre = pre or (lambda v: v)
+    red = te.compute(out_shape, lambda *i: combine(pre(x[_source_index(i, axes, keep, rank, raxes)]),
+                                                   axis=raxes), name=name)
+    return te.compute(out_shape, lambda *i: finish(red[i]), name=name + "_out") if finish else red
+
+
+@lowering("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+          "ReduceSumSquare", "ReduceLogSumExp", known=(1,))
+def _reduce_rule(ctx, node, x, axes=None):
+    """Reduce* with keepdims; Mean divides by the (possibly symbolic) element count."""
+    axes = _reduce_axes(node, x, axes)
+    keep = node.attrs["keepdims"]
+    if not axes:
+        return te.compute(x.shape, lambda *i: x[i], name="noop")
+    count = 1
+    for a in axes:
+        count = count * x.shape[a]
+    op = node.op
+    if op == "ReduceLogSumExp":
+        return _logsumexp(x, axes, keep)
+    pre = {"ReduceL1": tirx.abs, "ReduceL2": lambda v: v * v, "ReduceSumSquare": lambda v: v * v}.get(op)
+    combine = {"ReduceMax": _te_nanmax, "ReduceMin": _te_nanmin, "ReduceProd": _te_prod}.get(op, te.sum)
+    finish = None
+    if op == "ReduceMean":
+        dt = ctx.out_dtype()
+        # the mean of nothing is 0 as in onnxruntime (1.31, floats and ints): the empty sum
+        # over at least 1, never a division by 0 (TVM refuses a constant one at compile time).
+        # ONNX's reference implementation (NumPy) gives NaN, and the lowest int for ints.
+        count = tirx.max(_as_expr(count), tirx.IntImm("int64", 1))
+        finish = lambda v: divide(v, count.astype(dt), dt)  # noqa: E731  (ints truncate)
+    elif op == "ReduceL2":
+        dt = ctx.out_dtype()
+        # NumPy takes an integer sum's sqrt in float64, then truncates back
+        finish = tirx.sqrt if "float" in dt else (lambda v: tirx.sqrt(v.astype("float64")).astype(dt))  # noqa: E731
+    return _reduce(x, axes, keep, combine, finish, pre, op.lower())
+
+
+def _as_expr(v):
+    return tirx.IntImm("int64", v) if isinstance(v, int) else v
+
+
+def _logsumexp(x, axes, keep):
+    """log(sum(exp(x - m))) + m with m the row's max, or 0 where that max is infinite (a row
+    holding +inf, a row of -inf, an empty row): inf - inf would be NaN, where ONNX says +inf,
+    -inf and -inf."""
+    rank = len(x.shape)
+    mx = _reduce(x, axes, True, _te_max, name="lse_max")
+    zero = tirx.IntImm("int64", 0)
+
+    def mx_at(idx):
+        m = mx[tuple(zero if d in axes else i for d, i in
+                     zip(range(rank), _source_index(idx, axes, keep, rank, [zero] * len(axes))))]
+        return tirx.Select(tirx.isinf(m), tirx.const(0, x.dtype), m)
+
+    raxes = [te.reduce_axis((0, x.shape[a]), name=f"r{a}") for a in axes]
+    out_shape = [1 if d in axes else s for d, s in enumerate(x.shape) if keep or d not in axes]
+    total = te.compute(out_shape, lambda *i: te.sum(
+        tirx.exp(x[_source_index(i, axes, keep, rank, raxes)] - mx_at(i)), axis=raxes), name="lse_sum")
+    return te.compute(out_shape, lambda *i: tirx.log(total[i]) + mx_at(i), name="lse")
+
+
+_te_prod = te.comm_reducer(lambda a, b: a * b, lambda t: tirx.const(1, t), name="prod")
+
+
+def _extreme(t, sign):
+    """Identity of max (sign -1) / min (sign +1): -inf/+inf for floats, so that a row of all
+    -inf reduces to -inf as in NumPy (te.max's identity is the lowest finite float)."""
+    if "float" in str(t):
+        return tirx.const(sign * float("inf"), t)
+    return tirx.min_value(t) if sign < 0 else tirx.max_value(t)
+
+
+_te_max = te.comm_reducer(lambda a, b: tirx.max(a, b), lambda t: _extreme(t, -1), name="max")
+_te_min = te.comm_reducer(lambda a, b: tirx.min(a, b), lambda t: _extreme(t, +1), name="min")
+# ReduceMax/Min propagate NaN like np.max; softmax's internal max need not (NaN spreads anyway)
+_te_nanmax = te.comm_reducer(lambda a, b: fmax(a, b), lambda t: _extreme(t, -1), name="nanmax")
+_te_nanmin = te.comm_reducer(lambda a, b: fmin(a, b), lambda t: _extreme(t, +1), name="nanmin")
+
+
+@lowering("ArgMax", "ArgMin")
+def _argminmax(ctx, node, x):
+    axis = node.attrs["axis"] % len(x.shape)
+    keep = node.attrs["keepdims"]
+    last = node.attrs["select_last_index"]
+    is_max = node.op == "ArgMax"
+    r = te.reduce_axis((0, x.shape[axis]), name="r")
+    nan_wins = "float" in str(x.dtype)  # as np.argmax / np.argmin: a NaN is the extreme
+
+    def fcombine(a, b):
+        better = (b[1] > a[1]) if is_max else (b[1] < a[1])
+        tie = b[1] == a[1]
+        if nan_wins:
+            better = tirx.Or(better, tirx.And(tirx.isnan(b[1]), tirx.Not(tirx.isnan(a[1]))))
+            tie = tirx.Or(tie, tirx.And(tirx.isnan(b[1]), tirx.isnan(a[1])))
+        # the identity (index -1) loses to any element: a row of -inf (or of the lowest
+        # integer) is no better than the identity's value, and must not answer -1
+        pick_b = tirx.Or(tirx.Or(a[0] < tirx.IntImm("int64", 0), better),
+                         tirx.And(tie, (b[0] > a[0]) if last else (b[0] < a[0])))
+        return tirx.Select(pick_b, b[0], a[0]), tirx.Select(pick_b, b[1], a[1])
+
+    def fidentity(t0, t1):
+        lim = tirx.min_value(t1) if is_max else tirx.max_value(t1)
+        return tirx.const(-1, t0), lim
+
+    reducer = te.comm_reducer(fcombine, fidentity, name="argreduce")
+
+    def body(*idx):
+        full, it = [], iter(idx)
+        for d in range(len(x.shape)):
+            if d == axis:
+                if keep:
+                    next(it)
+                full.append(r)
+            else:
+                full.append(next(it))
+        return reducer((r.var.astype("int64"), x[tuple(full)]), axis=r)
+
+    idx, _ = te.compute(ctx.out_shape(), body, name="arg")
+    return idx
+
+
+@lowering("CumSum", known=(1,))
+def _cumsum(ctx, node, x, axis):
+    """A scan: a serial loop along the axis, parallel across the others (linear in T)."""
+    axis = int(axis.array.reshape(-1)[0]) % len(x.shape)
+    return _scan_sum(x, axis, bool(node.attrs["exclusive"]), bool(node.attrs["reverse"]))
+
+
+def _scan_sum(x, axis, exclusive, reverse):
+    """topi.cumsum's loops, reversed in place (not between two flips: their intermediate
+    buffer's size was computed dividing by the axis length, SIGFPE for a symbolic axis of 0),
+    and with no rows when the axis is empty: TOPI writes each row's first entry
+    unconditionally, out of bounds when a symbolic axis is 0 at run time."""
+    from tvm.script.ir_builder import IRBuilder
+    from tvm.script.ir_builder import tirx as T
+    one = tirx.IntImm("int64", 1)
+    shape, length = list(x.shape), x.shape[axis]
+    after = one
+    for d in shape[axis + 1:]:
+        after = after * d
+    rows = one
+    for d in shape[:axis]:
+        rows = rows * d
+    rows = rows * after * tirx.min(length, one)
+
+    def gen_ir(data_buf, out_buf):
+        with IRBuilder() as ib:
+            data, out = T.buffer_proxy(data_buf), T.buffer_proxy(out_buf)
+            with T.parallel(0, rows) as fused:
+                base = fused // after * length * after + fused % after
+
+                def at(k):  # the row's k-th entry in scan order
+                    return base + ((length - one - k) if reverse else k) * after
+                out[at(0)] = tirx.const(0, x.dtype) if exclusive else data[at(0)]
+                with T.serial(0, length - one) as k:
+                    cur, prev = at(k + one), at(k)
+                    out[cur] = out[prev] + data[prev if exclusive else cur]
+        return ib.get()
+
+    return te.extern([shape], [x], lambda ins, outs: gen_ir(ins[0], outs[0]), dtype=x.dtype,
+                     out_buffers=[tirx.decl_buffer(shape, x.dtype, "out_buf")], name="cumsum",
+                     tag="cumsum")
+
+
+@lowering("Softmax", "LogSoftmax")
+def _softmax(ctx, node, x):
+    axis = node.attrs["axis"] % len(x.shape)
+    r1 = te.reduce_axis((0, x.shape[axis]), name="r1")
+    r2 = te.reduce_axis((0, x.shape[axis]), name="r2")
+    stat_shape = [1 if d == axis else s for d, s in enumerate(x.shape)]
+
+    def at(idx, r):
+        full = list(idx)
+        full[axis] = r
+        return tuple(full)
+
+    mx = te.compute(stat_shape, lambda *i: _te_max(x[at(i, r1)], axis=r1), name="softmax_max")
+    zero = tirx.IntImm("int64", 0)
+    sm = te.compute(stat_shape, lambda *i: te.sum(tirx.exp(x[at(i, r2)] - mx[i]), axis=r2), name="softmax_sum")
+    if node.op == "LogSoftmax":
+        return te.compute(x.shape, lambda *i: x[i] - mx[at(i, zero)] - tirx.log(sm[at(i, zero)]),
+                          name="log_softmax")
+    return te.compute(x.shape, lambda *i: tirx.exp(x[i] - mx[at(i, zero)]) / sm[at(i, zero)],
+                      name="softmax")

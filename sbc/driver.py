@@ -1,0 +1,288 @@
+"""One compile, stage by stage: what `sbc.compile` and `sbc compile` run.
+
+    import    the model (a path, an onnx.ModelProto or an sbc Graph) -> sbc IR
+    optimise  the pass pipeline (passes.manager), --quantize and --max-context as its options
+    analyse   with calibration data: the spike statistics, then spike-sparsity's kernel choice
+    programs  the prefill program (last-position) of a recurrent model
+    build     codegen for the target (codegen.build)
+    package   the manifest, and the Module
+
+Each stage reports its name and wall time to `progress` (the CLI prints a line per stage on a
+terminal). A compile the cache (sbc.cache) already holds runs none of them.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+from sbc.errors import SbcError, UnsupportedError
+from sbc.module import Module
+from sbc.runtimes.artifact import read_artifact, signature_to_json, write_artifact
+
+TARGETS = ("cpu", "cuda", "maca")
+QUANTIZE = {"w8": "quantize-weights-int8"}
+
+
+@dataclass
+class Options:
+    """What `sbc.compile` takes besides the model (see its docstring)."""
+    target: str = "cpu"
+    arch: str | None = None
+    passes: str | list | None = None
+    quantize: str | None = None
+    calibrate: object = None
+    max_context: int | None = None
+    print_after: str | list | tuple = ()
+    time_passes: bool = False
+    verify_each: bool = False
+    dump_dir: str | None = None
+    cache: bool = True
+
+    @property
+    def debugging(self) -> bool:
+        return bool(self.print_after or self.time_passes or self.verify_each or self.dump_dir)
+
+
+@dataclass
+class Driver:
+    options: Options
+    progress: object = None  # fn(stage, seconds), called as each stage ends
+    facts: dict = field(default_factory=dict)  # pass name -> what the pass reported
+
+    def compile(self, model) -> Module:
+        o = self.options
+        o.arch = check_target(o.target, o.arch)  # before any work: a bad target fails at once
+        pipeline = pipeline_for(o.passes, o.quantize, o.max_context)
+        entry = None if o.debugging or o.calibrate is not None else _cache_entry(
+            model, o.target, o.cache, arch=o.arch, passes=pipeline, fixed_point=o.passes is None)
+        cached = _from_cache(entry, model) if entry else None
+        if cached is not None:
+            return cached
+        graph, relied_on = self.stage("import", self.import_model, model)
+        graph = self.stage("optimise", self.optimise, graph, pipeline)
+        stats = self.stage("analyse", self.analyse, graph) if o.calibrate is not None else None
+        programs = self.stage("programs", self.programs, graph)
+        built = self.stage("build", self.build, graph, programs)
+        module = self.stage("package", self.package, model, graph, programs, built, stats,
+                            relied_on)
+        if entry:
+            from sbc import cache as compile_cache
+            compile_cache.store(entry, lambda path: write_artifact(
+                path, module.library, module.params, module.manifest, module.files))
+        return module
+
+    def stage(self, name: str, fn, *args):
+        start = time.perf_counter()
+        result = fn(*args)
+        if self.progress is not None:
+            self.progress(name, time.perf_counter() - start)
+        return result
+
+    def import_model(self, model):
+        """The graph, and what the model as imported relies on (sbc.ir.assumptions): a pass
+        may drop the node that stated it (a Squeeze that squeezes nothing) while the program
+        still computes the model's answer only where it holds."""
+        from sbc.frontend import import_onnx
+        from sbc.ir import Graph
+        from sbc.ir.registry import collect_assumptions
+        # passes rewrite in place: a caller's Graph is copied, not changed behind its back
+        graph = copy.deepcopy(model) if isinstance(model, Graph) else import_onnx(model)
+        return graph, collect_assumptions(graph)
+
+    def optimise(self, graph, pipeline):
+        o = self.options
+        return self.run_passes(graph, pipeline, print_after=o.print_after,
+                               time_passes=o.time_passes, verify_each=o.verify_each,
+                               dump_dir=o.dump_dir, fixed_point=o.passes is None)
+
+    def run_passes(self, graph, pipeline, **switches):
+        from sbc.passes import PassManager
+        manager = PassManager(pipeline, **switches)
+        graph = manager.run(graph)
+        for name, facts in manager.facts.items():
+            self.facts.setdefault(name, {}).update(facts)
+        return graph
+
+    def analyse(self, graph) -> dict:
+        """Spike statistics on the calibration inputs; on cpu, spike-sparsity then picks each
+        SpikeMatMul's kernel from them and the break-even it measures (added to the stats)."""
+        from sbc.passes.calibration import calibrate
+        from sbc.report import read_npz
+        data = self.options.calibrate
+        stats = calibrate(graph, read_npz(os.fspath(data))
+                          if isinstance(data, (str, os.PathLike)) else data)
+        if self.options.target == "cpu":
+            from sbc.codegen.spike_breakeven import break_even
+            from sbc.passes.spike_sparsity import SpikeSparsity
+            self.run_passes(graph, [SpikeSparsity(stats=stats, measure=break_even)])
+            chosen = self.facts["spike-sparsity"]
+            stats["kernels"], stats["break_even"] = chosen["kernels"], chosen["break_even"]
+        return stats
+
+    def programs(self, graph) -> dict:
+        from sbc.passes.to_recurrent import state_names
+        prefill = prefill_program(graph) if state_names(graph) else None
+        return {"prefill": prefill} if prefill is not None else {}
+
+    def build(self, graph, programs):
+        from sbc.codegen.build import build
+        return build(graph, self.options.target, programs, arch=self.options.arch)
+
+    def package(self, model, graph, programs, built, stats, relied_on) -> Module:
+        from sbc.ir.assumptions import unique
+        from sbc.ir.registry import collect_assumptions
+        from sbc.passes.to_recurrent import POSITION, memory_certificate, sequence_symbol, \
+            state_names
+        from sbc.version import __version__
+        relied_on = relied_on + [a for g in (graph, *programs.values())
+                                 for a in collect_assumptions(g)]
+        manifest = {
+            "sbc_version": __version__,
+            "target": built.target,
+            "inputs": signature_to_json(built.inputs),
+            "outputs": signature_to_json(built.outputs),
+            "param_names": list(built.param_names),
+            "source": _source_info(model),
+            "ops": graph.op_counts(),
+            "assumptions": [a.to_json() for a in unique(relied_on)],
+        }
+        if state_names(graph):
+            seq = sequence_symbol(graph)  # whatever the exporter named it: runtimes read it here
+            manifest["recurrent"] = {"position": POSITION, "state": state_names(graph),
+                                     "sequence_symbol": seq,
+                                     "memory_certificate": memory_certificate(graph, seq),
+                                     "prefill_program": "prefill" in programs}
+        if stats is not None:
+            manifest["spike_stats"] = stats
+        manifest["notes"] = fusion_notes(graph)
+        library = None if self.options.target == "maca" else _library_bytes(built.executable)
+        return Module(library, built.params, manifest, built.files)
+
+
+def check_target(target: str, arch: str | None = None) -> str | None:
+    """A known target (and arch); the error names what is supported. Needs no TVM. Returns
+    the GPU arch the build is for (None for cpu)."""
+    if target not in TARGETS:
+        raise UnsupportedError(f"unknown target '{target}'; supported: {', '.join(TARGETS)}")
+    from sbc.codegen.target import checked_arch
+    return checked_arch(target, arch)
+
+
+def pipeline_for(passes, quantize, max_context):
+    """The pipeline to run: `passes` as given, or the default one with the weight
+    quantization pass where its order constraints put it and recognise-mixers' KV cache
+    capacity."""
+    if passes is not None:
+        for name, value, spelled in (("quantize", quantize, "quantize-weights-int8"),
+                                     ("max_context", max_context, "recognise-mixers{max-context=N}")):
+            if value is not None:
+                raise UnsupportedError(f"{name}= goes with the default pipeline; with passes=, "
+                                       f"name '{spelled}' in the pipeline instead")
+        return passes
+    from sbc.passes.manager import DEFAULT_PIPELINE, insert_in_order
+    pipeline = list(DEFAULT_PIPELINE)
+    if quantize is not None:
+        if quantize not in QUANTIZE:
+            raise UnsupportedError(f"unknown quantization '{quantize}'; supported: {', '.join(QUANTIZE)}")
+        pipeline = insert_in_order(pipeline, QUANTIZE[quantize])
+    if max_context is not None:
+        if isinstance(max_context, bool) or not isinstance(max_context, int) or max_context < 1:
+            raise UnsupportedError(f"max_context must be a positive number of tokens, got {max_context!r}")
+        pipeline = [f"{p}{{max-context={max_context}}}" if p == "recognise-mixers" else p
+                    for p in pipeline]
+    return pipeline
+
+
+def prefill_program(graph):
+    """The step program with the first output (logits) at the last position only, or None
+    if last-position does not apply. Weights are shared with `graph`, not copied."""
+    from sbc.passes.last_position import LastPosition
+    copied = copy.deepcopy(graph, memo={id(p.data): p.data for p in graph.params})
+    result = LastPosition().run(copied)
+    return result.graph if result.modified else None
+
+
+def fusion_notes(graph) -> list[str]:
+    """What `--explain` prints: attention-like subgraphs left unfused and why, and why the
+    model is not recurrent if it is not."""
+    from sbc.passes import (fuse_linear_attention, fuse_sliding_window_attention, loop_to_scan,
+                             recognise_mixers)
+    from sbc.passes.base import explain
+    from sbc.passes.to_recurrent import state_names, why_not_recurrent
+    rules = loop_to_scan.RULES + fuse_linear_attention.RULES + fuse_sliding_window_attention.RULES
+    notes = explain(graph, rules) + recognise_mixers.explain(graph)
+    if not state_names(graph):
+        notes.append(f"not recurrent: {why_not_recurrent(graph)}")
+        if all(v.type.rank < 2 or isinstance(v.shape[1], int) for v in graph.inputs):
+            notes.append(FIXED_LENGTH_NOTE)
+    return notes
+
+
+FIXED_LENGTH_NOTE = (
+    "the model was exported at a fixed sequence length (no input has a symbolic axis 1; a "
+    "Python loop over positions unrolls at the example length): it runs at that length only and "
+    "cannot become recurrent; write the mixer with tensor ops (a parallel or chunked form) and "
+    "export with a dynamic sequence axis")
+
+
+def _library_bytes(executable) -> bytes:
+    """export_library writes (and links) a file; the artifact wants its bytes."""
+    tmp = tempfile.mkdtemp(prefix="sbc-build-")
+    try:
+        path = os.path.join(tmp, "lib.so")
+        executable.export_library(path)
+        with open(path, "rb") as f:
+            return f.read()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# -- the compile cache -------------------------------------------------------------------------
+
+def _cache_entry(model, target: str, requested: bool, **options) -> str | None:
+    """The compile cache's key for this compile, or None when it is not cached."""
+    from sbc import cache as compile_cache
+    if not compile_cache.enabled(requested):
+        return None
+    if isinstance(model, (str, os.PathLike)) and not os.path.isfile(model):
+        return None  # the importer says what is wrong with it
+    digest = compile_cache.model_digest(model)
+    return compile_cache.key(digest, target, options) if digest else None
+
+
+def _from_cache(entry: str, model) -> Module | None:
+    """The cached module, named after this model; None on a miss or an unreadable entry."""
+    from sbc import cache as compile_cache
+    path = compile_cache.lookup(entry)
+    if path is None:
+        return None
+    try:
+        artifact = read_artifact(path)
+    except SbcError:
+        compile_cache.discard(path)  # corrupt or from another version: compiled again
+        return None
+    # the same bytes (the key says so) under this compile's name
+    manifest = dict(artifact.manifest, source=dict(artifact.manifest["source"],
+                                                   name=_source_name(model)))
+    module = Module(artifact.library, artifact.params, manifest, artifact.files, lazy=True)
+    module.from_cache = True
+    return module
+
+
+def _source_info(model) -> dict:
+    """Name and sha256 of what was compiled, so an artifact can be traced to its model."""
+    from sbc.cache import model_digest
+    return {"name": _source_name(model), "sha256": model_digest(model)}
+
+
+def _source_name(model) -> str:
+    if isinstance(model, (str, os.PathLike)):
+        return os.path.basename(os.fspath(model))
+    if hasattr(model, "SerializeToString"):  # onnx.ModelProto
+        return model.graph.name or "onnx.ModelProto"
+    return getattr(model, "name", None) or type(model).__name__
