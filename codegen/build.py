@@ -30,7 +30,6 @@ from sbc.errors import CompileError, SbcError, UnsupportedError
 from sbc.ir import Graph, TensorType, Value, get_op
 from sbc.runtimes.machine import host_cpu_features
 
-SUPPORTED_TARGETS = ("cpu", "cuda", "maca")
 OPAQUE = 8  # relax's OpPatternKind kOpaque: FuseOps leaves the kernel alone
 COMM_REDUCE = 3  # kCommReduce: FuseOps fuses elementwise producers into the kernel
 # Row reductions whose elementwise producers are fused into them (the RMSNorm before a spike
@@ -56,14 +55,12 @@ def build(graph: Graph, target: str = "cpu", programs: dict[str, Graph] | None =
     """Compile `graph` as "main" (and each of `programs`, graphs over the same inputs and
     weights, under its name) for the host CPU, or for `target` cuda / maca (`arch`: sm_80,
     xcore1000, ...); see the module docstring."""
-    if target not in SUPPORTED_TARGETS:
-        raise UnsupportedError(f"target '{target}' is not supported by this build; "
-                               f"supported: {', '.join(SUPPORTED_TARGETS)}")
+    sbc_target = resolve(target, arch)  # UnsupportedError naming the supported ones
     programs = {"main": graph, **(programs or {})}
     for g in programs.values():
         check_supported(g)
     if target != "cpu":
-        return build_gpu(graph, programs, resolve(target, arch))
+        return build_gpu(graph, programs, sbc_target)
     lowerer = _Lowerer(programs)
     mod = lowerer.run()
     tvm_target = host_cpu_target()

@@ -29,7 +29,8 @@ from sbc.codegen.kernels.linear_attention_gpu import linear_attention_gpu_kernel
 from sbc.codegen.kernels.sliding_window_gpu import sliding_window_gpu_kernel
 from sbc.codegen.kernels.spike_matmul_gpu import (GpuLimits, spike_matmul_gpu_args,
                                                   spike_matmul_gpu_func)
-from sbc.errors import CompileError, UnsupportedError
+from sbc.codegen.lower.common import optional_input, require_f32
+from sbc.errors import CompileError
 from sbc.ir.ops.linear_attention import linear_attention_dims, sliding_window_dims
 
 
@@ -117,24 +118,14 @@ def require_thread_bound(mod: tvm.IRModule, kernels: dict[str, list], kind: str)
 
 # -- the hand-written kernels ----------------------------------------------------------------
 
-def _require_f32(node, kind: str) -> None:
-    dtypes = {v.dtype for v in node.inputs if v is not None and v.dtype != "i64"}
-    if dtypes != {"f32"}:
-        raise UnsupportedError(f"{node.where()}: the {kind} {node.op} kernel takes float32, "
-                               f"got {', '.join(sorted(dtypes))}")
-
-
-def _input(node, i):
-    return node.inputs[i] if i < len(node.inputs) else None
-
 
 def _linear_attention(node):
     """Rules linear and gated: the chunk-parallel kernel (which runs the recurrent nest itself
     below 16 tokens, so decode stays one launch); delta rules, and heads too large for its
     register tiles: the recurrent kernel."""
-    _require_f32(node, "gpu")
+    require_f32(node, "gpu")
     d = linear_attention_dims(node)
-    past = _input(node, 3) is not None
+    past = optional_input(node, 3) is not None
     if d["beta"] is None and chunked_supported(d["dk"], d["dv"], d["decay"]):
         args = chunked_gpu_args(d["hq"], d["hkv"], d["dk"], d["dv"], d["scale"], d["decay"], past)
         return linear_attention_chunked_gpu_kernel(**args).with_attr(SPECIALISE_CHUNKED,
@@ -144,9 +135,9 @@ def _linear_attention(node):
 
 
 def _sliding_window(node):
-    _require_f32(node, "gpu")
+    require_f32(node, "gpu")
     d = sliding_window_dims(node)
-    position = _input(node, 5)
+    position = optional_input(node, 5)
     return sliding_window_gpu_kernel(d["hq"], d["hkv"], d["d"], d["dv"], d["window"], d["scale"],
                                      d["past"], None if position is None else tuple(position.shape))
 

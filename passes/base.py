@@ -180,7 +180,12 @@ class Miss:
 
 class Match(dict):
     """What a rule found at its root: named bindings, read as `m["x"]` or `m.x`."""
-    __getattr__ = dict.__getitem__
+
+    def __getattr__(self, name: str):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
 
 
 class RewriteRule:

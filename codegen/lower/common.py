@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 from tvm import te, tirx
 
+from sbc.errors import UnsupportedError
 from sbc.ir.dims import FloorDiv, MinMax, Sym
 
 TVM_DTYPES = {"f32": "float32", "f16": "float16", "f64": "float64", "i8": "int8", "i16": "int16",
@@ -173,3 +174,17 @@ def divide(a, b, dt):
     exprs); integers truncate, as ONNX Div."""
     return tirx.truncdiv(a, b) if "int" in dt else a / b
 
+
+# -- the hand-written kernels' lowerings (CPU here, GPU in codegen.schedule_gpu) --------------
+
+def require_f32(node, kind: str) -> None:
+    """The fused attention kernels compute in float32 (i64 inputs are positions)."""
+    dtypes = {v.dtype for v in node.inputs if v is not None and v.dtype != "i64"}
+    if dtypes != {"f32"}:
+        raise UnsupportedError(f"{node.where()}: the {kind} {node.op} kernel takes float32, "
+                               f"got {', '.join(sorted(dtypes))}")
+
+
+def optional_input(node, i: int):
+    """The node's input i, None where it is left out (trailing optional inputs)."""
+    return node.inputs[i] if i < len(node.inputs) else None

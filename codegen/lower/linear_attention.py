@@ -6,20 +6,8 @@ from __future__ import annotations
 
 from sbc.codegen.kernels.linear_attention import linear_attention_kernel
 from sbc.codegen.kernels.sliding_window import sliding_window_kernel
-from sbc.codegen.lower.common import kernel_lowering
-from sbc.errors import UnsupportedError
+from sbc.codegen.lower.common import kernel_lowering, optional_input, require_f32
 from sbc.ir.ops.linear_attention import linear_attention_dims, sliding_window_dims
-
-
-def _require_f32(node) -> None:
-    dtypes = {v.dtype for v in node.inputs if v is not None and v.dtype != "i64"}
-    if dtypes != {"f32"}:
-        raise UnsupportedError(f"{node.where()}: the cpu {node.op} kernel takes float32, "
-                               f"got {', '.join(sorted(dtypes))}")
-
-
-def _input(node, i):
-    return node.inputs[i] if i < len(node.inputs) else None
 
 
 @kernel_lowering("LinearAttention")
@@ -29,16 +17,16 @@ def _linear_attention(node):
     # small model's heads (Hq 8, Hkv 2, dk = dv = 64): with GQA both forms do the q.S product
     # at dk*dv per query token, and the chunked one adds its intra-chunk scores on top
     # (bench/bench_linear_attention_cpu.py).
-    _require_f32(node)
+    require_f32(node, "cpu")
     d = linear_attention_dims(node)
     return linear_attention_kernel(d["hq"], d["hkv"], d["dk"], d["dv"], d["scale"], d["decay"],
-                                   d["beta"], past=_input(node, 3) is not None)
+                                   d["beta"], past=optional_input(node, 3) is not None)
 
 
 @kernel_lowering("SlidingWindowAttention")
 def _sliding_window_attention(node):
-    _require_f32(node)
+    require_f32(node, "cpu")
     d = sliding_window_dims(node)
-    position = _input(node, 5)
+    position = optional_input(node, 5)
     return sliding_window_kernel(d["hq"], d["hkv"], d["d"], d["dv"], d["window"], d["scale"],
                                  d["past"], None if position is None else tuple(position.shape))
