@@ -6,7 +6,9 @@
       return %x as logits
     }
 
-Parameters print their type only; their data travels beside the text (`params=` of the parser).
+Parameters print their type only; their data travels beside the text (`params=` of the
+parser), or, with `with_data=True`, follows it as a literal (`= tensor<f32[2]>[...]`), which
+the parser reads back.
 A graph attribute (a Scan body) prints as a nested graph, indented one level deeper:
 
       %h: f32[4], %ys: f32[seq, 4] = Scan(%h0, %xs) {body = graph body(%h: f32[4], ...) -> (...) {
@@ -79,11 +81,12 @@ def format_node(node: Node) -> str:
     return text
 
 
-def print_graph(graph: Graph) -> str:
+def print_graph(graph: Graph, with_data: bool = False) -> str:
     sig_in = ", ".join(f"{value_ref(v)}: {v.type}" for v in graph.inputs)
     sig_out = ", ".join(f"{value_ref(v)}: {v.type}" for v in graph.outputs)
     lines = [f"graph {graph.name}({sig_in}) -> ({sig_out}) {{"]
-    lines += [f"  param {value_ref(p)}: {p.type}" for p in graph.params]
+    lines += [f"  param {value_ref(p)}: {p.type}" + (f" = {format_tensor(p.data)}" if with_data else "")
+              for p in graph.params]
     lines += ["  " + format_node(n).replace("\n", "\n  ") for n in graph.nodes]
     rets = ", ".join(f"{value_ref(v)} as {json.dumps(name) if not _PLAIN_NAME.match(name) else name}"
                      for v, name in zip(graph.outputs, graph.output_names))

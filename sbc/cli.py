@@ -224,6 +224,8 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("--print-after", action="append", default=[], metavar="PASS|all",
                    help="print the IR after these passes on stderr (repeatable or comma-separated)")
     o.add_argument("--verify-each", action="store_true", help="verify the IR after every pass")
+    o.add_argument("--print-params", action="store_true",
+                   help="print each param's data as a literal, so the output reads back in")
     o.set_defaults(command=cmd_opt)
 
     e = sub.add_parser("export", help="export the built-in reference model to ONNX")
@@ -391,7 +393,8 @@ def cmd_opt(args) -> None:
     if args.output:
         _check_output_dir(args.output)
     result = opt_text(text, args.passes, verify_each=args.verify_each,
-                      print_after=[p for a in args.print_after for p in a.split(",") if p])
+                      print_after=[p for a in args.print_after for p in a.split(",") if p],
+                      with_data=args.print_params)
     if not args.output:
         sys.stdout.write(result)
         return
@@ -402,7 +405,7 @@ def cmd_opt(args) -> None:
 
 
 def opt_text(text: str, pipeline: str | None = None, *, print_after=(),
-             verify_each: bool = False) -> str:
+             verify_each: bool = False, with_data: bool = False) -> str:
     """`sbc opt` without the command line: IR text -> the pipeline, run once in the order given
     -> IR text. The IR is verified before (a broken input is not blamed on the first pass) and
     after; without a pipeline it is only verified and printed back. --print-after goes to
@@ -419,7 +422,7 @@ def opt_text(text: str, pipeline: str | None = None, *, print_after=(),
     graph = run_passes(graph, pipeline or [], print_after=print_after, verify_each=verify_each,
                        fixed_point=False)
     verify(graph)
-    return print_graph(graph)
+    return print_graph(graph, with_data=with_data)
 
 
 def _read_text(path: str) -> str:

@@ -52,6 +52,16 @@ def test_without_passes_it_verifies_and_prints(capsys, ir_file):
     assert code == 0 and out.count("= Add(") == 2 and "//" not in out
 
 
+def test_print_params_reads_back_in(capsys, ir_file, monkeypatch):
+    """--print-params writes the data after each param: the output is itself valid input,
+    and the same graph (a second run changes nothing)."""
+    code, out, _ = cli(capsys, "opt", ir_file, "--passes", "cse,dce", "--print-params")
+    assert code == 0 and "param %w1: f32[3] = tensor<f32[3]>[" in out
+    monkeypatch.setattr("sys.stdin", io.StringIO(out))
+    code, again, _ = cli(capsys, "opt", "-", "--print-params")
+    assert code == 0 and again == out
+
+
 def test_reads_stdin(capsys, monkeypatch):
     monkeypatch.setattr("sys.stdin", io.StringIO(TEXT))
     code, out, _ = cli(capsys, "opt", "-", "--passes", "cse")

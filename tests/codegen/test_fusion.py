@@ -100,7 +100,7 @@ def test_fused_encode_is_parallel_and_vectorised():
     (rows,) = [loop for loop in loops_of(func) if loop.kind == tirx.ForKind.PARALLEL]
     blocks = []
     tvm_ffi.structural_walk(rows.body, (s_tir.SBlock, lambda b: blocks.append(b.name_hint)))
-    # (the sum's init is its own block, before the sum's loop: see schedule_cpu._hoist_inits)
+    # (the sum's init is its own block, before the sum's loop: see schedule_cpu.common.hoist_inits)
     assert sorted(blocks) == ["spike_abs_sum_init", "spike_abs_sum_update", "spike_counts", "spike_threshold"]
     # the counts loop is left to LLVM's loop vectoriser (TVM cannot vectorise nearbyint):
     # packed divisions (vdivps, not scalar vdivss) show that it did

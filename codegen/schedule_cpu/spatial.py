@@ -1,0 +1,30 @@
+"""Block rule for data-parallel (injective) blocks: parallel outer loops, vectorised inner one."""
+
+from __future__ import annotations
+
+from sbc.codegen.schedule_cpu.common import VECTOR, injective, static
+
+
+class Spatial:
+    """Takes a block whose loops are all data-parallel. With a static innermost dim, only the
+    outer loops are fused and run in parallel (index math per row, not per element: fusing a
+    symbolic extent costs an int64 div/mod per element) and the innermost is split by the
+    vector width and vectorised; otherwise everything is fused and split by the vector width
+    (TVM predicates the last chunk)."""
+
+    def apply(self, sch, info, target) -> bool:
+        if not injective(info):
+            return False
+        loops = sch.get_loops(info.block_rv)
+        inner = static(info.iters[-1].dom)
+        if len(loops) > 1 and inner is not None and inner >= 8:
+            outer = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
+            sch.parallel(outer)
+            _, vec = sch.split(loops[-1], [None, VECTOR if inner % VECTOR == 0 or inner > 64 else 8])
+            sch.vectorize(vec)
+            return True
+        fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+        outer, inner_loop = sch.split(fused, [None, VECTOR])
+        sch.parallel(outer)
+        sch.vectorize(inner_loop)
+        return True
