@@ -40,7 +40,9 @@ class LastPosition(Pass):
         if seq not in out.shape:
             return PassResult(graph, False)
         chain = self._chain(graph, out, name)
-        frontier = [v for n in chain for v in n.inputs
+        # in graph order, not the set's (which follows addresses): the same model must give the
+        # same program, and the same library bytes, in every process
+        frontier = [v for n in graph.nodes if n in chain for v in n.inputs
                     if v is not None and v.producer not in chain and seq in v.shape]
         if not chain or any(list(v.shape).count(seq) != 1 for v in frontier):
             return PassResult(graph, False)

@@ -83,3 +83,16 @@ def test_output_without_sequence_axis_is_left_alone():
     x = g.add_input("x", TensorType("f32", (B, T, 4)))
     g.set_outputs([g.add1("ReduceMean", x, const(g, [1]))], ["y"])
     assert not LastPosition().run(g).modified
+
+
+def test_the_program_is_the_same_in_every_process():
+    """The cut values are sliced in graph order, not in the order of a set of nodes (which
+    follows their addresses): three processes give the same IR text, so the same library."""
+    import subprocess
+    import sys
+    script = ("from sbc.ir.printer import print_graph; from sbc.passes.last_position import "
+              "LastPosition; from tests.passes.test_last_position import head_graph; "
+              "print(print_graph(LastPosition().run(head_graph()).graph))")
+    texts = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            check=True).stdout for _ in range(3)}
+    assert len(texts) == 1
