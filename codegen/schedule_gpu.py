@@ -30,8 +30,9 @@ from sbc.codegen.kernels.sliding_window_gpu import sliding_window_gpu_kernel
 from sbc.codegen.kernels.spike_matmul_gpu import (GpuLimits, spike_matmul_gpu_args,
                                                   spike_matmul_gpu_func)
 from sbc.codegen.lower.common import optional_input, require_f32
+from sbc.codegen.lower.linear_attention import sliding_window_args
 from sbc.errors import CompileError
-from sbc.ir.ops.linear_attention import linear_attention_dims, sliding_window_dims
+from sbc.ir.ops.linear_attention import linear_attention_dims
 
 
 def schedule_gpu(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
@@ -135,11 +136,7 @@ def _linear_attention(node):
 
 
 def _sliding_window(node):
-    require_f32(node, "gpu")
-    d = sliding_window_dims(node)
-    position = optional_input(node, 5)
-    return sliding_window_gpu_kernel(d["hq"], d["hkv"], d["d"], d["dv"], d["window"], d["scale"],
-                                     d["past"], None if position is None else tuple(position.shape))
+    return sliding_window_gpu_kernel(*sliding_window_args(node, "gpu"))
 
 
 def _spike_matmul(node):

@@ -25,8 +25,14 @@ def _linear_attention(node):
 
 @kernel_lowering("SlidingWindowAttention")
 def _sliding_window_attention(node):
-    require_f32(node, "cpu")
+    return sliding_window_kernel(*sliding_window_args(node, "cpu"))
+
+
+def sliding_window_args(node, kind: str) -> tuple:
+    """The arguments of a SlidingWindowAttention kernel builder (the CPU's here, the GPU's
+    in codegen.schedule_gpu): (hq, hkv, d, dv, window, scale, past, position shape or None)."""
+    require_f32(node, kind)
     d = sliding_window_dims(node)
     position = optional_input(node, 5)
-    return sliding_window_kernel(d["hq"], d["hkv"], d["d"], d["dv"], d["window"], d["scale"],
-                                 d["past"], None if position is None else tuple(position.shape))
+    return (d["hq"], d["hkv"], d["d"], d["dv"], d["window"], d["scale"], d["past"],
+            None if position is None else tuple(position.shape))
