@@ -33,8 +33,10 @@ def compile(model, target: str = "cpu", *, arch=None, passes=None, quantize=None
     that calibrate or use the debugging aids always run;
     progress: fn(stage, seconds), called as each stage of sbc.driver ends.
     """
-    options = Options(target, arch, passes, quantize, calibrate, max_context, print_after,
-                      time_passes, verify_each, dump_dir, cache)
+    options = Options(target=target, arch=arch, passes=passes, quantize=quantize,
+                      calibrate=calibrate, max_context=max_context, print_after=print_after,
+                      time_passes=time_passes, verify_each=verify_each, dump_dir=dump_dir,
+                      cache=cache)
     return Driver(options, progress).compile(model)
 
 

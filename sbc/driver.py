@@ -57,8 +57,9 @@ class Driver:
         o = self.options
         o.arch = check_target(o.target, o.arch)  # before any work: a bad target fails at once
         pipeline = pipeline_for(o.passes, o.quantize, o.max_context)
+        digest = _model_digest(model)  # once: the cache key and the manifest's source both need it
         entry = None if o.debugging or o.calibrate is not None else _cache_entry(
-            model, o.target, o.cache, arch=o.arch, passes=pipeline, fixed_point=o.passes is None)
+            digest, o.target, o.cache, arch=o.arch, passes=pipeline, fixed_point=o.passes is None)
         cached = _from_cache(entry, model) if entry else None
         if cached is not None:
             return cached
@@ -67,7 +68,8 @@ class Driver:
         stats = self.stage("analyse", self.analyse, graph) if o.calibrate is not None else None
         programs = self.stage("programs", self.programs, graph)
         built = self.stage("build", self.build, graph, programs)
-        module = self.stage("package", self.package, model, graph, programs, built, stats,
+        source = {"name": _source_name(model), "sha256": digest}
+        module = self.stage("package", self.package, source, graph, programs, built, stats,
                             relied_on)
         if entry:
             from sbc import cache as compile_cache
@@ -132,7 +134,7 @@ class Driver:
         from sbc.codegen.build import build
         return build(graph, self.options.target, programs, arch=self.options.arch)
 
-    def package(self, model, graph, programs, built, stats, relied_on) -> Module:
+    def package(self, source, graph, programs, built, stats, relied_on) -> Module:
         from sbc.ir.assumptions import unique
         from sbc.ir.registry import collect_assumptions
         from sbc.passes.to_recurrent import POSITION, memory_certificate, sequence_symbol, \
@@ -146,7 +148,7 @@ class Driver:
             "inputs": signature_to_json(built.inputs),
             "outputs": signature_to_json(built.outputs),
             "param_names": list(built.param_names),
-            "source": _source_info(model),
+            "source": source,
             "ops": graph.op_counts(),
             "assumptions": [a.to_json() for a in unique(relied_on)],
         }
@@ -241,15 +243,21 @@ def _library_bytes(executable) -> bytes:
 
 # -- the compile cache -------------------------------------------------------------------------
 
-def _cache_entry(model, target: str, requested: bool, **options) -> str | None:
+def _model_digest(model) -> str | None:
+    """sha256 of the model's bytes; None for a Graph, or a path that is no file (the importer
+    says what is wrong with it)."""
+    from sbc.cache import model_digest
+    if isinstance(model, (str, os.PathLike)) and not os.path.isfile(model):
+        return None
+    return model_digest(model)
+
+
+def _cache_entry(digest: str | None, target: str, requested: bool, **options) -> str | None:
     """The compile cache's key for this compile, or None when it is not cached."""
     from sbc import cache as compile_cache
-    if not compile_cache.enabled(requested):
+    if digest is None or not compile_cache.enabled(requested):
         return None
-    if isinstance(model, (str, os.PathLike)) and not os.path.isfile(model):
-        return None  # the importer says what is wrong with it
-    digest = compile_cache.model_digest(model)
-    return compile_cache.key(digest, target, options) if digest else None
+    return compile_cache.key(digest, target, options)
 
 
 def _from_cache(entry: str, model) -> Module | None:
@@ -271,13 +279,8 @@ def _from_cache(entry: str, model) -> Module | None:
     return module
 
 
-def _source_info(model) -> dict:
-    """Name and sha256 of what was compiled, so an artifact can be traced to its model."""
-    from sbc.cache import model_digest
-    return {"name": _source_name(model), "sha256": model_digest(model)}
-
-
 def _source_name(model) -> str:
+    """What the manifest calls the model (beside its sha256, so an artifact can be traced)."""
     if isinstance(model, (str, os.PathLike)):
         return os.path.basename(os.fspath(model))
     if hasattr(model, "SerializeToString"):  # onnx.ModelProto
