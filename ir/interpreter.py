@@ -23,6 +23,9 @@ class InterpreterError(RuntimeError):
     pass
 
 
+READS_TYPE_ONLY = ("Shape", "Size")  # ops whose result depends on their input's type alone
+
+
 def run(graph: Graph, feeds: dict[str, np.ndarray], observe: Observer | None = None
         ) -> dict[str, np.ndarray]:
     """Evaluate `graph` on `feeds` (input name -> array); return output name -> array."""
@@ -73,6 +76,8 @@ def evaluate(value, symbols: dict[str, int], given: dict | None = None) -> np.nd
         if node is None:  # a graph input
             return None
         args = [None if x is None else value_of(x) for x in node.inputs]
+        if node.op in READS_TYPE_ONLY and args[0] is None:  # its type tells it at these sizes
+            args[0] = _stand_in(node.inputs[0], symbols)
         if any(a is None for x, a in zip(node.inputs, args) if x is not None):
             return None
         outs = run_node(node, args, symbols)
@@ -81,3 +86,12 @@ def evaluate(value, symbols: dict[str, int], given: dict | None = None) -> np.nd
         return cache[id(v)]
 
     return value_of(value)
+
+
+def _stand_in(v, symbols: dict[str, int]) -> np.ndarray | None:
+    """An array of v's type at these sizes, for an op that reads only the type (no data);
+    None when a symbol of the type has no size here."""
+    if not set(v.type.symbols) <= set(symbols):
+        return None
+    shape = [int(concretize(d, symbols)) for d in v.shape]
+    return np.broadcast_to(np.zeros((), numpy_dtype(v.dtype)), shape)

@@ -19,26 +19,23 @@ what a body computes is what matters.
 from __future__ import annotations
 
 import itertools
-import weakref
 from dataclasses import dataclass
 
 import numpy as np
 
-from sbc.ir import Graph, Node, TensorType, Value, numpy_dtype
-from sbc.ir.dims import evaluate as evaluate_dim
-from sbc.ir.interpreter import evaluate, run
+from sbc.ir import Graph, Node, TensorType, Value
+from sbc.ir.interpreter import evaluate
 from sbc.ir.ops.common import normalize_axis
 from sbc.ir.ops.control_flow import scan_layout
 from sbc.ir.registry import get_op
 from sbc.passes.attention_patterns import producer, upstream_symbols
 from sbc.passes.base import Miss, RewriteRule
+from sbc.passes.trials import FLOATS, draw, relative_error, remember, run_body, sizes, tolerance
 
 ROLES = {"linear": ("q", "k", "v"), "gated": ("q", "k", "v", "g"),
          "delta": ("q", "k", "v", "beta"), "gated_delta": ("q", "k", "v", "g", "beta")}
 ROLE_NAMES = {"q": "query", "k": "key", "v": "value", "g": "decay", "beta": "beta"}
 TRIAL_SEEDS = (1, 2)  # two random steps: a chance agreement on both is out of the question
-TRIAL_SIZE = 2  # every symbolic dim (the batch) during the trials
-TOLERANCE = {"f16": 2e-2, "f32": 1e-4, "f64": 1e-9}  # max error relative to the magnitude
 # relative: a fitted scale this close to a constant of the body is that one (f16 outputs are
 # rounded to 3 digits, so their fit is only that good)
 SCALE_MATCH = {"f16": 2e-3}
@@ -52,7 +49,6 @@ SMOOTH_OPS = {"Add", "Sub", "Mul", "Div", "Neg", "Exp", "Log", "Sqrt", "Reciproc
 LAYOUT_OPS = {"Unsqueeze", "Squeeze", "Reshape", "Transpose", "Expand", "Concat", "Slice",
               "Gather", "Split", "Flatten", "Tile", "Identity", "Constant", "ConstantOfShape",
               "Shape", "Size", "Cast", "CastLike"}
-FLOAT_DTYPES = ("f16", "f32", "f64")
 
 
 @dataclass
@@ -124,7 +120,7 @@ def _piecewise_ops(body: Graph) -> list[str]:
     """The body's ops outside SMOOTH_OPS and LAYOUT_OPS (a Cast counts if to a non-float)."""
     found = {n.op for n in body.nodes if n.op not in SMOOTH_OPS | LAYOUT_OPS}
     found |= {f"{n.op} to {n.outputs[0].dtype}" for n in body.nodes
-              if n.op in ("Cast", "CastLike") and n.outputs[0].dtype not in FLOAT_DTYPES}
+              if n.op in ("Cast", "CastLike") and n.outputs[0].dtype not in FLOATS}
     return sorted(found)
 
 
@@ -134,7 +130,7 @@ def _captured_constants(captured: list[Value]) -> list[np.ndarray] | str:
     values = []
     for v in captured:
         symbols = upstream_symbols(v)
-        at = [evaluate(v, {s: n for s in symbols}) for n in (TRIAL_SIZE, TRIAL_SIZE + 1)]
+        at = [evaluate(v, sizes(symbols, other=n)) for n in (2, 3)]
         if at[0] is None:
             return f"its body reads %{v.name}, a run-time value from outside the Scan"
         if not np.array_equal(at[0], at[1]):
@@ -188,27 +184,22 @@ class Trial:
 
 
 def run_trials(b: Boundary) -> list[Trial] | str:
-    """Run one step of the body on random inputs, once per seed (or say why it cannot)."""
-    env = {s: TRIAL_SIZE for v in b.body.inputs for s in v.type.symbols}
+    """Run one step of the body on random inputs, once per seed (or say why it cannot). The
+    values are moderate, N(0, 0.5): good as q, k, v, a log decay or a beta alike (the roles
+    are not known yet, so one array must serve all of them)."""
+    stepped = b.body.inputs[:1 + len(b.sequences)]
+    env = sizes({s for v in b.body.inputs for s in v.type.symbols})
     trials = []
     for seed in TRIAL_SEEDS:
-        rng = np.random.default_rng(seed)
-        arrays = [_random(rng, v.type, env) for v in b.body.inputs[:1 + len(b.sequences)]]
+        chosen = draw(stepped, env, seed)
+        arrays = [chosen[id(v)] for v in stepped]
         feeds = {v.name: a for v, a in zip(b.body.inputs, arrays + b.captured)}
-        try:
-            result = run(b.body, feeds)
-        except Exception as e:  # noqa: BLE001 - a body that cannot run is simply no match
-            return f"its body fails on sample inputs ({type(e).__name__}: {str(e)[:120]})"
+        result = run_body(b.body, feeds)
+        if isinstance(result, str):
+            return f"its body: {result}"
         state, output = (result[n] for n in b.body.output_names)
         trials.append(Trial(arrays[0], arrays[1:], state, output))
     return trials
-
-
-def _random(rng, t: TensorType, env: dict[str, int]) -> np.ndarray:
-    """Moderate values: good as q, k, v, a log decay or a beta alike (the roles are not
-    known yet, so one array must serve all of them)."""
-    shape = [evaluate_dim(d, env) for d in t.shape]
-    return (0.5 * rng.normal(size=shape)).astype(numpy_dtype(t.dtype))
 
 
 def reference_step(rule: str, roles: dict[str, int], trial: Trial, b: Boundary,
@@ -240,12 +231,8 @@ def compare(rule: str, roles: dict[str, int], trials: list[Trial], b: Boundary,
     scale = float(got_o @ want_o) / power if power > 0 else 0.0
     if scale == 0.0:
         return np.inf, 0.0
-    error = max(_relative(got_s, want_s), _relative(got_o, scale * want_o))
+    error = max(relative_error(got_s, want_s), relative_error(got_o, scale * want_o))
     return error, scale
-
-
-def _relative(got: np.ndarray, want: np.ndarray) -> float:
-    return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-12))
 
 
 def classify(b: Boundary) -> Recurrence | str:
@@ -256,17 +243,17 @@ def classify(b: Boundary) -> Recurrence | str:
     trials = run_trials(b)
     if isinstance(trials, str):
         return trials
-    tolerance = TOLERANCE.get(b.body.outputs[1].dtype, 1e-4)
+    limit = tolerance(b.body.outputs[1].dtype)
     best = None
     for rule, roles in candidates:
         error, scale = compare(rule, roles, trials, b)
         if best is None or error < best.error:
             best = Recurrence(rule, roles, scale, error)
-    if best.error <= tolerance:
+    if best.error <= limit:
         best.scale = exact_scale(best.scale, b, SCALE_MATCH.get(b.body.outputs[1].dtype,
                                                                 SCALE_MATCH_DEFAULT))
         return best
-    return _why_not(best, candidates, trials, b, tolerance)
+    return _why_not(best, candidates, trials, b, limit)
 
 
 def _why_not(best: Recurrence, candidates, trials, b: Boundary, tolerance: float) -> str:
@@ -312,9 +299,6 @@ def _scalar_constants(b: Boundary) -> list[float]:
 
 # -- the rule ----------------------------------------------------------------------------------
 
-_FOUND: "weakref.WeakKeyDictionary[Graph, tuple]" = weakref.WeakKeyDictionary()
-
-
 class ScanLinearAttention(RewriteRule):
     """Scan(S0, q, k, v [, decay] [, beta]) whose body is one linear-attention step."""
     ops = ("Scan",)
@@ -323,14 +307,10 @@ class ScanLinearAttention(RewriteRule):
         b = scan_boundary(node)
         if isinstance(b, str):
             return Miss(b)
-        # the body is run at most once per body and captured values (the fixed-point rounds
-        # and explain ask again; the body graph is never changed in place)
-        key = tuple(id(v) for v in node.inputs)
-        cached = _FOUND.get(b.body)
-        if cached is None or cached[0] != key:
-            cached = (key, classify(b))
-            _FOUND[b.body] = cached
-        return Miss(cached[1]) if isinstance(cached[1], str) else (b, cached[1])
+        # the body runs once per body and captured values (the fixed-point rounds and explain
+        # ask again)
+        found = remember(b.body, tuple(id(v) for v in node.inputs), lambda: classify(b))
+        return Miss(found) if isinstance(found, str) else (b, found)
 
     def rewrite(self, graph: Graph, node: Node, match: tuple[Boundary, Recurrence]) -> None:
         b, rec = match

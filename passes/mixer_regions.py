@@ -49,18 +49,19 @@ def seq_axes(v: Value, seq: Sym) -> list[int]:
 
 @dataclass
 class Layout:
-    """How a position-wise tensor lays out batch, heads, positions and features: axis 0 is the
-    batch, `seq` the position axis, `feature` the contracted/carried axis (None: one value per
-    head), the other axes are heads (flattened in order, so a [B, Hkv, G, T, D] query's head
-    hkv * G + g reads KV head hkv)."""
+    """How a position-wise tensor lays out batch, heads, positions and features: `batch` the
+    batch axis, `seq` the position axis, `feature` the contracted/carried axis (None: one value
+    per head), the other axes are heads (flattened in order, so a [B, Hkv, G, T, D] query's
+    head hkv * G + g reads KV head hkv)."""
     shape: tuple
+    batch: int
     seq: int
     heads: tuple[int, ...]
     feature: int | None
 
     @property
     def packed_order(self) -> list[int]:  # [B, T, heads..., D]
-        return [0, self.seq, *self.heads] + ([] if self.feature is None else [self.feature])
+        return [self.batch, self.seq, *self.heads] + ([] if self.feature is None else [self.feature])
 
     @property
     def head_sizes(self) -> tuple[int, ...]:
@@ -89,21 +90,25 @@ class Layout:
 
 
 def layout_of(v: Value, seq: Sym, feature: bool = True) -> Layout | str:
-    """v's layout (module docstring) or why it has none: batch first, one T axis, static heads
-    and features; the feature axis is the last one (the one before T when T is last: a key
-    already transposed)."""
+    """v's layout (Layout's docstring) or why it has none: one T axis; the batch is the first
+    other symbolic axis (else axis 0, or axis 1 when T is first: [T, B, ...] as time-major code
+    writes it); heads and features static; the feature axis is the last of the rest (the one
+    before T when T is last: a key already transposed)."""
     axes = seq_axes(v, seq)
     rank = v.type.rank
-    if len(axes) != 1 or axes[0] == 0 or rank < 2:
-        return f"%{v.name} {v.type} is not [batch, ..., {seq}, ...]"
+    if len(axes) != 1 or rank < 2:
+        return f"%{v.name} {v.type} has not one {seq} axis"
     t = axes[0]
-    f = (rank - 1 if t != rank - 1 else rank - 2) if feature else None
-    if f == 0:
+    symbolic = [a for a, d in enumerate(v.shape) if a != t and not isinstance(d, int)]
+    batch = symbolic[0] if symbolic else int(t == 0)
+    rest = [a for a in range(rank) if a not in (t, batch)]
+    f = rest[-1] if feature and rest else None
+    if feature and f is None:
         return f"%{v.name} {v.type} has no feature axis"
-    heads = tuple(a for a in range(1, rank) if a not in (t, f))
-    if any(not isinstance(v.shape[a], int) for a in heads + ((f,) if f is not None else ())):
-        return f"%{v.name} {v.type}: heads and features must be static"
-    return Layout(tuple(v.shape), t, heads, f)
+    heads = tuple(a for a in rest if a != f)
+    if any(not isinstance(v.shape[a], int) for a in rest):
+        return f"%{v.name} {v.type}: heads and features must be static (one batch axis)"
+    return Layout(tuple(v.shape), batch, t, heads, f)
 
 
 @dataclass

@@ -2,6 +2,8 @@
 
     region(q, k, v [, g]) -> o           (mixer_regions.py cuts it out by dataflow)
         -> LinearAttention(update_rule linear | gated, decay per key dim or per head, scale)
+        -> LinearAttention(update_rule gated, decay = a constant log gamma per head)
+           (RetNet's retention: the scores multiplied by gamma_h^(i - j))
         -> SlidingWindowAttention(window, scale)
         -> SlidingWindowAttention(window = max_context, full = 1)     (full causal attention:
            a KV cache of max_context tokens; longer contexts are refused at run time)
@@ -12,10 +14,11 @@ it. The region is evaluated on random boundary values at T = TRIAL_T. Its output
 one boundary value (v): feeding v one-hot over positions reads the mixing weights
 W [B, Hq, T, T] directly. W's zero pattern is the mask (causal, a band of w keys, or neither).
 Rows that are positive and sum to 1 make a softmax, whose scale is fitted from log W; other
-weights are fitted as s * q k^T (linear) or s * <q_i e^(b_i - b_j), k_j> with b = cumsum g
-(gated). A fit is then checked on fresh values of mixed sign, so a piecewise op inside the
-region cannot pass by chance. Masks that are compile-time values are read at 257 and 4097
-positions, to find windows wider than the trial. The heads follow the boundary layouts: query
+weights are fitted as s * q k^T (linear), s * gamma_h^(i - j) q k^T (decayed) or
+s * <q_i e^(b_i - b_j), k_j> with b = cumsum g (gated). A fit is then checked on fresh values of
+mixed sign, so a piecewise op inside the region cannot pass by chance. Masks that are
+compile-time values are read at 257 and 4097 positions, to find windows wider than the trial
+(a linear kind must have none). The trials run on the shared engine in trials.py. The heads follow the boundary layouts: query
 head h reads KV head h // (Hq / Hkv). A region that matches nothing stays as it is, and
 `explain` says what it came closest to.
 """
@@ -36,11 +39,12 @@ from sbc.passes.base import Pass, PassResult, register_pass
 from sbc.passes.dce import DeadCodeElimination
 from sbc.passes.mixer_regions import COPY_OPS, Analysis, Layout, Region, layout_of, seq_axes
 from sbc.passes.to_recurrent import ELEMENTWISE
+from sbc.passes.trials import FLOATS, TOLERANCE, draw, evaluate_from, normal, relative_error, sizes
 
 TRIAL_T = 17  # positions in a trial: windows up to 16 show directly, wider ones via the masks
 OTHER_SIZE = 2  # every other symbolic dim (the batch) in a trial
-TOLERANCE = {"f16": 2e-2, "f32": 2e-4, "f64": 1e-9}  # max error relative to the largest weight
-FLOATS = ("f16", "f32", "f64")
+MAX_MASK_ELEMENTS = 1 << 27  # masks are read at the larger MASK_SIZES only up to this size
+UNDERFLOW = 1e-30  # a weight this much below a mask's largest is float underflow's neighbour
 
 
 @dataclass
@@ -52,6 +56,8 @@ class Mixer:
     scale: float
     error: float
     strides: dict[str, int] = field(default_factory=dict)  # read every n-th head (default 1)
+    decay: np.ndarray | None = None  # "decayed": log gamma per query head, then per KV head
+    repeat_kv: int = 1  # k and v copied to this many query heads each (decays differ in a group)
 
 
 @dataclass
@@ -93,9 +99,9 @@ def identify(region: Region) -> Mixer | str:
 
 def _rank(attempt) -> tuple:
     """How far an attempt got (a fit beats a mask that is no band, which beats a shape that
-    rules the value out), then how close its fit was."""
+    rules the value out), then how close its fit was (a fit that could not be made is last)."""
     depth, found = attempt
-    return depth, -found.error if isinstance(found, Mixer) else 0.0
+    return depth, -found.error if isinstance(found, Mixer) else -np.inf
 
 
 def _with_value(region: Region, out: Layout, v: Value) -> tuple[int, Mixer | str]:
@@ -119,7 +125,10 @@ def _with_value(region: Region, out: Layout, v: Value) -> tuple[int, Mixer | str
                 confirmed = _confirm(found, region, out)
                 if isinstance(confirmed, str):
                     return 3, confirmed
-                return 3, _unrepeat_heads(confirmed, region)
+                if confirmed.kind != "softmax" and confirmed.window:
+                    return 3, f"{_describe(confirmed)}: LinearAttention keeps every earlier " \
+                              f"key in its state, it has no window"
+                return 3, _per_kv_head(_unrepeat_heads(confirmed, region))
             best = max(best, (3, found), key=_rank)
     return best
 
@@ -127,24 +136,18 @@ def _with_value(region: Region, out: Layout, v: Value) -> tuple[int, Mixer | str
 def _trial(region: Region, seed: int, mixed_sign: bool) -> Trial:
     """Random boundary values: in (-1, 0) for the fits (stable exponentials of a decay), of
     mixed sign for the confirmation (so relu or max inside the region cannot agree)."""
-    env = {s: OTHER_SIZE for s in region.symbols} | {s: TRIAL_T for s in region.seq.symbols}
-    rng = np.random.default_rng(seed)
-    arrays = {}
-    for x in region.inputs:
-        shape = [_size(d, env) for d in x.shape]
-        raw = rng.normal(0.0, 0.6, shape) if mixed_sign else -rng.random(shape)
-        arrays[id(x)] = raw.astype(numpy_dtype(x.dtype))
-    return Trial(env, arrays)
+    env = sizes(region.symbols, region.seq, TRIAL_T, OTHER_SIZE)
+    sample = normal(0.6) if mixed_sign else lambda rng, shape, _: -rng.random(shape)
+    return Trial(env, draw(region.inputs, env, seed, sample))
 
 
 def _size(d, env) -> int:
     return d if isinstance(d, int) else evaluate_dim(d, env)
 
 
-def _run(region: Region, trial: Trial, replace: dict[int, np.ndarray] | None = None) -> np.ndarray:
+def _run(region: Region, trial: Trial, replace: dict[int, np.ndarray] | None = None) -> np.ndarray | str:
     arrays = {**trial.arrays, **(replace or {})}
-    given = {x: arrays[id(x)] for x in region.inputs}
-    return evaluate(region.output, trial.env, given)
+    return evaluate_from(region.output, trial.env, {x: arrays[id(x)] for x in region.inputs})
 
 
 def _weights(region: Region, out: Layout, v: Value, v_layout: Layout,
@@ -152,23 +155,24 @@ def _weights(region: Region, out: Layout, v: Value, v_layout: Layout,
     """W [B, Hq, T, T] read by feeding v one-hot positions (a block of D positions per run);
     checked against the output on the trial's own v (the output must be W v)."""
     t = TRIAL_T
-    b = trial.arrays[id(v)].shape[0]
+    b = trial.arrays[id(v)].shape[v_layout.batch]
     groups = out.num_heads // v_layout.num_heads
     weights = np.zeros((b, out.num_heads, t, t))
-    try:
-        for start in range(0, t, out.width):
-            onehot = np.zeros((b, v_layout.num_heads, t, out.width))
-            for d in range(min(out.width, t - start)):
-                onehot[:, :, start + d, d] = 1.0
-            probe = v_layout.from_canonical(onehot, trial.arrays[id(v)].dtype)
-            o = out.canonical(_run(region, trial, {id(v): probe}))
-            block = o[..., : min(out.width, t - start)]
-            weights[..., start:start + block.shape[-1]] = block
-        o = out.canonical(_run(region, trial))
-    except Exception as e:  # a region the interpreter cannot run on chosen values
-        return f"it could not be evaluated on trial values ({type(e).__name__}: {e})"
+    for start in range(0, t, out.width):
+        onehot = np.zeros((b, v_layout.num_heads, t, out.width))
+        for d in range(min(out.width, t - start)):
+            onehot[:, :, start + d, d] = 1.0
+        probe = v_layout.from_canonical(onehot, trial.arrays[id(v)].dtype)
+        o = _run(region, trial, {id(v): probe})
+        if isinstance(o, str):
+            return o
+        block = out.canonical(o)[..., : min(out.width, t - start)]
+        weights[..., start:start + block.shape[-1]] = block
+    o = _run(region, trial)
+    if isinstance(o, str):
+        return o
     v_rep = np.repeat(v_layout.canonical(trial.arrays[id(v)]), groups, axis=1)
-    if not np.all(np.isfinite(weights)) or _relative(o, weights @ v_rep) > 1e-3:
+    if not np.all(np.isfinite(weights)) or relative_error(out.canonical(o), weights @ v_rep) > 1e-3:
         return f"the output is not a mixture of the rows of %{v.name}"
     return weights
 
@@ -203,43 +207,97 @@ def _band_width(allowed: np.ndarray) -> int | str:
 
 
 def _wider_window(region: Region, allowed: np.ndarray, trial: Trial) -> int | str:
-    """Band width read from the compile-time masks at MASK_SIZES beyond the trial: each mask is
-    a selector (one value where keys are seen); their conjunction must explain the trial's
+    """Band width read from the compile-time masks at MASK_SIZES beyond the trial. Each mask
+    selects keys either by one value where they are seen (a bool band, 0 in an additive mask,
+    1 in a multiplied one) or, weighting them (a decay matrix gamma^(i-j) per head), by not
+    being the one value where they are hidden; their conjunction must explain the trial's
     pattern, and then tells the pattern at any length."""
     selectors = []
     for mask in region.masks:
         value = _pairs(mask, region, trial.env)
         if value is None:
-            return f"the mask %{mask.name} is not one [T, T] pattern for every head and row"
-        seen = np.unique(value[allowed])
-        if seen.size != 1:
-            return f"%{mask.name} is not a mask: it takes several values where keys are seen"
-        if np.all(value == seen[0]):
-            continue  # the same everywhere (a zeros_like): selects nothing
-        selectors.append((mask, seen[0]))
+            return f"the mask %{mask.name} is not [T, T] over queries and keys"
+        selector = _selector(value, allowed)
+        if isinstance(selector, str):
+            return f"%{mask.name} {selector}"
+        if selector is not None:
+            selectors.append((mask, selector))
     if not selectors:
         return 0
-    if not np.array_equal(np.logical_and.reduce([_pairs(m, region, trial.env) == a
-                                                 for m, a in selectors]), allowed):
+    if not np.array_equal(_seen(selectors, region, trial.env), allowed):
         return "the compile-time masks do not explain which keys a query sees"
     for n in (n for n in MASK_SIZES if n > TRIAL_T):
         env = {**{s: 1 for s in trial.env}, **{s: n for s in region.seq.symbols}}
-        big = np.logical_and.reduce([_pairs(m, region, env) == a for m, a in selectors])
+        if any(_elements(m, env) > MAX_MASK_ELEMENTS for m, _ in selectors):
+            break  # a per-head mask this long would not fit in memory: trust the last size
+        big = _seen(selectors, region, env)
+        if isinstance(big, str):
+            return big
         width = _band_width(big)
         if isinstance(width, str) or width < n:
             return width
     return 0
 
 
+def _selector(value: np.ndarray, allowed: np.ndarray) -> tuple[str, float] | str | None:
+    """How a mask [N, T, T] selects the seen keys: ("==", a), ("!=", z), None when it is the
+    same everywhere (a zeros_like: selects nothing), or why it is no mask."""
+    seen, hidden = np.unique(value[:, allowed]), np.unique(value[:, ~allowed])
+    if seen.size == 1 and not np.isin(seen, hidden).any():
+        return "==", seen[0]
+    if hidden.size == 1 and not np.isin(hidden, seen).any():
+        return "!=", hidden[0]
+    if seen.size == 1 and hidden.size <= 1:
+        return None
+    return "takes several values where keys are seen and where they are hidden"
+
+
+def _seen(selectors, region: Region, env: dict[str, int]) -> np.ndarray | str:
+    """Where every mask lets a query see a key ([T, T]), the same for every head and row.
+    A weighting mask that decays to exactly 0 far from the diagonal (float underflow) still
+    sees those keys: their weight is below what any float sum can hold."""
+    patterns = []
+    for mask, (how, a) in selectors:
+        value = _pairs(mask, region, env)
+        if value is None:
+            return f"the mask %{mask.name} is not [T, T] over queries and keys"
+        seen = value == a if how == "==" else value != a
+        if how == "!=" and a == 0:
+            seen = seen | _faded(value)
+        if not np.all(seen == seen[:1]):
+            return f"the mask %{mask.name} hides different keys in different heads or rows"
+        patterns.append(seen[0])
+    return np.logical_and.reduce(patterns)
+
+
+def _faded(value: np.ndarray) -> np.ndarray:
+    """Causal zeros of a weighting mask that are underflow, not a band edge: in their row, the
+    entry nearer the diagonal than the last zero is already a subnormal-sized weight."""
+    n = value.shape[-1]
+    causal = np.tri(n, dtype=bool)
+    zero = (value == 0) & causal
+    last_zero = np.where(zero.any(-1), n - 1 - np.argmax(zero[..., ::-1], -1), -1)  # [N, T]
+    rows = np.arange(n)
+    edge = np.minimum(last_zero + 1, n - 1)
+    neighbour = np.take_along_axis(value, edge[..., None], -1)[..., 0]
+    scale = np.maximum(np.abs(value).max(axis=(-1, -2), keepdims=True)[..., 0], 1e-300)
+    underflow = (last_zero >= 0) & (last_zero < rows) & (np.abs(neighbour) < UNDERFLOW * scale)
+    return causal & (np.arange(n) <= np.where(underflow, last_zero, -1)[..., None])
+
+
+def _elements(mask: Value, env: dict[str, int]) -> int:
+    return math.prod(_size(d, env) for d in mask.shape)
+
+
 def _pairs(mask: Value, region: Region, env: dict[str, int]) -> np.ndarray | None:
-    """A compile-time pairwise value as [T, T] (query, key), the same over its other axes."""
-    value = evaluate(mask, env)
+    """A compile-time pairwise value as [N, T, T] (query, key; N its other axes)."""
+    with np.errstate(all="ignore"):  # gamma^(i - j) overflows where j > i, masked out later
+        value = evaluate(mask, env)
     if value is None:
         return None
     i, j = seq_axes(mask, region.seq)[:2]
     value = np.moveaxis(np.broadcast_to(value, value.shape), (i, j), (-2, -1))
-    flat = value.reshape(-1, *value.shape[-2:])
-    return flat[0] if np.all(flat == flat[:1]) else None
+    return value.reshape(-1, *value.shape[-2:])
 
 
 def _check_structural_bands(region: Region) -> str | None:
@@ -256,7 +314,7 @@ def _check_structural_bands(region: Region) -> str | None:
 def _kinds(weights: np.ndarray, others: int) -> list[str]:
     stochastic = np.all(weights >= 0) and np.allclose(weights.sum(-1), 1.0, atol=1e-4)
     if others == 2:
-        return ["softmax"] if stochastic else ["linear"]
+        return ["softmax"] if stochastic else ["linear", "decayed"]
     return ["gated"] if others == 3 and not stochastic else []
 
 
@@ -294,8 +352,12 @@ def _fit(kind: str, assignment, region: Region, weights: np.ndarray, window: int
          trial: Trial) -> Mixer | str:
     roles, layouts = assignment
     canon = {r: layouts[r].canonical(trial.arrays[id(x)]) for r, x in roles.items()}
-    scores = _scores(kind, canon, weights.shape[1])
     allowed = _band(TRIAL_T, window)
+    decay = _fit_decay(weights, _scores("linear", canon, weights.shape[1]), allowed) \
+        if kind == "decayed" else None
+    if isinstance(decay, str):
+        return decay
+    scores = _scores(kind, canon, weights.shape[1], decay)
     if kind == "softmax":
         scale = _fit_softmax_scale(weights, scores, allowed)
         reference = _softmax(scale * scores, allowed)
@@ -303,19 +365,47 @@ def _fit(kind: str, assignment, region: Region, weights: np.ndarray, window: int
         masked = np.where(allowed, scores, 0.0)
         scale = float(np.sum(weights * masked) / max(np.sum(masked * masked), 1e-300))
         reference = scale * masked
-    return Mixer(kind, roles, layouts, window, scale, _relative(weights, reference))
+    return Mixer(kind, roles, layouts, window, scale, relative_error(weights, reference), decay=decay)
 
 
-def _scores(kind: str, canon: dict, q_heads: int) -> np.ndarray:
-    """Unscaled q.k over pairs [B, Hq, T, T] (with the decay e^(b_i - b_j) when gated)."""
+def _scores(kind: str, canon: dict, q_heads: int, decay: np.ndarray | None = None) -> np.ndarray:
+    """Unscaled q.k over pairs [B, Hq, T, T] (with the decay e^(b_i - b_j) when gated, or
+    gamma_h^(i - j) per head when decayed)."""
     groups = q_heads // canon["k"].shape[1]
     k = np.repeat(canon["k"], groups, axis=1)
+    if kind == "decayed":
+        return (canon["q"] @ k.swapaxes(-1, -2)) * _decay_matrix(decay, canon["q"].shape[2])
     if kind != "gated":
         return canon["q"] @ k.swapaxes(-1, -2)
     b = np.repeat(np.cumsum(canon["g"], axis=2), groups, axis=1)  # [B, Hq, T, dk or 1]
     causal = _band(b.shape[2], 0)[:, :, None]  # the upper triangle would overflow unmasked
     decay = np.exp(np.where(causal, b[:, :, :, None, :] - b[:, :, None, :, :], 0.0))
     return np.einsum("bhic,bhjc,bhijc->bhij", canon["q"], k, decay)
+
+
+def _decay_matrix(log_gamma: np.ndarray, n: int) -> np.ndarray:
+    """[Hq, n, n]: gamma_h^(i - j) for j <= i, else 0."""
+    distance = np.arange(n)[:, None] - np.arange(n)[None, :]
+    causal = distance >= 0
+    return np.where(causal, np.exp(log_gamma[:, None, None] * np.where(causal, distance, 0)), 0.0)
+
+
+def _fit_decay(weights, scores, allowed) -> np.ndarray | str:
+    """log gamma_h in W_ij = s * gamma_h^(i - j) * q_i.k_j (RetNet's constant per-head decay),
+    least squares on log(W / q.k) over the seen pairs whose q.k is not near 0."""
+    n = allowed.shape[0]
+    distance = np.broadcast_to(np.arange(n)[:, None] - np.arange(n)[None, :], weights.shape)
+    usable = allowed & (np.abs(scores) > 1e-3 * np.abs(scores).max())
+    ratio = weights[usable] / scores[usable]
+    if ratio.size == 0 or np.any(ratio <= 0):
+        return "the weights are not q.k times a positive decay"
+    heads = np.broadcast_to(np.arange(weights.shape[1])[:, None, None], weights.shape)[usable]
+    log_gamma = np.zeros(weights.shape[1])
+    for h in range(weights.shape[1]):
+        x, y = distance[usable][heads == h], np.log(ratio[heads == h])
+        if np.ptp(x) > 0:
+            log_gamma[h] = np.polyfit(x, y, 1)[0]
+    return log_gamma
 
 
 def _fit_softmax_scale(weights, scores, allowed) -> float:
@@ -339,22 +429,18 @@ def _band(n: int, window: int) -> np.ndarray:
     return causal & ~np.tri(n, k=-window, dtype=bool) if 0 < window < n else causal
 
 
-def _relative(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
-
-
 def _confirm(mixer: Mixer, region: Region, out: Layout) -> Mixer | str:
     """The fitted op against the region on fresh values of mixed sign (the whole output)."""
     trial = _trial(region, seed=2, mixed_sign=True)
     canon = {r: mixer.layouts[r].canonical(trial.arrays[id(x)]) for r, x in mixer.roles.items()}
     allowed = _band(TRIAL_T, mixer.window)
-    scores = mixer.scale * _scores(mixer.kind, canon, out.num_heads)
+    scores = mixer.scale * _scores(mixer.kind, canon, out.num_heads, mixer.decay)
     weights = _softmax(scores, allowed) if mixer.kind == "softmax" else np.where(allowed, scores, 0)
     v = np.repeat(canon["v"], out.num_heads // canon["v"].shape[1], axis=1)
-    try:
-        error = _relative(out.canonical(_run(region, trial)), weights @ v)
-    except Exception as e:
-        return f"it could not be evaluated on trial values ({type(e).__name__}: {e})"
+    o = _run(region, trial)
+    if isinstance(o, str):
+        return o
+    error = relative_error(out.canonical(o), weights @ v)
     if error > TOLERANCE[region.output.dtype]:
         return f"{_describe(mixer)} fits positive values but not values of mixed sign " \
                f"(off by {error:.2g}): a piecewise op inside?"
@@ -370,6 +456,21 @@ def _unrepeat_heads(m: Mixer, region: Region) -> Mixer:
             for r, found in sources.items():
                 m.roles[r], m.layouts[r], m.strides[r] = found[heads]
             break
+    return m
+
+
+def _per_kv_head(m: Mixer) -> Mixer:
+    """A constant decay becomes LinearAttention's per KV head decay. Query heads that share a
+    KV head but decay differently need states of their own: k and v are then copied to every
+    query head."""
+    if m.decay is None:
+        return m
+    kv_heads = m.layouts["k"].num_heads // m.strides.get("k", 1)
+    grouped = m.decay.reshape(kv_heads, -1)
+    if np.ptp(grouped, axis=1).max() <= 1e-6 * max(np.abs(grouped).max(), 1e-30):
+        m.decay = grouped[:, 0]
+    else:
+        m.repeat_kv = grouped.shape[1]
     return m
 
 
@@ -417,20 +518,16 @@ def _scalar_constant(v: Value) -> bool:
 
 def _heads_from(x: Value, layout: Layout, y: Value, trial: Trial) -> np.ndarray | None:
     """x canonical [B, H, T, D] computed from a random y (stored in the trial), or None."""
-    rng = np.random.default_rng(4)
-    shape = [_size(d, trial.env) for d in y.shape]
-    trial.arrays[id(y)] = rng.normal(size=shape).astype(numpy_dtype(y.dtype))
-    try:
-        x_array = evaluate(x, trial.env, {y: trial.arrays[id(y)]})
-    except Exception:  # noqa: BLE001  (a chain the interpreter cannot run copies nothing)
-        return None
-    return None if x_array is None else layout.canonical(x_array)
+    trial.arrays.update(draw([y], trial.env, seed=4, sample=normal(1.0)))
+    x_array = evaluate_from(x, trial.env, {y: trial.arrays[id(y)]})
+    return None if isinstance(x_array, str) else layout.canonical(x_array)
 
 
 def _describe(m: Mixer) -> str:
     names = ", ".join(f"{r}=%{x.name}" for r, x in m.roles.items())
     what = {"softmax": "softmax attention", "linear": "linear attention",
-            "gated": "gated linear attention"}[m.kind]
+            "gated": "gated linear attention", "decayed": "linear attention with a constant "
+            "decay per head"}[m.kind]
     reach = f"window {m.window}" if m.window else "causal"
     return f"{what} ({reach}, scale {m.scale:.4g}; {names})"
 
@@ -442,17 +539,22 @@ def rewrite(graph: Graph, region: Region, m: Mixer, max_context: int) -> None:
     name = region.root.name or "mixer"
     packed = {r: _pack(graph, x, m.layouts[r], m.strides.get(r, 1), f"{name}_{r}")
               for r, x in m.roles.items()}
-    hq, hkv = out.num_heads, m.layouts["k"].num_heads // m.strides.get("k", 1)
+    hq, hkv = out.num_heads, m.layouts["k"].num_heads // m.strides.get("k", 1) * m.repeat_kv
+    for r in ("k", "v") if m.repeat_kv > 1 else ():
+        packed[r] = _repeat_heads(graph, packed[r], m.layouts[r].width, m.repeat_kv, f"{name}_{r}")
     if m.kind == "softmax":  # full causal attention: a window as wide as the KV cache
         op = graph.add("SlidingWindowAttention", [packed["q"], packed["k"], packed["v"]],
                        {"q_num_heads": hq, "kv_num_heads": hkv, "window": m.window or max_context,
                         "scale": _snap(m.scale, m.layouts["q"].width, exact_default=False),
                         "full": int(not m.window)}, name=name)
     else:
-        gated = m.kind == "gated"
+        if m.kind == "decayed":
+            packed["g"] = _constant_decay(graph, packed["k"], m.decay, f"{name}_g")
+        gated = "g" in packed
         inputs = [packed["q"], packed["k"], packed["v"]] + ([None, packed["g"]] if gated else [])
         op = graph.add("LinearAttention", inputs,
-                       {"q_num_heads": hq, "kv_num_heads": hkv, "update_rule": m.kind,
+                       {"q_num_heads": hq, "kv_num_heads": hkv,
+                        "update_rule": "gated" if gated else "linear",
                         "scale": _snap(m.scale, m.layouts["q"].width, exact_default=True)},
                        name=name)
     graph.replace_uses(region.output, _unpack(graph, op.outputs[0], out, f"{name}_o"))
@@ -476,6 +578,23 @@ def _pack(graph: Graph, x: Value, layout: Layout, stride: int, name: str) -> Val
         x = graph.add1("Reshape", x, _const(graph, grouped, f"{name}_groups"), name=f"{name}_groups")
         x = graph.add1("Gather", x, _const(graph, 0, f"{name}_first"), name=f"{name}_first", axis=3)
     return graph.add1("Reshape", x, _const(graph, [0, 0, -1], name), name=f"{name}_packed")
+
+
+def _repeat_heads(graph: Graph, x: Value, width: int, copies: int, name: str) -> Value:
+    """[B, T, H*D] -> [B, T, H*copies*D]: each head repeated `copies` times in place."""
+    x = graph.add1("Reshape", x, _const(graph, [0, 0, -1, 1, width], f"{name}_one"), name=f"{name}_one")
+    x = graph.add1("Tile", x, _const(graph, [1, 1, 1, copies, 1], f"{name}_copies"), name=f"{name}_copies")
+    return graph.add1("Reshape", x, _const(graph, [0, 0, -1], f"{name}_repeated"), name=f"{name}_repeated")
+
+
+def _constant_decay(graph: Graph, k: Value, log_gamma: np.ndarray, name: str) -> Value:
+    """The log decay per KV head [Hkv], broadcast to [B, T, Hkv] like the packed key's rows."""
+    rows = graph.add1("Shape", k, name=f"{name}_rows", start=0, end=2)
+    heads = _const(graph, [len(log_gamma)], f"{name}_heads")
+    shape = graph.add1("Concat", rows, heads, name=f"{name}_shape", axis=0)
+    value = graph.add1("Constant", name=f"{name}_log_gamma",
+                       value=log_gamma.astype(numpy_dtype(k.dtype)))
+    return graph.add1("Expand", value, shape, name=f"{name}_decay")
 
 
 def _unpack(graph: Graph, y: Value, layout: Layout, name: str) -> Value:

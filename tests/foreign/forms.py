@@ -18,7 +18,8 @@ under $SBC_FOREIGN_CACHE or a given cache_dir (dynamo exports take seconds each)
 Idioms covered: causal masks by masked_fill(~mask, 0), a multiplied float tril, torch.tril
 (Trilu) and torch.where; GLA decay (per key channel, g = logsigmoid(.)/16) and simple-GLA decay
 (per head) as q*exp(b), k*exp(-b), as a pairwise decay tensor contracted by a 3-operand einsum,
-and as a per-head decay matrix; matmul or einsum products; GQA by repeat_interleave,
+and as a per-head decay matrix; RetNet's constant decay per head (gamma^(i-j) multiplied in);
+time-major [T, B, H, D] layouts; matmul or einsum products; GQA by repeat_interleave,
 expand+reshape (transformers' repeat_kv) and a 5-D einsum; 1/sqrt(d) on q, k or the output;
 sliding windows by -inf, finfo.min, -1e9 and -1e4 masks, SDPA with a bool or float band, NaN
 guards after softmax; full causal softmax; near misses; Python loops that the exporters unroll
@@ -266,6 +267,35 @@ def sdpa_core(band=None, float_mask=False):
     return core
 
 
+def distance_decay_core(decay_of, gqa=repeat_kv):
+    """A constant decay over distance, multiplied into the causal scores (RetNet's retention:
+    D[h, i, j] = gamma_h^(i - j) for j <= i, else 0): ((q k^T / sqrt(d)) * D) @ v."""
+    def core(q, k, v, g):
+        k, v = gqa(k), gqa(v)
+        idx = torch.arange(q.shape[-2])
+        distance = (idx[:, None] - idx[None, :]).float()
+        decay = decay_of(distance.clamp(min=0)) * (distance >= 0).float()
+        return ((q * SCALE) @ k.transpose(-1, -2) * decay) @ v
+    return core
+
+
+def retention(gamma):
+    """RetNet's per-head decay matrix from gamma [H]: gamma_h ** distance."""
+    return lambda distance: gamma[:, None, None] ** distance
+
+
+# gamma per KV head (repeated over its query heads), and one per query head (RetNet's 1 - 2^-(5+h))
+KV_GAMMA = (1 - 2.0 ** (-5 - torch.arange(KV_HEADS, dtype=torch.float32))).repeat_interleave(GROUPS)
+Q_GAMMA = 1 - 2.0 ** (-5 - torch.arange(HEADS, dtype=torch.float32))
+
+
+def windowed_linear_core(q, k, v, g):
+    """Near miss: linear attention over a window of 4 keys (masked_fill(~band, 0))."""
+    k, v = repeat_kv(k), repeat_kv(v)
+    band = window(band_arange, 4)(q.shape[-2])
+    return ((q * SCALE) @ k.transpose(-1, -2)).masked_fill(~band, 0) @ v
+
+
 def gla_loop_core(q, k, v, g):
     """Recurrent GLA as a Python loop over t: S = diag(exp(g_t)) S + k_t v_t^T; o_t = q_t S."""
     k, v, g = repeat_kv(k), repeat_kv(v), repeat_kv(g)
@@ -372,6 +402,25 @@ class SwiGLU(nn.Module):
 
     def forward(self, x):
         return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class TimeMajorMixer(nn.Module):
+    """Time-major code (fairseq style): x [B, T, C] -> [T, B, C]; heads as [T, B, H, D];
+    causal linear attention by einsum('tbhd,sbhd->bhts') and back to [T, B, H, D]."""
+
+    def __init__(self):
+        super().__init__()
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = (
+            nn.Linear(HIDDEN, HEADS * HEAD_DIM, bias=False) for _ in range(4))
+
+    def forward(self, x):
+        x = x.transpose(0, 1)
+        t, bsz, _ = x.shape
+        q, k, v = (F.relu(p(x)).view(t, bsz, HEADS, HEAD_DIM) if p is not self.v_proj
+                   else p(x).view(t, bsz, HEADS, HEAD_DIM) for p in (self.q_proj, self.k_proj, self.v_proj))
+        s = zero_future_masked_fill(torch.einsum("tbhd,sbhd->bhts", q * SCALE, k))
+        o = torch.einsum("bhts,sbhd->tbhd", s, v).reshape(t, bsz, HEADS * HEAD_DIM)
+        return self.o_proj(o).transpose(0, 1)
 
 
 class HybridDecoder(nn.Module):
@@ -494,6 +543,14 @@ _FORMS = [
     la("sgla_qk_exp_where", linear_core(zero_future_where, decay_sign=1.0),
        "simple GLA: q*exp(b)[..., None], k*exp(-b)[..., None]; torch.where mask",
        feature="relu", gate="head"),
+    # constant decay per head (RetNet retention), multiplied in as a [H, T, T] matrix
+    la("retnet_decay_per_kv_head", distance_decay_core(retention(KV_GAMMA)),
+       "(q k^T * D) @ v, D = gamma_h^(i-j) masked causal, gamma per KV head; repeat_kv"),
+    la("retnet_decay_per_query_head", distance_decay_core(retention(Q_GAMMA)),
+       "RetNet's gamma_h = 1 - 2^-(5+h) per query head: each query head keeps its own state"),
+    # other layouts
+    Form("la_time_major", lambda: _init(TimeMajorMixer(), 0), "linear", LA,
+         "time-major [T, B, H, D] heads, einsum('tbhd,sbhd->bhts'), relu features"),
     # sliding-window softmax attention, RoPE outside
     swa("swa_neg_inf", softmax_core(neg_inf_fill(window(band_arange, 4))), 4,
         "masked_fill(~band, -inf), band from arange compares; repeat_kv"),
@@ -530,6 +587,10 @@ _FORMS = [
               feature="relu"),
     near_miss("nm_bidirectional_swa", "swa", softmax_core(neg_inf_fill(two_sided_band)),
               "|i - j| < w: a bidirectional window sees future keys", window=4, use_rope=True),
+    near_miss("nm_windowed_linear", "linear", windowed_linear_core,
+              "linear attention over a band of 4 keys: LinearAttention has no window"),
+    near_miss("nm_power_law_decay", "linear", distance_decay_core(lambda d: 1.0 / (1.0 + d)),
+              "a decay of 1 / (1 + i - j): not geometric, so no recurrent state carries it"),
     # Python loops, unrolled by the exporters at EXAMPLE_SEQ
     Form("gla_recurrent_loop", mixer(gla_loop_core, **GLA), "linear", LA,
          "for t in range(T): S = exp(g_t) S + k_t v_t^T; o_t = q_t S (unrolled, seq fixed)",

@@ -88,14 +88,16 @@ def test_the_sequence_axis_may_have_any_name(seq_name):
     assert fused_counts(graph) == {"LinearAttention": 1}
 
 
-@pytest.mark.parametrize("name", ["hybrid_decoder", "hf_mistral", "hf_llama"])
-def test_compiled_sessions_stream_like_the_whole_run(name):
+@pytest.mark.parametrize("name, exporter", [
+    ("hybrid_decoder", "dynamo"), ("hf_mistral", "dynamo"), ("hf_llama", "dynamo"),
+    ("retnet_decay_per_query_head", "legacy"), ("la_time_major", "legacy")])
+def test_compiled_sessions_stream_like_the_whole_run(name, exporter):
     form = FORMS[name]
-    module = sbc.compile(onnx.load_from_string(export(name, "dynamo")), target="cpu")
+    module = sbc.compile(onnx.load_from_string(export(name, exporter)), target="cpu")
     assert module.recurrent, module.manifest["notes"]
     x = example(name, seq=9)
     whole = module.run({form.input_name: x})[form.output_name]
-    np.testing.assert_allclose(whole, ort_run(name, "dynamo", x), rtol=2e-4, atol=2e-4)
+    np.testing.assert_allclose(whole, ort_run(name, exporter, x), rtol=2e-4, atol=2e-4)
     state = module.initial_state({"batch": 2})
     streamed = []
     for start, stop in ((0, 6), (6, 7), (7, 8), (8, 9)):  # a prefill chunk, then decode steps

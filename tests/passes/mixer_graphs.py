@@ -156,3 +156,21 @@ def bidirectional_graph(window=4):
     scores = g.add1("Where", allowed, _scores(g, q, k, "matmul"), const(g, np.float32(-np.inf)))
     g.set_outputs([g.add1("MatMul", g.add1("Softmax", scores, axis=-1), v)], ["o"])
     return g
+
+
+def retention_graph(gammas=(0.9, 0.9, 0.5, 0.5), window=None):
+    """RetNet's retention: ((q k^T) * D) v, D[h, i, j] = gammas[h]^(i - j) where the key is
+    seen (causal, or a band of `window` keys), else 0; one gamma per query head (4 query
+    heads, 2 KV heads repeated)."""
+    g = Graph("retention")
+    q, k, v = _qkv(g)
+    seen = band_mask(g, "band" if window else "causal", window or 0)
+    n = g.add1("Constant", value=np.array(T, dtype=object))
+    arange = g.add1("Range", const(g, np.int64(0)), n, const(g, np.int64(1)))
+    diff = g.add1("Sub", g.add1("Unsqueeze", arange, const(g, [1])), g.add1("Unsqueeze", arange, const(g, [0])))
+    gamma = const(g, np.array(gammas, np.float32).reshape(-1, 1, 1))
+    powers = g.add1("Pow", gamma, g.add1("Cast", diff, to="f32"))
+    decay = g.add1("Where", seen, powers, const(g, np.float32(0)))
+    out = _mix(g, g.add1("Mul", _scores(g, q, k, "matmul"), decay), v, "matmul")
+    g.set_outputs([out], ["o"])
+    return g

@@ -2,6 +2,7 @@
 SlidingWindowAttention (IR after the pass, numerics before = after, verifier), near misses stay
 as they are with a reason, and the syntactic fusions' own forms give the same op."""
 
+import numpy as np
 import pytest
 
 from sbc.ir.printer import print_graph
@@ -89,6 +90,18 @@ def test_full_causal_attention_gets_a_kv_cache_of_max_context():
     assert node.attrs["window"] == 64
 
 
+@pytest.mark.parametrize("gammas, kv_heads", [((0.9, 0.9, 0.5, 0.5), 2), ((0.97, 0.9, 0.8, 0.5), 4)])
+def test_a_constant_decay_per_head_is_gated_linear_attention(gammas, kv_heads):
+    """RetNet's retention: gamma_h^(i - j) becomes a constant log decay per KV head; query
+    heads sharing a KV head but not its gamma get states of their own (k, v copied). The
+    0.5 heads underflow to exact zeros long before 257 positions: still no window."""
+    node, _ = fuse(forms.retention_graph(gammas))
+    assert (node.op, node.attrs["update_rule"]) == ("LinearAttention", "gated")
+    assert (node.attrs["q_num_heads"], node.attrs["kv_num_heads"]) == (4, kv_heads)
+    decay = node.inputs[4].producer.inputs[0].data  # Expand(log gamma per KV head, [B, T, H])
+    assert np.allclose(np.exp(decay), gammas[::4 // kv_heads], rtol=1e-5)
+
+
 def test_wide_windows_are_read_from_the_mask():
     """A window wider than the trial shows only when the compile-time mask is read at 257."""
     node, _ = fuse(swa_graph(window=100))
@@ -115,6 +128,10 @@ NEAR_MISSES = {
     "relu on the scores": (forms.relu_scores_graph, "mixed sign"),
     "heads mixed": (forms.mixed_heads_graph, "closest"),
     "bidirectional window": (forms.bidirectional_graph, "not a causal band"),
+    "linear attention over a window": (lambda: forms.linear_graph("where", mask="band"),
+                                       "has no window"),
+    "decay over a window wider than the trial": (lambda: forms.retention_graph((0.99, 0.99, 0.95, 0.95), window=100),
+                                                 "has no window"),
 }
 
 
