@@ -76,7 +76,7 @@ def build(graph: Graph, target: str = "cpu", programs: dict[str, Graph] | None =
         with tvm.transform.PassContext(config={"s_tir.LoopPartition": {"partition_const_loop": True}}):
             executable = tvm.compile(mod, target=tvm_target, relax_pipeline="default_build")
     except Exception as e:  # TVM's own errors are long C++ traces: chained, not in the message
-        raise CompileError(_describe_failure(mod, tvm_target, kernels)) from e
+        raise CompileError(describe_failure(mod, tvm_target, kernels, "cpu", e)) from e
     return _built(graph, executable, {"kind": "cpu", "tvm_target": str(tvm_target.export()),
                                       **host_cpu_features()})
 
@@ -96,14 +96,16 @@ def build_gpu(graph: Graph, programs: dict[str, Graph], target: SbcTarget) -> Bu
         kernels.update(fused_kernels(mod, lowerer.kernels))
         mod = schedule_gpu(fuse_tir(mod), tvm_target)
     except Exception as e:
-        raise CompileError(f"TVM could not schedule the model for {target.kind}; "
-                           f"the TVM error is chained below") from e
+        raise CompileError(f"TVM could not schedule the model for {target.kind}: "
+                           f"{tvm_error_line(e)} ({TVM_LOG_HINT})") from e
     require_thread_bound(mod, kernels, target.kind)
     with device_compiler(target) as device:
         try:
             executable = tvm.compile(mod, target=tvm_target, relax_pipeline="default_build")
         except Exception as e:
-            raise device.failure(e) from e
+            own = device.failure()  # sbc's own error in a device-compiler callback, if any
+            raise own or CompileError(describe_failure(mod, tvm_target, kernels, target.kind,
+                                                       e)) from e
     files = device.finish(mod)
     return _built(graph, executable, {**target.manifest(), **device.manifest()}, files)
 
@@ -164,20 +166,41 @@ def fused_kernels(mod: tvm.IRModule, kernels: dict[str, list]) -> dict[str, list
     return groups
 
 
-def _describe_failure(mod: tvm.IRModule, target, kernels: dict[str, list]) -> str:
-    """One line naming the kernel (and its sbc nodes) that TVM could not compile, if one can
-    be singled out by compiling the kernels one at a time."""
+TVM_LOG_HINT = "`sbc compile --tvm-log FILE` writes TVM's full error"
+
+
+def describe_failure(mod: tvm.IRModule, target, kernels: dict[str, list], kind: str,
+                     error: Exception) -> str:
+    """One line naming the kernel (its sbc nodes and ops) that TVM could not compile, found by
+    compiling the kernels one at a time, and the gist of TVM's error; the full error stays
+    chained (the CLI writes it to --tvm-log)."""
     for gv, func in mod.functions_items():
         if not isinstance(func, tirx.PrimFunc):
             continue
         try:
             # a public symbol, or TVM skips the packed-API lowering that codegen expects
             tvm.compile(tvm.IRModule({gv: func.with_attr("global_symbol", gv.name_hint)}), target=target)
-        except Exception:
-            nodes = ", ".join(dict.fromkeys(n.where() for n in kernels.get(gv.name_hint, []))) or "unknown nodes"  # programs share nodes
-            return (f"TVM could not compile kernel '{gv.name_hint}' ({nodes}) for cpu; "
-                    f"the TVM error is chained below")
-    return "TVM failed to build the model for cpu; the TVM error is chained below"
+        except Exception as single:  # noqa: BLE001 - any failure names this kernel
+            from sbc.codegen.schedule_gpu import describe_kernel
+            return (f"TVM could not compile {describe_kernel(gv.name_hint, kernels)} for {kind}: "
+                    f"{tvm_error_line(single)} ({TVM_LOG_HINT})")
+    return f"TVM failed to build the model for {kind}: {tvm_error_line(error)} ({TVM_LOG_HINT})"
+
+
+def tvm_error_line(e: Exception) -> str:
+    """The telling line of a TVM error (a C++ trace of hundreds of lines): a failed check or
+    the error's own message, without the trace and the printed IR."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    for ln in lines:
+        if "Check failed" in ln:
+            return ln[ln.index("Check failed"):][:240]
+    for i, ln in enumerate(lines):
+        if not ln.startswith(("Traceback", "File ", "^", "#", "(...", "@", "Error in pass",
+                              "Location", "Access path", "Note:")) and ln[0].isalpha():
+            if ln.endswith(":") and i + 1 < len(lines):  # "... the following errors:" + the error
+                ln = f"{ln} {lines[i + 1]}"
+            return ln[:240]
+    return type(e).__name__
 
 
 class _Lowerer:

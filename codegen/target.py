@@ -31,8 +31,12 @@ MACA_LIMITS = {"thread_warp_size": 64, "max_shared_memory_per_block": 65536,
 
 def host_cpu_target(num_cores: int | None = None) -> "tvm.target.Target":
     """LLVM for this machine's CPU; without mcpu LLVM targets generic x86-64 (2-3x slower).
-    `num-cores` sizes TVM's thread pool for parallel loops (default: all cores)."""
+    `num-cores` sizes TVM's thread pool for parallel loops (default: all cores). Its exp is
+    vector arithmetic, not a library call per lane (codegen/fast_math.py)."""
     import tvm
+
+    from sbc.codegen import fast_math
+    fast_math.register()
     cores = num_cores or os.cpu_count() or 1
     return tvm.target.Target({"kind": "llvm", "mcpu": host_cpu_name(), "num-cores": cores})
 

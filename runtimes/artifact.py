@@ -351,10 +351,12 @@ def check_version(path: str, manifest: dict) -> None:
                             f"recompile the model with this version")
 
 
-def _read_member(path: str, z: zipfile.ZipFile, name: str, expected: dict) -> bytes:
-    """A member's bytes, checked against the manifest (size and sha256) and the zip CRC."""
+def _read_member(path: str, z: zipfile.ZipFile, name: str, expected: dict) -> bytes | np.ndarray:
+    """A member's bytes, checked against the manifest (size and sha256) and the zip CRC. The
+    weights come as a writable, 64-byte aligned uint8 array: the runtime then uses them in
+    place (DLPack) instead of holding a second copy."""
     try:
-        data = z.read(name)
+        data = _read_aligned(z, name, expected.get("size")) if name == WEIGHTS else z.read(name)
     except KeyError:
         raise ArtifactError(f"{path}: member {name} is missing") from None
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:  # CRC error, cut short
@@ -363,6 +365,21 @@ def _read_member(path: str, z: zipfile.ZipFile, name: str, expected: dict) -> by
     if len(data) != expected.get("size") or \
             hashlib.sha256(data).hexdigest() != expected.get("sha256"):
         raise ArtifactError(f"{path}: checksum mismatch in {name}: the artifact is corrupt")
+    return data
+
+
+def _read_aligned(z: zipfile.ZipFile, name: str, size) -> np.ndarray:
+    """The member read straight into a 64-byte aligned buffer (one copy of its bytes)."""
+    if not isinstance(size, int) or size != z.getinfo(name).file_size:
+        return np.frombuffer(z.read(name), np.uint8)  # the size check below reports it
+    raw = np.empty(size + ALIGN, np.uint8)
+    start = -raw.ctypes.data % ALIGN
+    data = raw[start:start + size]
+    with z.open(name) as f:
+        view, done = memoryview(data), 0
+        while done < size and (n := f.readinto(view[done:])):
+            done += n
+        f.read(1)  # at the end: the zip's CRC check runs
     return data
 
 

@@ -2,7 +2,10 @@
 
 The library and the weights are loaded once (weights as TVM tensors on tvm.cpu()); each `run`
 checks the inputs against the signature (names, dtypes, shapes incl. symbolic dims, and the
-relations between dims the kernels were compiled for) and returns NumPy arrays by output name.
+relations between dims the kernels were compiled for; a signature that passed is remembered)
+and returns NumPy arrays by output name. On the CPU an input goes to the kernels without a copy
+(DLPack) where it is dense and 64-byte aligned, else as one aligned copy; outputs come back
+over the VM's own buffers where those are fresh ones (see CpuRuntime._host_outputs).
 An index out of range fails the call with the program's own check (codegen.index_checks).
 Threads may share a runtime: calls are serialised. Inputs are never cast: a wrong dtype is an error naming the
 expected one, since a silent cast would hide a caller's bug (e.g. float ids).
@@ -36,9 +39,18 @@ class CpuRuntime:
         # The VM keeps per-call registers: concurrent calls corrupt each other. Calls are
         # serialised; each one already uses every core (TVM's thread pool).
         self._lock = threading.Lock()
+        # on the CPU the weights are used in place where they are aligned (an artifact's are:
+        # runtimes.artifact reads them into one aligned buffer), so they are held once;
         # np.asarray(order="C"), not ascontiguousarray: the latter turns 0-d weights into 1-d
-        self.params = [tvm.runtime.tensor(np.asarray(params[n], order="C"), self.device)
-                       for n in param_names]
+        if self.device.dlpack_device_type() == _CPU:
+            self.params = _host_tensors([params[n] for n in param_names])
+        else:
+            self.params = [tvm.runtime.tensor(np.asarray(params[n], order="C"), self.device)
+                           for n in param_names]
+        self._functions = {}  # program name -> the VM's function
+        self._checked = set()  # signatures (dtype, shape per input) that passed the checks
+        self._first_outputs = {}  # program -> its first call's output tensors (see _host_outputs)
+        self._fresh_outputs = {}  # program -> per output: a fresh buffer on every call
 
     @classmethod
     def from_library_bytes(cls, library: bytes, **kwargs) -> "CpuRuntime":
@@ -64,14 +76,111 @@ class CpuRuntime:
         if not isinstance(feeds, Mapping):
             raise InputError(f"inputs must be a dict of arrays by name "
                              f"{[n for n, _ in self.inputs]}, got {type(feeds).__name__}")
-        bind_symbols(self.inputs, feeds, self.assumptions)  # SignatureError: one clear line
-        args = [tvm.runtime.tensor(np.asarray(feeds[n], order="C"), self.device)
-                for n, _ in self.inputs]
+        self._check(feeds)  # SignatureError: one clear line
+        if self.device.dlpack_device_type() != _CPU:  # a GPU: copy the inputs over, outputs back
+            args = [tvm.runtime.tensor(np.asarray(feeds[n], order="C"), self.device)
+                    for n, _ in self.inputs]
+            return {name: r.numpy() for (name, _), r in zip(self.outputs, self._call(program, args))}
+        args = _host_tensors([feeds[n] for n, _ in self.inputs])
+        result = self._call(program, args)
+        return self._host_outputs(program, args, result)
+
+    def _host_outputs(self, program, args, result) -> dict:
+        """Outputs as NumPy arrays over the VM's buffers (np.from_dlpack: no copy; each array
+        keeps its buffer alive), except those that are buffers the runtime or the caller still
+        holds (an input, a weight, a folded constant), which a caller's write would corrupt:
+        those are copied. The first two calls of a program copy everything and tell them
+        apart: the first call's outputs are kept alive until the second returns, so a buffer
+        the second call returns again is one the runtime holds, not a fresh one."""
+        arrays = [np.from_dlpack(r) for r in result]
+        fresh = self._fresh_outputs.get(program)
+        if fresh is None:  # the first two calls: learn which outputs are fresh buffers
+            with self._lock:
+                first = self._first_outputs.pop(program, None)
+                if first is None:
+                    self._first_outputs[program] = list(result)
+                else:
+                    held = {r.data_ptr() for r in first}
+                    self._fresh_outputs[program] = [r.data_ptr() not in held for r in result]
+            return {name: a.copy() for (name, _), a in zip(self.outputs, arrays)}
+        inputs = {a.data_ptr() for a in args}  # an identity graph returns its input
+        return {name: a if ok and r.data_ptr() not in inputs else a.copy()
+                for (name, _), a, r, ok in zip(self.outputs, arrays, result, fresh)}
+
+    def _call(self, program: str, args) -> list:
         with self._lock:
+            function = self._functions.get(program)
+            if function is None:  # the VM's lookup costs microseconds: once per program
+                function = self._functions[program] = self.vm[program]
             try:
-                result = self.vm[program](*args, *self.params)
+                result = function(*args, *self.params)
             except AssertionError as e:  # the program's own checks (an index out of range)
                 raise InputError(str(e)) from None
-            if isinstance(result, tvm.runtime.Tensor):  # a lone output may come back unwrapped
-                result = [result]
-            return {name: r.numpy() for (name, _), r in zip(self.outputs, result)}
+        if isinstance(result, tvm.runtime.Tensor):  # a lone output may come back unwrapped
+            return [result]
+        return list(result)
+
+    def _check(self, feeds) -> None:
+        """bind_symbols' checks (names, dtypes, ranks, shapes, assumptions), remembered: they
+        depend only on the names, dtypes and shapes of the feeds, so a signature that passed
+        once passes again (a serving loop feeds the same few shapes over and over) and only a
+        new one is checked in full. Only NumPy arrays are remembered."""
+        try:
+            key = tuple((feeds[n].dtype, feeds[n].shape) for n, _ in self.inputs
+                        if type(feeds[n]) is np.ndarray)
+        except KeyError:
+            key = None  # a missing input: bind_symbols names it
+        if key is not None and len(key) == len(self.inputs) == len(feeds) and key in self._checked:
+            return
+        bind_symbols(self.inputs, feeds, self.assumptions)
+        if key is not None and len(key) == len(self.inputs) == len(feeds):
+            if len(self._checked) >= _CHECKED_MAX:
+                self._checked.clear()
+            self._checked.add(key)
+
+
+_CPU = 1  # DLPack's kDLCPU
+_ALIGN = 64  # TVM's kernels assume (and its DLPack import requires) 64-byte aligned data
+_CHECKED_MAX = 256
+
+
+def _compact(a: np.ndarray) -> bool:
+    """Strides exactly those of a dense row-major array: TVM checks them all, NumPy's
+    c_contiguous ignores those of axes of length 1 (a slice can leave any there)."""
+    stride = a.itemsize
+    for n, s in zip(reversed(a.shape), reversed(a.strides)):
+        if s != stride:
+            return False
+        stride *= n
+    return True
+
+
+def _host_tensors(values) -> list:
+    """CPU inputs as TVM tensors: each caller's array itself (DLPack, no copy) where it is
+    C-contiguous and 64-byte aligned, else a copy into one aligned buffer shared by the call's
+    small inputs. tvm.runtime.tensor (empty + copyfrom) costs ~30 us per tensor however small;
+    the kernels only read their inputs."""
+    tensors, staged = [], []
+    for i, value in enumerate(values):
+        a = value if type(value) is np.ndarray else np.asarray(value)
+        if a.flags.c_contiguous and a.ctypes.data % _ALIGN == 0 and _compact(a):
+            try:
+                tensors.append(tvm.runtime.from_dlpack(a))
+                continue
+            except BufferError:
+                pass  # a read-only array (this DLPack cannot say so): copy it
+        if a.size == 0:  # NumPy may give an empty view any address: TVM allocates it
+            tensors.append(tvm.runtime.empty(a.shape, a.dtype))
+            continue
+        tensors.append(None)
+        staged.append((i, a))
+    if staged:
+        sizes = [-(-a.nbytes // _ALIGN) * _ALIGN for _, a in staged]
+        raw = np.empty(sum(sizes) + _ALIGN, np.uint8)
+        offset = -raw.ctypes.data % _ALIGN
+        for (i, a), size in zip(staged, sizes):
+            copy = raw[offset:offset + a.nbytes].view(a.dtype).reshape(a.shape)
+            copy[...] = a
+            tensors[i] = tvm.runtime.from_dlpack(copy)
+            offset += size
+    return tensors

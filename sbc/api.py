@@ -16,9 +16,13 @@ from sbc.runtimes.artifact import read_artifact
 
 def compile(model, target: str = "cpu", *, arch=None, passes=None, quantize=None, calibrate=None,
             max_context=None, print_after=(), time_passes=False, verify_each=False,
-            dump_dir=None, cache=True, progress=None) -> Module:
+            dump_dir=None, cache=True, progress=None, tokenizer=None, window=None) -> Module:
     """Compile an ONNX file path, onnx.ModelProto or sbc.ir.Graph for `target` (cpu, cuda,
     maca; `arch`: the GPU arch, e.g. sm_90 or xcore1000, default sm_80 / $MACA_ARCH).
+    `model` may also be a SpikingBrain release checkpoint folder (config.json + safetensors,
+    sbc.frontend.checkpoint); window: its sliding-window convention, "flash" (default: a query
+    sees itself and the previous sliding_window keys) or "cache" (sliding_window keys in all);
+    its tokenizer files, if any, are stored in the artifact unless `tokenizer` names others.
 
     passes: None for the default pipeline, else a pipeline string ("dce,cse") or list;
     quantize: None, or "w8" (int8 weights, one scale per 128 input channels, where spikes feed
@@ -31,12 +35,16 @@ def compile(model, target: str = "cpu", *, arch=None, passes=None, quantize=None
     print_after / time_passes / verify_each / dump_dir: the pass manager's debugging aids;
     cache: look the result up in (and add it to) the compile cache (sbc.cache); compiles
     that calibrate or use the debugging aids always run;
-    progress: fn(stage, seconds), called as each stage of sbc.driver ends.
+    progress: fn(stage, seconds), called as each stage of sbc.driver ends;
+    tokenizer: a Hugging Face model or checkpoint folder whose tokenizer files (tokenizer.json,
+    or vocab.json + merges.txt; tokenizer_config.json with the chat template,
+    generation_config.json) are stored in the artifact: module.tokenizer,
+    session.generate_text / chat and `sbc serve` use them.
     """
     options = Options(target=target, arch=arch, passes=passes, quantize=quantize,
                       calibrate=calibrate, max_context=max_context, print_after=print_after,
                       time_passes=time_passes, verify_each=verify_each, dump_dir=dump_dir,
-                      cache=cache)
+                      cache=cache, tokenizer=tokenizer, window=window)
     return Driver(options, progress).compile(model)
 
 

@@ -2,7 +2,8 @@
 artifact the first one wrote instead of compiling again.
 
 Content-addressed: the key is the sha256 of the model's bytes, the options that change the
-result (target, arch, pipeline, quantization, KV cache size), the machine the code is built for
+result (target, arch, pipeline, quantization, KV cache size, and the sha256 of each tokenizer
+file stored with the model, `tokenizer=`), the machine the code is built for
 (CPU name and features: a cpu artifact is built for this CPU), and the versions of sbc, TVM and
 sbc's own source files (so an edited checkout never reads a stale entry). An entry is an
 ordinary `.sbc` artifact (written atomically, read with its checksums verified); one that does
@@ -42,16 +43,27 @@ def enabled(requested: bool) -> bool:
 
 
 def model_digest(model) -> str | None:
-    """sha256 of the model's bytes (a path or an onnx.ModelProto), else None: not cacheable."""
-    if isinstance(model, (str, os.PathLike)):
+    """sha256 of the model's bytes (a file, an onnx.ModelProto, or a checkpoint folder: the name
+    and bytes of each of its files), else None: not cacheable."""
+    if isinstance(model, (str, os.PathLike)) and os.path.isdir(model):
         digest = hashlib.sha256()
-        with open(model, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
+        for entry in sorted(os.scandir(model), key=lambda e: e.name):
+            if entry.is_file():  # config, weights, tokenizer: whatever the import may read
+                digest.update(f"{entry.name}\0{entry.stat().st_size}\0".encode())
+                _hash_file(entry.path, digest)
         return digest.hexdigest()
+    if isinstance(model, (str, os.PathLike)):
+        return _hash_file(model, hashlib.sha256()).hexdigest()
     if hasattr(model, "SerializeToString"):
         return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
     return None
+
+
+def _hash_file(path, digest):
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest
 
 
 def key(model_sha256: str, target: str, options: dict) -> str:

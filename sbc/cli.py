@@ -1,4 +1,4 @@
-"""The `sbc` command line: compile, run, inspect, export, debug, demo, opt.
+"""The `sbc` command line: compile, run, generate, serve, inspect, export, debug, demo, opt.
 
 Any sbc error prints one line `sbc: error: ...` on stderr and exits 2 (a failed comparison in
 `demo` exits 1). Output files are written atomically, so an interrupted command leaves nothing:
@@ -162,8 +162,13 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--version", action="version", version=f"sbc {__version__}")
     sub = ap.add_subparsers(metavar="command")
 
-    c = sub.add_parser("compile", help="compile an ONNX model to a .sbc artifact")
-    c.add_argument("model")
+    c = sub.add_parser("compile", help="compile an ONNX model or a SpikingBrain checkpoint "
+                                       "folder to a .sbc artifact")
+    c.add_argument("model", help="an ONNX file, or a checkpoint folder (config.json + safetensors)")
+    c.add_argument("--window", choices=["flash", "cache"],
+                   help="checkpoint folders: flash (default; a query sees itself and the previous "
+                        "sliding_window keys, as the release's prefill) or cache (sliding_window "
+                        "keys in all, as its decode cache)")
     c.add_argument("--target", default="cpu",
                    help="cpu (this machine), cuda (NVIDIA GPUs) or maca (MetaX GPUs)")
     c.add_argument("--arch", help="GPU arch: sm_80 (cuda default), sm_90, ...; "
@@ -174,6 +179,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="measure firing rates on these inputs and store them (see `sbc report`)")
     c.add_argument("--quantize", choices=["w8"],
                    help="w8: int8 weights (per 128 input channels) for the spiking matmuls")
+    c.add_argument("--tokenizer", metavar="DIR",
+                   help="store this Hugging Face folder's tokenizer (tokenizer.json, or vocab.json "
+                        "+ merges.txt; chat template, EOS) in the artifact: text in `sbc generate "
+                        "--prompt` and `sbc serve`")
     c.add_argument("--max-context", type=int, metavar="N",
                    help="tokens the KV cache of a full causal attention holds (default 4096)")
     c.add_argument("--print-after", action="append", default=[], metavar="PASS|all",
@@ -181,6 +190,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--time-passes", action="store_true", help="print per-pass wall times")
     c.add_argument("--verify-each", action="store_true", help="verify the IR after every pass")
     c.add_argument("--dump-dir", help="write the IR after each pass to DIR/NN-<pass>.sbcir")
+    c.add_argument("--tvm-log", metavar="FILE",
+                   help="if the build fails, write TVM's full error (its trace and IR) here")
     c.add_argument("--explain", action="store_true",
                    help="list attention-like subgraphs that were not fused, and why")
     c.add_argument("--no-cache", action="store_true",
@@ -190,24 +201,59 @@ def _parser() -> argparse.ArgumentParser:
                    help="print the summary (and each stage's time) as one JSON object")
     c.set_defaults(command=cmd_compile)
 
-    r = sub.add_parser("run", help="run a .sbc artifact on inputs from an .npz file")
+    r = sub.add_parser("run", help="run a .sbc artifact and summarise its outputs")
     r.add_argument("artifact")
-    r.add_argument("--inputs", required=True,
-                   help=".npz whose keys are the input names (.npy for a single-input model)")
-    r.add_argument("--outputs", help="write outputs to this .npz")
+    _input_arguments(r)
+    r.add_argument("--outputs", help="write the outputs to this .npz (.npy: a single output)")
     r.add_argument("--expect-sha256", metavar="HEX", help=EXPECT_SHA256_HELP)
     r.set_defaults(command=cmd_run)
 
-    gen = sub.add_parser("generate", help="generate tokens with a recurrent .sbc artifact")
+    b = sub.add_parser("bench", help="time a .sbc artifact on given inputs (latency, tokens/s)")
+    b.add_argument("artifact")
+    _input_arguments(b)
+    b.add_argument("--warmup", type=int, default=3, help="untimed calls first (default 3)")
+    b.add_argument("--repeats", type=int, default=10, help="timed calls (default 10)")
+    b.add_argument("--onnx", metavar="MODEL.onnx",
+                   help="also time onnxruntime on this file with the same inputs: a ratio")
+    b.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    b.set_defaults(command=cmd_bench)
+
+    gen = sub.add_parser("generate", help="generate text (or tokens) with a recurrent .sbc artifact")
     gen.add_argument("artifact")
-    gen.add_argument("--prompt-ids", required=True, help="comma-separated token ids, e.g. 1,2,3")
+    prompt = gen.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt", help="text (the artifact's tokenizer encodes it); the output "
+                                         "is streamed to stdout as it is generated")
+    prompt.add_argument("--prompt-ids", help="comma-separated token ids, e.g. 1,2,3")
+    gen.add_argument("--chat", action="store_true",
+                     help="the prompt is a user message: apply the tokenizer's chat template")
+    gen.add_argument("--system", help="with --chat: a system message before the prompt")
+    gen.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                     help="stop before this text (repeatable; not printed)")
     gen.add_argument("-n", "--max-new-tokens", type=int, default=32)
     gen.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
     gen.add_argument("--top-k", type=int, default=None)
+    gen.add_argument("--top-p", type=float, default=None, help="nucleus sampling, in (0, 1]")
+    gen.add_argument("--repetition-penalty", type=float, default=None,
+                     help="> 1 makes tokens of the prompt and output less likely (as in HF)")
     gen.add_argument("--seed", type=int, default=None)
     gen.add_argument("--chunk", type=int, default=512, help="prefill chunk length")
     gen.add_argument("--expect-sha256", metavar="HEX", help=EXPECT_SHA256_HELP)
     gen.set_defaults(command=cmd_generate)
+
+    srv = sub.add_parser("serve", help="serve a .sbc artifact with a tokenizer over an "
+                                       "OpenAI-compatible HTTP API")
+    srv.add_argument("artifact")
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--max-tokens", type=int, default=512, metavar="N",
+                     help="most tokens one request may generate (its max_tokens)")
+    srv.add_argument("--max-prompt-tokens", type=int, default=4096, metavar="N",
+                     help="longest prompt (in tokens, chat template included)")
+    srv.add_argument("--max-concurrency", type=int, default=16, metavar="N",
+                     help="requests generating at once; later ones wait their turn")
+    srv.add_argument("--model-name", help="the model's id in the API (default: the file's name)")
+    srv.add_argument("--expect-sha256", metavar="HEX", help=EXPECT_SHA256_HELP)
+    srv.set_defaults(command=cmd_serve)
 
     i = sub.add_parser("inspect", help="describe an ONNX model or a .sbc artifact")
     i.add_argument("path")
@@ -228,8 +274,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="print each param's data as a literal, so the output reads back in")
     o.set_defaults(command=cmd_opt)
 
-    e = sub.add_parser("export", help="export the built-in reference model to ONNX")
+    e = sub.add_parser("export", help="export the built-in reference model, or a checkpoint "
+                                      "folder, to ONNX")
     e.add_argument("--config", default="tiny")
+    e.add_argument("--from", dest="source", metavar="DIR",
+                   help="a SpikingBrain checkpoint folder (config.json + safetensors) to export "
+                        "instead of --config (opset 21, IR version 10: onnxruntime runs it)")
+    e.add_argument("--window", choices=["flash", "cache"],
+                   help="with --from: the sliding-window convention (see `sbc compile --help`)")
     e.add_argument("-o", "--output", required=True)
     e.add_argument("--form", default="parallel", choices=["parallel", "chunked", "scan", "la27"],
                    help="GLA form: parallel (T x T), chunked (long T), scan (ONNX Scan), la27 "
@@ -269,9 +321,21 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _write_error_log(path: str | None, error: SbcError) -> None:
+    """The error's one line, then the errors chained under it (TVM's traces) in full, to
+    `path` (--tvm-log): the CLI prints only the line."""
+    if not path:
+        return
+    import traceback
+    text = "".join(traceback.format_exception(error))
+    with open(path, "w") as f:
+        f.write(f"sbc: error: {error}\n\n{text}")
+
+
 def cmd_compile(args) -> None:
     import sbc
-    output = args.output or os.path.splitext(args.model)[0] + ".sbc"
+    # a checkpoint folder "dir/" compiles to "dir.sbc", not "dir/.sbc"
+    output = args.output or os.path.splitext(args.model.rstrip(os.sep) or args.model)[0] + ".sbc"
     _check_output_dir(output)  # before the compile, not after it
     start = time.perf_counter()
     stages = {}
@@ -282,13 +346,18 @@ def cmd_compile(args) -> None:
             print(f"  {stage:<9} {seconds:7.2f} s", file=sys.stderr)
 
     # the pipeline string goes as is: pass options may hold commas ("a{x=1,y=2},b")
-    module = sbc.compile(args.model, target=args.target, arch=args.arch, passes=args.passes,
-                         quantize=args.quantize, calibrate=args.calibrate,
-                         max_context=args.max_context,
-                         print_after=[p for a in args.print_after for p in a.split(",") if p],
-                         time_passes=args.time_passes,
-                         verify_each=args.verify_each, dump_dir=args.dump_dir,
-                         cache=not args.no_cache, progress=progress)
+    try:
+        module = sbc.compile(args.model, target=args.target, arch=args.arch, passes=args.passes,
+                             quantize=args.quantize, calibrate=args.calibrate,
+                             max_context=args.max_context, tokenizer=args.tokenizer,
+                             window=args.window,
+                             print_after=[p for a in args.print_after for p in a.split(",") if p],
+                             time_passes=args.time_passes,
+                             verify_each=args.verify_each, dump_dir=args.dump_dir,
+                             cache=not args.no_cache, progress=progress)
+    except SbcError as e:
+        _write_error_log(args.tvm_log, e)
+        raise
     module.save(output)
     summary = {"model": args.model, "output": output, "target": args.target,
                "ops": sum(module.manifest["ops"].values()),
@@ -318,46 +387,139 @@ def _check_output_dir(path: str) -> None:
     check_output_path(path)
 
 
-def cmd_run(args) -> None:
-    from sbc.module import module_from_artifact
+def _input_arguments(p) -> None:
+    p.add_argument("--input", action="append", default=[], metavar="NAME=VALUE",
+                   help="NAME=@x.npy, NAME=1,2,3 (or a JSON list), NAME=int64[1,128] (random, "
+                        "seeded by --seed); repeatable")
+    p.add_argument("--inputs", metavar="FILE",
+                   help=".npz whose keys are the input names, .npy (a single-input model), .json")
+    p.add_argument("--seed", type=int, default=0, help="seed of random --input values")
+
+
+def _runnable(args):
+    """(module, feeds): the artifact and the inputs checked before the (slow) runtime loads,
+    so that errors come fast."""
+    from sbc.inputs import input_arrays
     from sbc.ir.types import bind_symbols
-    from sbc.runtimes.artifact import atomic_path, check_runnable, read_artifact
-    if args.outputs:
-        _check_output_dir(args.outputs)
-    # verify the artifact and the inputs before the (slow) runtime is loaded: errors come fast
-    artifact = read_artifact(args.artifact, sha256=args.expect_sha256)
+    from sbc.module import module_from_artifact
+    from sbc.runtimes.artifact import check_runnable, read_artifact
+    artifact = read_artifact(args.artifact, sha256=getattr(args, "expect_sha256", None))
     check_runnable(artifact.manifest, args.artifact, host_cpu=False)
     recurrent = artifact.manifest.get("recurrent") or {}
     hidden = set(recurrent.get("state", [])) | {recurrent.get("position")}
     inputs = [(n, t) for n, t in artifact.inputs if n not in hidden]
-    feeds = _read_npz(args.inputs, [n for n, _ in inputs])
+    if inputs and not args.input and not args.inputs:
+        raise InputError(f"give the inputs ({', '.join(n for n, _ in inputs)}) with --input "
+                         f"NAME=... or --inputs FILE")
+    feeds = input_arrays(args.input, args.inputs, inputs, args.seed)
     bind_symbols(inputs, feeds)
-    outputs = module_from_artifact(artifact, args.artifact).run(feeds)
-    for name, value in outputs.items():
-        print(f"{name}: {value.dtype}{list(value.shape)}")
+    return module_from_artifact(artifact, args.artifact), feeds
+
+
+def cmd_run(args) -> None:
+    from sbc.inputs import summary, write_outputs
     if args.outputs:
-        with atomic_path(args.outputs) as tmp:
-            _write_npz(tmp, outputs)
+        _check_output_dir(args.outputs)
+    module, feeds = _runnable(args)
+    outputs = module.run(feeds)
+    for name, value in outputs.items():
+        print(summary(name, value))
+    if args.outputs:
+        from sbc.runtimes.artifact import atomic_path
+
+        def write_npz(path, arrays):
+            with atomic_path(path) as tmp:
+                _write_npz(tmp, arrays)
+        write_outputs(args.outputs, outputs, write_npz)
+
+
+def cmd_bench(args) -> None:
+    from sbc.bench import bench
+    if args.warmup < 0 or args.repeats < 1:
+        raise InputError("--warmup must be >= 0 and --repeats >= 1")
+    module, feeds = _runnable(args)
+    result = bench(module, feeds, args.warmup, args.repeats, onnx=args.onnx)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    for key, value in result.items():
+        print(f"{key}: {value}")
 
 
 def cmd_generate(args) -> None:
-    import sbc
     from sbc.runtimes.session import check_sampling
+    from sbc.runtimes.tokenizer import check_stop
+    ids = _prompt_ids(args) if args.prompt_ids is not None else None
+    if args.system is not None and not args.chat:
+        raise InputError("--system goes with --chat")
+    # before the slow load: settings that mean nothing fail at once
+    check_sampling(args.temperature, args.top_k, args.max_new_tokens, top_p=args.top_p,
+                   repetition_penalty=args.repetition_penalty, seed=args.seed)
+    check_stop(args.stop)
+    module = _load_generator(args.artifact, args.expect_sha256, text=ids is None)
+    session = module.session(batch=1, chunk=args.chunk)
+    start = time.perf_counter()
+    if ids is not None:
+        tokens = session.generate(np.array([ids]), args.max_new_tokens,
+                                  temperature=args.temperature, top_k=args.top_k, seed=args.seed,
+                                  top_p=args.top_p, repetition_penalty=args.repetition_penalty)[0]
+        print(",".join(str(int(t)) for t in tokens), flush=True)
+        counts, ended = f"{len(ids)} prompt + {len(tokens)} new tokens", ""
+    else:
+        generation = _text_generation(session, args)
+        for piece in generation.pieces():  # as they come: a reader sees the text grow
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        print(flush=True)
+        counts = f"{generation.prompt_tokens} prompt + {generation.completion_tokens} new tokens"
+        ended = f", {generation.finish_reason}"
+    elapsed = time.perf_counter() - start
+    print(f"{counts} in {elapsed:.2f} s (position {session.position}{ended})", file=sys.stderr)
+
+
+def _prompt_ids(args) -> list[int]:
     try:
         prompt = [int(x) for x in args.prompt_ids.split(",") if x.strip()]
     except ValueError:
         raise InputError(f"--prompt-ids must be comma-separated integers, got {args.prompt_ids!r}")
     if not prompt:
         raise InputError("give at least one prompt id")
-    check_sampling(args.temperature, args.top_k, args.max_new_tokens)  # before the slow load
-    session = sbc.load(args.artifact, sha256=args.expect_sha256).session(batch=1, chunk=args.chunk)
-    start = time.perf_counter()
-    tokens = session.generate(np.array([prompt]), args.max_new_tokens, temperature=args.temperature,
-                              top_k=args.top_k, seed=args.seed)[0]
-    elapsed = time.perf_counter() - start
-    print(",".join(str(int(t)) for t in tokens), flush=True)
-    print(f"{len(prompt)} prompt + {len(tokens)} new tokens in {elapsed:.2f} s "
-          f"(position {session.position})", file=sys.stderr)
+    if args.chat or args.stop:
+        raise InputError("--chat and --stop take a text --prompt, not --prompt-ids")
+    return prompt
+
+
+def _load_generator(path: str, sha256: str | None, text: bool):
+    """The module; for text, one that has a tokenizer (said before the slow runtime load)."""
+    from sbc.module import module_from_artifact
+    from sbc.runtimes.artifact import read_artifact
+    from sbc.runtimes.tokenizer import HOW_TO_ATTACH, MEMBER_PREFIX
+    artifact = read_artifact(path, sha256=sha256)
+    if text and not any(n.startswith(MEMBER_PREFIX) for n in artifact.files):
+        raise InputError(f"{path} has no tokenizer, so it takes no text (--prompt-ids gives "
+                         f"token ids): {HOW_TO_ATTACH}")
+    return module_from_artifact(artifact, path)
+
+
+def _text_generation(session, args):
+    sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                    repetition_penalty=args.repetition_penalty, seed=args.seed, stop=args.stop)
+    if not args.chat:
+        return session.text_generation(args.prompt, args.max_new_tokens, **sampling)
+    messages = ([{"role": "system", "content": args.system}] if args.system is not None else [])
+    messages.append({"role": "user", "content": args.prompt})
+    return session.text_generation(None, args.max_new_tokens, messages=messages, **sampling)
+
+
+def cmd_serve(args) -> None:
+    from sbc.serve import Limits, serve
+    limits = Limits(max_tokens=args.max_tokens, max_prompt_tokens=args.max_prompt_tokens,
+                    max_concurrency=args.max_concurrency)  # checked before the slow load
+    try:
+        serve(args.artifact, host=args.host, port=args.port, limits=limits,
+              model_name=args.model_name, sha256=args.expect_sha256)
+    except (KeyboardInterrupt, Terminated):  # uvicorn passes on the signal it stopped for
+        print("sbc: server stopped", file=sys.stderr)
 
 
 def _write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
@@ -548,6 +710,10 @@ def cmd_debug(args) -> int:
 
 
 def cmd_export(args) -> None:
+    if args.source is not None:
+        return _export_checkpoint(args)
+    if args.window is not None:
+        raise SbcError("--window goes with --from DIR (a checkpoint folder)")
     from sbc.models.export import export_onnx
     _check_config(args.config)
     _check_output_dir(args.output)  # export renames its file into place too
@@ -555,6 +721,24 @@ def cmd_export(args) -> None:
     default = (args.form, args.swa) == ("parallel", "masked")
     forms = "" if default else f" (GLA {args.form}, SWA {args.swa})"
     print(f"exported the '{args.config}' reference model{forms} to {path}")
+
+
+def _export_checkpoint(args) -> None:
+    """sbc export --from DIR: the checkpoint's graph (as sbc compiles it) written as ONNX."""
+    from sbc.frontend import import_checkpoint
+    from sbc.frontend.onnx_export import export_graph, save_model
+    from sbc.runtimes.artifact import atomic_path
+    if (args.config, args.form, args.swa) != ("tiny", "parallel", "masked"):
+        raise SbcError("--config, --form and --swa choose the built-in reference model; "
+                       "--from exports a checkpoint folder as it is")
+    if not os.path.isdir(args.source):
+        raise SbcError(f"{args.source}: not a folder (--from takes a checkpoint folder)")
+    _check_output_dir(args.output)
+    model = export_graph(import_checkpoint(args.source, window=args.window or "flash"),
+                         consume=True)
+    with atomic_path(args.output) as tmp:
+        save_model(model, tmp, final=args.output)
+    print(f"exported the checkpoint {args.source} to {args.output} (ONNX opset 21)")
 
 
 def _check_config(name: str) -> None:
@@ -597,7 +781,7 @@ def cmd_demo(args) -> int:
     module = sbc.compile(onnx_path, target="cpu")
     module.save(sbc_path)
     t2 = time.perf_counter()
-    (in_name, in_type), (out_name, out_type) = module.inputs[0], module.outputs[0]
+    (in_name, _), (out_name, out_type) = module.inputs[0], module.outputs[0]
     vocab = int(out_type.shape[-1])
     ids = np.random.default_rng(0).integers(0, vocab, size=(args.batch, args.seq), dtype=np.int64)
     ours, sbc_ms = _timed(lambda: module.run({in_name: ids})[out_name])

@@ -20,7 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from sbc.errors import SbcError, UnsupportedError
+from sbc.errors import CompileError, SbcError, UnsupportedError
 from sbc.module import Module
 from sbc.runtimes.artifact import read_artifact, signature_to_json, write_artifact
 
@@ -41,6 +41,8 @@ class Options:
     verify_each: bool = False
     dump_dir: str | None = None
     cache: bool = True
+    tokenizer: str | os.PathLike | None = None  # a Hugging Face folder (see runtimes.tokenizer)
+    window: str | None = None  # checkpoint folders: "flash" (default) or "cache" (frontend/checkpoint.py)
 
     @property
     def debugging(self) -> bool:
@@ -57,13 +59,17 @@ class Driver:
         o = self.options
         o.arch = check_target(o.target, o.arch)  # before any work: a bad target fails at once
         pipeline = pipeline_for(o.passes, o.quantize, o.max_context)
+        # before any work: a bad folder fails at once; a checkpoint folder brings its own
+        tokenizer = read_tokenizer(o.tokenizer or _checkpoint_tokenizer(model))
         digest = _model_digest(model)  # once: the cache key and the manifest's source both need it
         entry = None if o.debugging or o.calibrate is not None else _cache_entry(
-            digest, o.target, o.cache, arch=o.arch, passes=pipeline, fixed_point=o.passes is None)
+            digest, o.target, o.cache, arch=o.arch, passes=pipeline, fixed_point=o.passes is None,
+            window=o.window, **({"tokenizer": tokenizer.digest} if tokenizer else {}))
         cached = _from_cache(entry, model) if entry else None
         if cached is not None:
             return cached
         graph, relied_on = self.stage("import", self.import_model, model)
+        check_tokenizer_vocab(tokenizer, graph)  # before the long build
         graph = self.stage("optimise", self.optimise, graph, pipeline)
         stats = self.stage("analyse", self.analyse, graph) if o.calibrate is not None else None
         programs = self.stage("programs", self.programs, graph)
@@ -71,6 +77,7 @@ class Driver:
         source = {"name": _source_name(model), "sha256": digest}
         module = self.stage("package", self.package, source, graph, programs, built, stats,
                             relied_on)
+        attach_tokenizer(module, tokenizer)
         if entry:
             from sbc import cache as compile_cache
             compile_cache.store(entry, lambda path: write_artifact(
@@ -88,11 +95,19 @@ class Driver:
         """The graph, and what the model as imported relies on (sbc.ir.assumptions): a pass
         may drop the node that stated it (a Squeeze that squeezes nothing) while the program
         still computes the model's answer only where it holds."""
-        from sbc.frontend import import_onnx
+        from sbc.frontend import import_checkpoint, import_onnx, is_checkpoint
         from sbc.ir import Graph
         from sbc.ir.registry import collect_assumptions
-        # passes rewrite in place: a caller's Graph is copied, not changed behind its back
-        graph = copy.deepcopy(model) if isinstance(model, Graph) else import_onnx(model)
+        if isinstance(model, Graph):
+            # passes rewrite in place: a caller's Graph is copied, not changed behind its back
+            graph = copy.deepcopy(model)
+        elif is_checkpoint(model):  # a Hugging Face checkpoint folder (SpikingBrain release)
+            graph = import_checkpoint(model, window=self.options.window or "flash")
+        elif self.options.window is not None:
+            raise UnsupportedError("window= (the sliding-window convention) applies to "
+                                   "checkpoint folders only; an ONNX model carries its own masks")
+        else:
+            graph = import_onnx(model)
         return graph, collect_assumptions(graph)
 
     def optimise(self, graph, pipeline):
@@ -163,6 +178,42 @@ class Driver:
         manifest["notes"] = fusion_notes(graph)
         library = None if self.options.target == "maca" else _library_bytes(built.executable)
         return Module(library, built.params, manifest, built.files)
+
+
+def _checkpoint_tokenizer(model):
+    """The checkpoint folder being compiled, when it holds tokenizer files (else None)."""
+    from sbc.frontend import is_checkpoint
+    from sbc.runtimes.tokenizer import has_tokenizer
+    return model if is_checkpoint(model) and has_tokenizer(model) else None
+
+
+def read_tokenizer(folder):
+    """The tokenizer to store in the artifact, loaded and checked (InputError, one line, if
+    it does not load), or None."""
+    if folder is None:
+        return None
+    from sbc.runtimes.tokenizer import load_tokenizer_folder
+    return load_tokenizer_folder(folder)
+
+
+def check_tokenizer_vocab(tokenizer, graph) -> None:
+    """Every id the tokenizer produces must be a row of the model's embedding: its vocabulary
+    may not exceed the logits' last dim (smaller is common: padded embedding tables)."""
+    if tokenizer is None or not graph.outputs:
+        return
+    vocab = graph.outputs[0].type.shape[-1] if graph.outputs[0].type.rank else None
+    if isinstance(vocab, int) and tokenizer.vocab_size > vocab:
+        raise CompileError(f"{tokenizer.where}: the tokenizer has {tokenizer.vocab_size} tokens, "
+                           f"more than the model's vocabulary of {vocab} (the logits' last dim): "
+                           f"is it the tokenizer of another model?")
+
+
+def attach_tokenizer(module: Module, tokenizer) -> None:
+    """Store the tokenizer's files as artifact members (checksummed like every member)."""
+    if tokenizer is None:
+        return
+    module.files.update(tokenizer.members())
+    module.manifest["tokenizer"] = tokenizer.summary()
 
 
 def check_target(target: str, arch: str | None = None) -> str | None:
@@ -244,10 +295,10 @@ def _library_bytes(executable) -> bytes:
 # -- the compile cache -------------------------------------------------------------------------
 
 def _model_digest(model) -> str | None:
-    """sha256 of the model's bytes; None for a Graph, or a path that is no file (the importer
-    says what is wrong with it)."""
+    """sha256 of the model's bytes (of a checkpoint folder's files); None for a Graph, or a
+    path that is neither (the importer says what is wrong with it)."""
     from sbc.cache import model_digest
-    if isinstance(model, (str, os.PathLike)) and not os.path.isfile(model):
+    if isinstance(model, (str, os.PathLike)) and not (os.path.isfile(model) or os.path.isdir(model)):
         return None
     return model_digest(model)
 
@@ -281,8 +332,8 @@ def _from_cache(entry: str, model) -> Module | None:
 
 def _source_name(model) -> str:
     """What the manifest calls the model (beside its sha256, so an artifact can be traced)."""
-    if isinstance(model, (str, os.PathLike)):
-        return os.path.basename(os.fspath(model))
+    if isinstance(model, (str, os.PathLike)):  # a checkpoint folder may end in a separator
+        return os.path.basename(os.fspath(model).rstrip(os.sep))
     if hasattr(model, "SerializeToString"):  # onnx.ModelProto
         return model.graph.name or "onnx.ModelProto"
     return getattr(model, "name", None) or type(model).__name__

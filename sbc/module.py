@@ -48,6 +48,7 @@ class Module:
                            "param_names": manifest["param_names"], "params": params,
                            "assumptions": assumptions_from_json(manifest.get("assumptions", []))}
         self._loaded = None
+        self._tokenizer = None  # built from the tokenizer/ members on first use
         self.from_cache = False  # sbc.compile found it in the compile cache
         if self.kind == "cpu" and not lazy:
             self._loaded = self._load_runtime()
@@ -61,6 +62,15 @@ class Module:
         if self._loaded is None:
             self._loaded = self._load_runtime()
         return self._loaded
+
+    @property
+    def tokenizer(self):
+        """The tokenizer stored in the artifact (sbc.runtimes.tokenizer.TextTokenizer:
+        encode, decode, apply_chat_template), or None when it was compiled without one."""
+        if self._tokenizer is None and any(n.startswith("tokenizer/") for n in self.files):
+            from sbc.runtimes.tokenizer import tokenizer_from_members
+            self._tokenizer = tokenizer_from_members(self.files)
+        return self._tokenizer
 
     def _load_runtime(self):
         """The runtime for the target: TargetUnavailableError (one line) without the device."""
@@ -134,7 +144,8 @@ class Module:
         return value
 
     def session(self, batch: int = 1, chunk: int = 512):
-        """A stateful session (prefill, decode, generate, save/load state) over this module."""
+        """A stateful session (prefill, decode, generate, save/load state; with a tokenizer,
+        generate_text and chat) over this module."""
         from sbc.runtimes.session import Session
         return Session(self, batch=batch, chunk=chunk)
 

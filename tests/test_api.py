@@ -35,6 +35,21 @@ def test_compile_run_save_load_round_trip(tmp_path, mlp_module):
     np.testing.assert_array_equal(sbc.load(str(tmp_path / "again.sbc")).run({"x": x})["y"], first)
 
 
+def test_loaded_weights_are_held_once(tmp_path, tiny_module):
+    """sbc.load reads the weights into one aligned buffer and the runtime uses them in place
+    (no second copy): each TVM weight tensor is the module's own array."""
+    tiny_module.save(tmp_path / "m.sbc")
+    loaded = sbc.load(tmp_path / "m.sbc")
+    runtime = loaded._runtime
+    names = loaded.manifest["param_names"]
+    shared = [runtime.params[i].data_ptr() == loaded.params[n].ctypes.data
+              for i, n in enumerate(names) if loaded.params[n].size]
+    assert shared and all(shared)
+    ids = np.zeros((1, 4), np.int64)
+    np.testing.assert_array_equal(loaded.run({"ids": ids})["logits"],
+                                  tiny_module.run({"ids": ids})["logits"])
+
+
 def test_signature_keeps_symbolic_dims(mlp_module):
     (name, t), = mlp_module.inputs
     assert name == "x" and t.dtype == "f32" and t.shape == (Sym.var("batch"), 8)

@@ -78,7 +78,7 @@ def test_run(compiled, tmp_path, capsys):
     code, out, err = cli(capsys, "run", artifact, "--inputs", tmp_path / "in.npz",
                          "--outputs", tmp_path / "out.npz")
     assert code == 0, err
-    assert out.strip() == "y: float32[3, 4]"
+    assert out.startswith("y: f32[3, 4]  min ") and " max " in out and " mean " in out
     import sbc
     np.testing.assert_array_equal(np.load(tmp_path / "out.npz")["y"], sbc.load(artifact).run({"x": x})["y"])
 
@@ -89,7 +89,52 @@ def test_run_subprocess(compiled, tmp_path):
     np.savez(tmp_path / "in.npz", x=np.ones((2, 8), np.float32))
     code, out, err = run_cli("run", artifact, "--inputs", tmp_path / "in.npz")
     assert code == 0, err
-    assert "y: float32[2, 4]" in out
+    assert "y: f32[2, 4]" in out
+
+
+def test_run_inputs_given_on_the_command_line(compiled, tmp_path, capsys):
+    """--input NAME=values | NAME=@file | NAME=dtype[shape] (seeded), .json files, .npy out."""
+    import sbc
+    _, artifact, _ = compiled
+    module = sbc.load(artifact)
+    row = np.arange(8, dtype=np.float32)
+    np.save(tmp_path / "x.npy", np.stack([row, -row]))
+    (tmp_path / "x.json").write_text(json.dumps({"x": [row.tolist()]}))
+    cases = {"values": (["--input", "x=" + ",".join(map(str, range(8)))], row[None]),
+             "json list": (["--input", f"x={json.dumps([row.tolist()])}"], row[None]),
+             "file": (["--input", f"x=@{tmp_path / 'x.npy'}"], np.stack([row, -row])),
+             "json file": (["--inputs", tmp_path / "x.json"], row[None])}
+    for name, (given, x) in cases.items():
+        code, _, err = cli(capsys, "run", artifact, *given, "--outputs", tmp_path / "y.npy")
+        assert code == 0, (name, err)
+        np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), module.run({"x": x})["y"])
+    outs = [cli(capsys, "run", artifact, "--input", "x=float32[3,8]", "--seed", seed)[1]
+            for seed in ("1", "1", "2")]
+    assert outs[0] == outs[1] != outs[2] and outs[0].startswith("y: f32[3, 4]")
+
+
+@pytest.mark.parametrize("given, message", [
+    (["--input", "z=1"], "no input 'z'; its inputs: x"),
+    (["--input", "x"], "expected NAME=VALUES"),
+    (["--input", "x=a,b"], "not a list of numbers"),
+    (["--input", "x=quad[2,8]"], "unknown dtype 'quad'"),
+    (["--input", "x=1,2,3"], "x"),  # a wrong shape: the signature check names the input
+    ([], "give the inputs (x)"),
+])
+def test_run_input_mistakes_are_one_line(compiled, capsys, given, message):
+    _, artifact, _ = compiled
+    code, out, err = cli(capsys, "run", artifact, *given)
+    assert code == 2 and err.startswith("sbc: error:") and message in err and err.count("\n") == 1
+
+
+def test_bench_reports_latency_and_a_ratio_to_onnxruntime(compiled, mlp_onnx, capsys):
+    _, artifact, _ = compiled
+    code, out, err = cli(capsys, "bench", artifact, "--input", "x=float32[4,8]", "--repeats", "3",
+                         "--onnx", mlp_onnx, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["sbc_ms_min"] <= result["sbc_ms_median"] <= result["sbc_ms_max"]
+    assert result["sbc_speed_vs_onnxruntime"] > 0 and "tokens_per_call" not in result
 
 
 def test_passes_option_and_unknown_pass(tmp_path, mlp_onnx, capsys):

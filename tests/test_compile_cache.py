@@ -13,6 +13,10 @@ from sbc.cli import main
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     """An empty cache directory, turned on (the test session turns it off)."""
+    return cache_on(tmp_path, monkeypatch)
+
+
+def cache_on(tmp_path, monkeypatch):
     monkeypatch.setenv("SBC_NO_CACHE", "0")
     monkeypatch.setenv("SBC_CACHE_DIR", str(tmp_path / "cache"))
     return tmp_path / "cache"
@@ -82,3 +86,22 @@ def test_the_cache_keeps_to_its_size(cache, mlp_onnx, monkeypatch):
     monkeypatch.setenv("SBC_CACHE_MAX_MB", "0")  # every entry is over: nothing is kept
     sbc.compile(mlp_onnx)
     assert not list(cache.glob("*.sbc"))
+
+
+def test_a_checkpoint_folder_is_cached_by_its_files(cache, tmp_path, monkeypatch):
+    """A checkpoint folder's key hashes every file in it: the same folder (copied) hits; an
+    edited config misses; the window convention is part of the key."""
+    from tests.frontend.checkpoints import Tiny, write_checkpoint
+    folder = write_checkpoint(tmp_path / "ckpt", Tiny(layers=2))
+    first = sbc.compile(folder)
+    copy = shutil.copytree(folder, tmp_path / "copy")
+    no_build(monkeypatch)
+    assert sbc.compile(copy).from_cache
+    monkeypatch.undo()  # compiling for real again (and the cache env set anew)
+    cache_on(tmp_path, monkeypatch)
+    assert not sbc.compile(copy, window="cache").from_cache
+    with open(copy / "config.json", "a") as f:
+        f.write("\n")  # the same config in other bytes: compiled again, never guessed
+    again = sbc.compile(copy)
+    assert not again.from_cache
+    assert again.manifest["source"]["sha256"] != first.manifest["source"]["sha256"]

@@ -7,17 +7,30 @@ own module, tried in order. Per PrimFunc: injective producers are inlined into t
 and injective epilogues into their producers (common.prepare); then the first PrimFunc rule of
 RULES that returns a schedule wins:
 
-  row_reduction  norms, softmax, the spike encoder: one parallel loop over rows holds them whole
+  row_reduction  norms, softmax, the spike encoder: one parallel loop over rows holds them whole;
+                 where nothing rounds, rsqrt becomes 1 / sqrt so the per-element blocks
+                 vectorise, and reductions over whole vectors keep VECTOR partial results
+                 (rfactor), each in a parallel pass of its own
   per_block      every block gets the first block rule that applies, in order:
     matmul       C[..., i, j] += A[..., i, k] * B[..., k, j] (S..SSR; B may be transposed or
                  pre-packed): B is read as contiguous column panels (re-laid out per call unless
                  pre-packed), a 6 x 32 tile of C lives in vector registers across k, epilogues
                  run when the tile is written back, column tiles run in parallel; a symbolic or
-                 ragged row count is padded to whole row tiles so the inner loop has no predicate
+                 ragged row or column count is padded to whole tiles so the inner loop has no
+                 predicate
+    transpose    y[..., c, t] = x[..., t, c]: 16 x 16 tiles (each output row one vector
+                 gathered from 16 rows of x that stay in L1), outer tiles in parallel
     spatial      all loops data-parallel: outer loops fused + parallel, innermost split by the
                  vector width and vectorised
+    column_reduction  a reduction over a non-last axis (sum over T of [B, T, C]): runs of
+                 columns in parallel, the reduction loop outside a vectorised run of columns
     reduction    leading data-parallel loops fused + parallel; the reduction stays serial
     fallback     the outermost data-parallel loop in parallel
+
+A vector loop over a symbolic length carries a predicate on its last vector, which makes TVM
+emit the whole loop lane by lane: the loop of vectors is annotated for LoopPartition
+(common.partition_tail), which splits the last one off. The default build turns
+LoopPartition on (codegen.build).
 
 A PrimFunc rule is `apply(sch, blocks, target) -> Schedule | None`, a block rule
 `apply(sch, block_info, target) -> bool` (False: not applied, next rule). A rule that raises is
@@ -30,6 +43,7 @@ from __future__ import annotations
 import tvm
 from tvm import tirx
 
+from sbc.codegen.schedule_cpu.column_reduction import ColumnReduction
 from sbc.codegen.schedule_cpu.common import SCHEDULED, VECTOR, is_scheduled, prepare
 from sbc.codegen.schedule_cpu.fallback import Fallback
 from sbc.codegen.schedule_cpu.matmul import STACK_BYTES, TILE_I, TILE_J, Matmul
@@ -37,6 +51,7 @@ from sbc.codegen.schedule_cpu.per_block import PerBlock
 from sbc.codegen.schedule_cpu.reduction import Reduction
 from sbc.codegen.schedule_cpu.row_reduction import RowReduction
 from sbc.codegen.schedule_cpu.spatial import Spatial
+from sbc.codegen.schedule_cpu.transpose import Transpose
 
 __all__ = ["RULES", "SCHEDULED", "STACK_BYTES", "TILE_I", "TILE_J", "VECTOR", "ScheduleCPU",
            "schedule_cpu", "schedule_func"]
@@ -45,7 +60,8 @@ __all__ = ["RULES", "SCHEDULED", "STACK_BYTES", "TILE_I", "TILE_J", "VECTOR", "S
 # one PrimFunc can need several of them (a matmul block and a data-parallel block beside it).
 RULES = (
     RowReduction(),
-    PerBlock(Matmul(), Spatial(), Reduction(), Fallback()),  # always applies: keep it last
+    # always applies: keep it last
+    PerBlock(Matmul(), Transpose(), Spatial(), ColumnReduction(), Reduction(), Fallback()),
 )
 
 

@@ -111,8 +111,29 @@ def static(extent) -> int | None:
 
 
 def is_matmul(sch, info) -> bool:
-    """C[..., i, j] += A[..., i, k] * B[..., k, j]-like: S..SSR over two operands."""
+    """C[..., i, j] += A[..., i, k] * B[..., k, j]-like: S..SSR over two operands, one indexed
+    by i and k but not j, the other by j and k but not i. (Softmax's sum of exp(x - max) also
+    reads two buffers in an S..SSR block, but its max is indexed by no k: not a matmul.)"""
     kinds = info.dom_kind()
     block = sch.get(info.block_rv)
-    return (kinds.endswith("SSR") and set(kinds[:-3]) <= {"S"} and info.is_reduction()
-            and len(block.reads) == 2 and len(block.writes) == 1)
+    if not (kinds.endswith("SSR") and set(kinds[:-3]) <= {"S"} and info.is_reduction()
+            and len(block.reads) == 2 and len(block.writes) == 1):
+        return False
+    # the iterators as NormalizePrimFunc sees them: unit ones dropped
+    iters = [iv.var for iv in block.iter_vars if static(iv.dom.extent) != 1]
+    if len(iters) < 3:
+        return False
+    i, j, k = iters[-3:]
+    uses = []
+    for region in block.reads:
+        used = {v for r in region.region for v in _vars(r.min)}
+        uses.append(tuple(any(v.same_as(x) for v in used) for x in (i, j, k)))
+    return sorted(uses) == [(False, True, True), (True, False, True)]
+
+
+def partition_tail(sch, loop) -> None:
+    """Have TVM's LoopPartition split `loop`, over the whole vectors of a symbolic length (the
+    last one predicated), into its unpredicated iterations and the last one. With the
+    predicate inside, TVM vectorises the loop lane by lane (scalar loads and stores)."""
+    if static(sch.get(loop).extent) is None:
+        sch.annotate(loop, "pragma_loop_partition_hint", 1)

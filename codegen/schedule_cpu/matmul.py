@@ -88,16 +88,18 @@ def _tile_cols(n, packed: bool) -> int:
 
 
 def _pad_to_tiles(sch, block, rows, n, tile_j) -> dict:
-    """Pad C's rows to a multiple of TILE_I (and a static N to one of tile_j) with pad_einsum:
-    A gets zero rows, C extra rows that the write-back drops. With a symbolic or ragged row
-    count the last row tile would otherwise carry a predicate (T.where) inside the k loop,
-    and a predicated tile buffer is not compacted to the tile (nor kept in registers): it is
-    allocated at C's full size. pad_einsum needs plain B indices, so pre-packed B
+    """Pad C's rows to a multiple of TILE_I (and N to one of tile_j) with pad_einsum: A gets
+    zero rows, B zero columns, C extra rows and columns that the write-back drops. With a
+    symbolic or ragged row count the last row tile would otherwise carry a predicate (T.where)
+    inside the k loop, and a predicated tile buffer is not compacted to the tile (nor kept in
+    registers): it is allocated at C's full size. pad_einsum needs plain B indices, so pre-packed B
     (Bp[j // P, k, j % P]) is first read through a plain [N, K] view (reindex) and read
     directly again afterwards.
     Returns the padded copies of the inputs, keyed by the buffer each one copies."""
     pad_rows = rows is None or rows % TILE_I != 0
-    pad_cols = n is not None and n % tile_j != 0
+    # a symbolic N too (activation x activation, q @ k^T): the last column tile would carry a
+    # predicate, the tile buffer would not be compacted (C-sized) nor kept in registers
+    pad_cols = n is None or n % tile_j != 0
     if not (pad_rows or pad_cols):
         return {}
     view = None

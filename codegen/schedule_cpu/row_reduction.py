@@ -1,5 +1,5 @@
-"""PrimFunc rule for row-wise kernels (norms, softmax, the spike encoder): one parallel loop over
-rows holds every block of the kernel."""
+"""PrimFunc rule for row-wise kernels (norms, softmax, the spike encoder): parallel loops over
+rows hold every block of the kernel (one loop, or one per vectorised reduction)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ import tvm
 import tvm_ffi
 from tvm import tirx
 
-from sbc.codegen.schedule_cpu.common import VECTOR, hoist_inits, injective, is_matmul, static
+from sbc.codegen.schedule_cpu.column_reduction import contiguous_along_last_spatial
+from sbc.codegen.schedule_cpu.common import (VECTOR, hoist_inits, injective, is_matmul,
+                                              partition_tail, prepare, static, try_primitive)
+from sbc.codegen.schedule_cpu.vector_rewrites import vector_rewrites
 
 log = logging.getLogger(__name__)
 
@@ -20,13 +23,30 @@ class RowReduction:
     own row of the buffers the kernel writes (so rows are independent: in parallel they cannot
     race). Rows run in parallel, every block under its row's iteration (the second pass over a
     row reads it from cache; one parallel region per kernel), the per-element blocks
-    vectorised. The reductions stay serial: their summation order is the reference's.
+    vectorised.
+
+    Kernels that do not round (softmax, norms; not the spike encoder, whose threshold must be
+    summed in the reference's order, or a value on a rounding boundary could flip) get rsqrt
+    as 1 / sqrt (vector_rewrites), so that their per-element blocks vectorise, and their
+    reductions over one trailing axis vectorise too: each keeps VECTOR partial results per
+    row (rfactor over lanes, combined at the end of the row, as MLAS does) and runs its own
+    parallel pass over the rows (see _schedule_rows). A vectorised loop over a symbolic
+    length is split by LoopPartition (pragma_loop_partition_hint) into whole vectors and a
+    remainder: with the predicate inside, TVM would emit it lane by lane.
     Returns None where the PrimFunc does not fit, or the schedule fails (then `sch` is left as
     it was, for the next rule)."""
 
     def apply(self, sch, blocks, target):
         if not _fits(sch, blocks):
             return None
+        if not any(_rounds(sch.get(b.block_rv)) for b in blocks):
+            try:
+                fast = prepare(vector_rewrites(sch.mod["main"]))
+                if fast is not None and len(fast[1]) == len(blocks):
+                    _schedule_rows(fast[0], fast[1], lanes=True)
+                    return hoist_inits(fast[0])
+            except Exception as e:
+                log.debug("row reduction with vector rewrites failed: %s", e)
         scheduled = sch.copy()  # `sch` stays as it is for the next rule, should this fail
         try:
             _schedule_rows(scheduled, blocks)
@@ -40,6 +60,9 @@ def _fits(sch, blocks) -> bool:
     if len(blocks) < 2 or all(injective(b) for b in blocks) or not injective(blocks[-1]):
         return False
     if any(is_matmul(sch, b) for b in blocks):
+        return False
+    if any(not injective(b) and contiguous_along_last_spatial(sch.get(b.block_rv), b)
+           for b in blocks):  # a sum over a non-last axis: ColumnReduction's
         return False
     lead = _row_dims(blocks)
     written = {w.source for b in blocks for w in sch.get(b.block_rv).writes}
@@ -67,28 +90,101 @@ def _own_row(block, lead: int, written) -> bool:
     return True
 
 
-def _schedule_rows(sch, blocks) -> None:
+def _schedule_rows(sch, blocks, lanes: bool = False) -> None:
     lead = _row_dims(blocks)
-    loops = sch.get_loops(blocks[0].block_rv)
-    rows = sch.fuse(*loops[:lead]) if lead > 1 else loops[0]
-    sch.parallel(rows)
-    # the later blocks move under the first one's row loop, not the earlier ones under the
-    # last one's: compute_at refuses blocks that write an output (the encoder's threshold)
-    for info in blocks[1:]:
-        sch.reverse_compute_at(info.block_rv, rows, preserve_unit_loops=True)
+    order = []  # (block, kind) in program order; kind: "map", "reduce" or "lanes" (rfactor)
     for info in blocks:
-        if injective(info) and _vectorizable(sch.get(info.block_rv)):
-            _vectorize_inner(sch, info.block_rv)
+        if injective(info):
+            order.append((info.block_rv, "map"))
+        elif lanes and info.dom_kind().count("R") == 1 and info.dom_kind().endswith("R") and (
+                _whole_vectors(info) or _can_lanes(sch, info.block_rv, lead)):
+            # VECTOR partial results per row: rf[row, lane] += x[row, r * VECTOR + lane], then
+            # the row's result is the sum (max, ...) of its lanes. rfactor refuses a block
+            # under a loop that holds other blocks: it comes before compute_at.
+            rf = _lanes(sch, info.block_rv)
+            order += [(rf, "lanes" if _whole_vectors(info) else "ragged lanes"),
+                      (info.block_rv, "reduce")]
+        else:
+            order.append((info.block_rv, "reduce"))
+    rows = None
+    for block, kind in order:
+        # the later blocks move under the row loop, not the earlier ones under a later block's:
+        # compute_at refuses blocks that write an output (the encoder's threshold). An rfactor
+        # block is never moved: compute_at and reverse_compute_at drop its predicate (on a row
+        # that is not a whole number of vectors the lanes past its end would add the next
+        # row's elements), so it starts a parallel pass over the rows of its own; so does a
+        # block that reads from two such passes (reverse_compute_at wants all its producers
+        # under the loop)
+        if rows is None or kind.endswith("lanes") or not try_primitive(
+                sch.reverse_compute_at, block, rows, True):
+            rows = _row_loop(sch, block, lead, decompose=kind == "ragged lanes")
+    for block, kind in order:
+        if kind.endswith("lanes"):
+            *_, outer, lane = sch.get_loops(block)
+            sch.vectorize(lane)
+            partition_tail(sch, outer)
+        elif kind == "map" and _vectorizable(sch.get(block)):
+            _vectorize_inner(sch, block)
         # else the loop stays whole: TVM would vectorise it lane by lane (scalar calls and a
         # scatter store, 2x slower for the encoder's nearbyint); LLVM's loop vectoriser does
         # not
+
+
+def _whole_vectors(info) -> bool:
+    extent = static(info.iters[-1].dom)
+    return extent is not None and extent % VECTOR == 0
+
+
+def _lanes(sch, block):
+    """rfactor `block`'s reduction (its innermost loop) over VECTOR lanes; the rfactor block."""
+    _, lane = sch.split(sch.get_loops(block)[-1], [None, VECTOR])
+    return sch.rfactor(lane, factor_axis=len(sch.get(block).writes[0].region))
+
+
+def _row_loop(sch, block, lead: int, decompose: bool):
+    """A parallel loop over the rows from `block`'s leading loops. An rfactor block over a
+    row that is not a whole number of vectors (`decompose`) gets its init before its chunk
+    loop here, while it is alone under the row loop (decompose_reduction wants that):
+    LoopPartition would otherwise split off the first chunk (where the init runs) rather than
+    the last, predicated one."""
+    loops = sch.get_loops(block)
+    rows = sch.fuse(*loops[:lead]) if lead > 1 else loops[0]
+    sch.parallel(rows)
+    if decompose:
+        init = sch.decompose_reduction(block, sch.get_loops(block)[-2])
+        sch.vectorize(sch.get_loops(init)[-1])
+    return rows
+
+
+def _can_lanes(sch, block, lead: int) -> bool:
+    """_lanes and _row_loop work where the row is not a whole number of vectors."""
+    try:
+        trial = sch.copy()
+        _row_loop(trial, _lanes(trial, block), lead, decompose=True)
+        return True
+    except Exception:
+        return False
+
+
+_ROUNDING = {"tirx.nearbyint", "tirx.round", "tirx.floor", "tirx.ceil", "tirx.trunc"}
+
+
+def _rounds(block) -> bool:
+    """The block rounds (the spike encoder): its reductions keep the reference's order."""
+    calls = []
+    tvm_ffi.structural_walk(block.body, (tvm.ir.Call, calls.append))
+    return any(isinstance(c.op, tvm.ir.Op) and c.op.name in _ROUNDING for c in calls)
 
 
 def _vectorizable(block) -> bool:
     """TVM can vectorise every call in the block (tirx.nearbyint, for one, it cannot)."""
     calls = []
     tvm_ffi.structural_walk(block.body, (tvm.ir.Call, calls.append))
-    return all(c.op.get_attr("TVectorizable") for c in calls if isinstance(c.op, tvm.ir.Op))
+    return all(c.op.get_attr("TVectorizable") or c.op.name in _VECTOR_BUILTINS
+               for c in calls if isinstance(c.op, tvm.ir.Op))
+
+
+_VECTOR_BUILTINS = {"tirx.reinterpret", "tirx.bitwise_and", "tirx.shift_left"}
 
 
 def _vectorize_inner(sch, block) -> None:
@@ -103,4 +199,6 @@ def _vectorize_inner(sch, block) -> None:
         sch.vectorize(loops[-1])
         return
     width = VECTOR if extent is None or extent % VECTOR == 0 or extent > 64 else 8
-    sch.vectorize(sch.split(loops[-1], [None, width])[-1])
+    outer, inner = sch.split(loops[-1], [None, width])
+    sch.vectorize(inner)
+    partition_tail(sch, outer)

@@ -221,3 +221,111 @@ def test_chunked_plan_follows_the_target_limits():
     assert choose_plan(maca, 128, 128, "key") == ChunkPlan(64, 256, 32, 64, 8)
     with pytest.raises(UnsupportedError, match="accumulators"):
         choose_plan(cuda, 256, 256, "key")  # 256 state entries per thread: stays recurrent
+
+
+# -- the scheduled kernels of a whole model ----------------------------------------------------
+#
+# Every other kernel of a GPU build is TE lowered and scheduled by codegen.schedule_gpu's rules
+# (dlight's Matmul / GEMV / Reduction / GeneralReduction, Fallback, LoopNest). Scheduled TIR
+# keeps the sequential meaning of its blocks (TVM inserts the barriers a thread mapping needs
+# when it lowers), so the scheduled kernel with its thread-bound loops made serial, its shared
+# and local buffers global, computes what the GPU must: its loop splits, fusions, tiling,
+# cross-thread reductions (rfactor) and LoopNest's grid guards. TVM's Python API has no TIR
+# mutator: the kernel is printed, rewritten, and parsed back.
+
+def serial_form(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
+    """A scheduled GPU kernel with every thread_binding loop serial and every buffer global,
+    unbound from the GPU target."""
+    import re
+    text = func.script().replace("T.thread_binding(", "T.serial(")
+    text = re.sub(r', thread="[\w.]+"', "", text)
+    text = re.sub(r'scope="(shared|shared\.dyn|local|warp)"', 'scope="global"', text)
+    return tvm.script.from_source(text).without_attr("target")
+
+
+def _serial_kernels(limits):
+    """The hand-written GPU kernels in their bind_threads=False form, chosen as
+    codegen.schedule_gpu.kernels chooses them (tiles for `limits`)."""
+    from sbc.codegen.kernels.linear_attention_chunked_gpu import chunked_gpu_args, chunked_supported
+    from sbc.codegen.kernels.spike_matmul_gpu import spike_matmul_gpu_args
+    from sbc.codegen.lower.common import optional_input
+    from sbc.codegen.lower.linear_attention import sliding_window_args
+
+    def linear_attention(node):
+        d = linear_attention_dims(node)
+        past = optional_input(node, 3) is not None
+        if d["beta"] is None and chunked_supported(d["dk"], d["dv"], d["decay"]):
+            args = chunked_gpu_args(d["hq"], d["hkv"], d["dk"], d["dv"], d["scale"], d["decay"], past)
+            return linear_attention_chunked_gpu_kernel(**args, limits=limits, bind_threads=False)
+        return linear_attention_gpu_kernel(d["hq"], d["hkv"], d["dk"], d["dv"], d["scale"],
+                                           d["decay"], d["beta"], past=past, bind_threads=False)
+
+    return {"LinearAttention": linear_attention,
+            "SlidingWindowAttention": lambda node: sliding_window_gpu_kernel(
+                *sliding_window_args(node, "gpu"), bind_threads=False),
+            "SpikeMatMul": lambda node: spike_matmul_gpu_func(
+                **spike_matmul_gpu_args(node), limits=limits, bind_threads=False)}
+
+
+def gpu_scheduled_on_cpu(graph, target: str):
+    """`graph` lowered and scheduled as for `target`, every kernel serial, built for llvm:
+    (a function of the graph's inputs, {kernel: rules' or hand-written})."""
+    from sbc.codegen.build import _Lowerer, fuse
+    from sbc.codegen.schedule_gpu import schedule_gpu
+    from sbc.codegen.target import resolve
+    gpu = resolve(target).tvm()
+    lowerer = _Lowerer({"main": graph}, kernel_fns=_serial_kernels(GpuLimits.of(gpu)), where=target)
+    mod = schedule_gpu(fuse(lowerer.run()), gpu)
+    kinds = {}
+    for gv, func in list(mod.functions_items()):
+        if isinstance(func, tvm.tirx.PrimFunc):
+            kinds[gv.name_hint] = "scheduled" if thread_bound(func) else "hand-written"
+            if thread_bound(func):
+                mod.update_func(gv, serial_form(func))
+    exe = tvm.compile(mod, target=LLVM, relax_pipeline="default_build")
+    vm = tvm.relax.VirtualMachine(exe, tvm.cpu())
+    names = [v.name for v in graph.inputs] + [p.name for p in graph.params]
+    params = [p.data for p in graph.params]
+
+    def run(feeds):
+        out = vm["main"](*[tvm.runtime.tensor(np.asarray(a, order="C"))
+                           for a in [feeds[v.name] for v in graph.inputs] + params])
+        return {name: out[i].numpy() for i, name in enumerate(graph.output_names)}
+    assert len(names) == len(graph.inputs) + len(params)
+    return run, kinds
+
+
+@pytest.fixture(scope="module")
+def tiny_w8_graph(tiny_onnx):
+    """The tiny model as sbc optimises it with --quantize w8: the recurrent step program with
+    SpikeMatMul, LinearAttention, SlidingWindowAttention, norms, RoPE and the embedding."""
+    from sbc.driver import pipeline_for
+    from sbc.frontend import import_onnx
+    from sbc.passes import run_passes
+    return run_passes(import_onnx(tiny_onnx), pipeline_for(None, "w8", None))
+
+
+@pytest.mark.parametrize("target", ["cuda", "maca"])
+def test_tiny_model_scheduled_kernels_serially(tiny_w8_graph, target):
+    """Every kernel of the tiny model's GPU build (for cuda: 32-lane warps, 48 KiB of shared
+    memory; for maca: 64-lane waves, 64 KiB) run serially on the CPU agrees with the reference
+    interpreter, from an empty state and from the state a first chunk left."""
+    graph = tiny_w8_graph
+    run, kinds = gpu_scheduled_on_cpu(graph, target)
+    assert sum(k == "scheduled" for k in kinds.values()) >= 25
+    assert sum(k == "hand-written" for k in kinds.values()) >= 3
+    rng = np.random.default_rng(0)
+    state = {v.name: np.zeros([1 if str(d) == "batch" else int(d) for d in v.shape], np.float32)
+             for v in graph.inputs if v.name.startswith("state.")}
+    position = 0
+    for seq in (9, 3):  # a prefill chunk, then the next chunk from its state
+        feeds = {"ids": rng.integers(0, 256, (1, seq)).astype(np.int64),
+                 "position": np.array(position, np.int64), **state}
+        got, want = run(feeds), interpret(graph, feeds)
+        for name in graph.output_names:
+            scale = max(1.0, float(np.abs(want[name]).max()))
+            # spikes (Round) may flip where x / V_th lands within float rounding of .5
+            close = np.abs(got[name] - want[name]) <= 1e-4 * scale
+            assert close.mean() > 0.99, f"{name} T={seq}: {np.abs(got[name] - want[name]).max()}"
+        state = {n: got[n] for n in state}
+        position += seq

@@ -1,16 +1,10 @@
-"""GPU schedules (CUDA and MACA): TVM's dlight GPU rules for the generic kernels, sbc's
-thread-bound TIR for LinearAttention, SlidingWindowAttention and SpikeMatMul, and a check that
-every kernel ended up bound to GPU threads.
+"""The hand-written GPU kernels (LinearAttention, SlidingWindowAttention, SpikeMatMul): which
+one serves a node, and their specialisation for the actual target.
 
-The lowering (codegen.lower's TE rules) is the CPU's; only scheduling differs. dlight tries,
-per PrimFunc, Matmul, GEMV, Reduction, GeneralReduction and then Fallback (a plain
-blockIdx/threadIdx split), using the target's warp size and thread limits (64-lane waves on
-MACA). The SpikeMatMul kernel's tiles depend on the target's limits (warp size, shared memory),
-which the lowering does not know: it is lowered with limits every GPU target meets and rebuilt
-here for the actual target (SPECIALISE); so is the chunked LinearAttention kernel's (chunk
-staging, SPECIALISE_CHUNKED). A PrimFunc that no rule binds to threads would be
-compiled silently as a HOST function of the CUDA build, reading device memory from the CPU:
-`require_thread_bound` refuses that.
+The SpikeMatMul kernel's tiles depend on the target's limits (warp size, shared memory), which
+the lowering does not know: it is lowered with limits every GPU target meets and rebuilt for
+the actual target (SPECIALISE); so is the chunked LinearAttention kernel's (chunk staging,
+SPECIALISE_CHUNKED).
 """
 
 from __future__ import annotations
@@ -20,7 +14,6 @@ import json
 
 import tvm
 from tvm import tirx
-from tvm.s_tir import dlight as dl
 
 from sbc.codegen.kernels.linear_attention_chunked_gpu import (SHORT, chunked_gpu_args,
                                                              chunked_supported,
@@ -31,35 +24,7 @@ from sbc.codegen.kernels.spike_matmul_gpu import (GpuLimits, spike_matmul_gpu_ar
                                                   spike_matmul_gpu_func)
 from sbc.codegen.lower.common import optional_input, require_f32
 from sbc.codegen.lower.linear_attention import sliding_window_args
-from sbc.errors import CompileError
 from sbc.ir.ops.linear_attention import linear_attention_dims
-
-
-def schedule_gpu(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
-    """The hand-written kernels specialised for `target`, then dlight's GPU rules on every
-    PrimFunc not marked scheduled (the hand-written kernels are)."""
-    mod = specialise_for(mod, target)
-    rules = (dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
-             dl.gpu.Fallback())
-    with target:
-        return dl.ApplyDefaultSchedule(*map(_UnlessItFails, rules))(mod)
-
-
-class _UnlessItFails(dl.ScheduleRule):
-    """A dlight rule that does not apply to a kernel it fails to schedule: the next rule
-    tries. Reduction and GeneralReduction fail on loops over a clamped Slice's rows
-    (`batch*min(seq, 1)`: their iterators are not affine); Fallback schedules any kernel, and a
-    kernel no rule schedules is refused by require_thread_bound."""
-
-    def __init__(self, rule: dl.ScheduleRule):
-        self.rule = rule
-
-    def apply(self, func, target, tunable):
-        try:
-            return self.rule.apply(func, target, tunable)
-        except tvm.s_tir.schedule.ScheduleError:
-            return None
-
 
 SPECIALISE = "sbc.spike_matmul_args"  # JSON of spike_matmul_gpu_func's arguments
 SPECIALISE_CHUNKED = "sbc.linear_attention_chunked_args"  # and of the chunked LinearAttention's
@@ -97,27 +62,6 @@ def specialise_for(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule
 @functools.lru_cache(maxsize=64)  # each layer asks again, and parsing TVMScript takes ~1 s
 def _specialised(attr: str, args_json: str, maca: bool, limits: GpuLimits) -> tirx.PrimFunc:
     return SPECIALISED[attr](maca, limits, **json.loads(args_json))
-
-
-def thread_bound(func: tirx.PrimFunc) -> bool:
-    """Whether `func` launches on the device: some loop bound to a GPU thread axis. TVM 0.27's
-    Python API has no TIR visitor, so this reads the printed function (a thread-bound loop
-    prints as T.thread_binding, a lowered one as T.launch_thread)."""
-    text = func.script()
-    return "T.thread_binding(" in text or "T.launch_thread(" in text
-
-
-def require_thread_bound(mod: tvm.IRModule, kernels: dict[str, list], kind: str) -> None:
-    """CompileError naming the first PrimFunc (and its sbc nodes) left without threads."""
-    for gv, func in mod.functions_items():
-        if isinstance(func, tirx.PrimFunc) and not thread_bound(func):
-            nodes = ", ".join(dict.fromkeys(n.where() for n in kernels.get(gv.name_hint, []))) or "unknown nodes"  # programs share nodes
-            raise CompileError(f"kernel '{gv.name_hint}' ({nodes}) has no GPU schedule: no loop "
-                               f"is bound to GPU threads, so the {kind} build would run it on "
-                               f"the host; refusing to build it")
-
-
-# -- the hand-written kernels ----------------------------------------------------------------
 
 
 def _linear_attention(node):
