@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import time
 
 import numpy as np
@@ -28,23 +27,11 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import sbc
+from bench_matmul_cpu import median_s  # noqa: E402  (this folder: the same timing rules)
 
 F32, I64, BOOL = TensorProto.FLOAT, TensorProto.INT64, TensorProto.BOOL
 NP = {F32: np.float32, I64: np.int64, BOOL: np.bool_}
 SIZES = {"small": 512, "large": 2048}  # T; B = 1 throughout
-
-
-def median_s(fn, repeats) -> float:
-    """Median wall time of `fn` after one warm-up call. The pause first lets other runtimes'
-    worker threads (TVM's and onnxruntime's spin-waits) go idle, so they do not steal cores."""
-    time.sleep(0.2)
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 # -- the op catalogue ------------------------------------------------------------------------------

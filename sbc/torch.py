@@ -108,15 +108,14 @@ class _Backend:
 
     def __call__(self, *args):
         key = _signature(args)
-        program = self.programs[key] if key in self.programs else self._compile(list(args))
+        program = self.programs[key] if key in self.programs else self._compile(key, list(args))
         if program is None:
             return self.gm(*args)
         dynamic = [x for x, const in zip(args, self.constant) if not const and isinstance(x, torch.Tensor)]
         out = program(*dynamic)
         return out if isinstance(out, tuple) else (out,)
 
-    def _compile(self, args: list) -> CompiledModule | None:
-        key = _signature(args)
+    def _compile(self, key: tuple, args: list) -> CompiledModule | None:
         try:
             frozen = _Frozen(self.gm, args, self.constant)
             self.programs[key] = compile_module(frozen, tuple(frozen.dynamic_examples))
