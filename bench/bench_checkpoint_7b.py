@@ -3,13 +3,19 @@ full-size layers (hidden 3584, 28 heads, 4 KV heads, MLP 18944) from a synthetic
 checkpoint in the release format written to disk, extrapolated to the 28-layer model.
 
     .venv/bin/python bench/bench_checkpoint_7b.py [--variant plain|w8aspike] [--layers 2]
-                                                  [--vocab 4096] [--compile] [--dir DIR]
+                                                  [--vocab 4096] [--compile] [--decode N]
+                                                  [--dir DIR]
 
 Each phase runs in its own process so its peak RSS is its own: `import` (config + weights ->
 sbc IR, what frontend/checkpoint.py holds) and, with --compile, the whole `sbc.compile` for
 cpu. The vocabulary is small by default (this machine has ~23 GB shared): the embedding and
 LM head of the real vocab (152064) add 2 x vocab x hidden x 4 bytes as f32 params, reported
 separately in the extrapolation.
+
+--decode N times N single-token decode steps of the compiled layers (after a 16-token
+prefill), and the LM head alone (one f32 MatMul [1, hidden] x [hidden, vocab]) at the small and
+the real vocabulary, so that the 7B's decode time per token is extrapolated from measured parts:
+(layers' step - small head) x 28 / layers + real head.
 """
 
 from __future__ import annotations
@@ -37,10 +43,13 @@ def write(folder: str, variant: str, layers: int, vocab: int) -> float:
     return time.perf_counter() - start
 
 
-def phase(name: str, folder: str) -> dict:
+def phase(name: str, folder: str, decode: int = 0) -> dict:
     """Run in a child: the phase's seconds and the child's peak RSS."""
     start = time.perf_counter()
-    stages = {}
+    stages, timings = {}, {}
+    if name == "head":
+        return {"ms": {str(v): head_ms(v, decode) for v in (read_vocab(folder), VOCAB_7B)},
+                "peak_rss_bytes": peak_rss()}
     if name == "import":
         from sbc.frontend import import_checkpoint
         graph = import_checkpoint(folder)
@@ -50,9 +59,52 @@ def phase(name: str, folder: str) -> dict:
         module = sbc.compile(folder, target="cpu", cache=False,
                              progress=lambda s, t: stages.__setitem__(s, round(t, 2)))
         params = sum(p.nbytes for p in module.params.values())
+        compile_peak = peak_rss()
+        if decode:
+            timings["decode_ms"] = decode_ms(module, decode)
     return {"seconds": round(time.perf_counter() - start, 2), "stages": stages,
-            "param_bytes": params,
-            "peak_rss_bytes": peak_rss()}
+            "param_bytes": params, "peak_rss_bytes": peak_rss() if name == "import" else compile_peak,
+            **timings}
+
+
+def decode_ms(module, steps: int) -> float:
+    """Median ms of one decode step (batch 1) after a 16-token prefill."""
+    import numpy as np
+    vocab = module.outputs[0][1].shape[-1]
+    session = module.session()
+    session.prefill(np.arange(16, dtype=np.int64)[None] % vocab)
+    times = []
+    for i in range(steps):
+        t = time.perf_counter()
+        session.decode(np.array([i % vocab], np.int64))
+        times.append(time.perf_counter() - t)
+    return round(sorted(times)[len(times) // 2] * 1e3, 2)
+
+
+def head_ms(vocab: int, steps: int) -> float:
+    """Median ms of the LM head alone at one token: x [1, hidden] @ W [hidden, vocab], f32."""
+    import numpy as np
+    import sbc
+    from sbc.ir import Graph, TensorType
+    g = Graph()
+    x = g.add_input("x", TensorType("f32", (1, HIDDEN)))
+    w = g.add_param("lm_head", np.random.default_rng(0).standard_normal(
+        (HIDDEN, vocab), dtype=np.float32) * 0.02)
+    g.set_outputs([g.add1("MatMul", x, w)], ["logits"])
+    module = sbc.compile(g, cache=False)
+    feeds = {"x": np.ones((1, HIDDEN), np.float32)}
+    module.run(feeds)
+    times = []
+    for _ in range(max(steps, 5)):
+        t = time.perf_counter()
+        module.run(feeds)
+        times.append(time.perf_counter() - t)
+    return round(sorted(times)[len(times) // 2] * 1e3, 2)
+
+
+def read_vocab(folder: str) -> int:
+    with open(os.path.join(folder, "config.json")) as f:
+        return json.load(f)["vocab_size"]
 
 
 def peak_rss() -> int:
@@ -65,9 +117,9 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def run_child(name: str, folder: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--phase", name, "--dir", folder],
-                         capture_output=True, text=True, check=True)
+def run_child(name: str, folder: str, decode: int = 0) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--phase", name, "--dir", folder,
+                          "--decode", str(decode)], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -77,11 +129,13 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=2, help="1: one GLA layer; 2: GLA + SWA")
     ap.add_argument("--vocab", type=int, default=4096)
     ap.add_argument("--compile", action="store_true", help="also time the whole cpu compile")
+    ap.add_argument("--decode", type=int, default=0, metavar="N",
+                    help="with --compile: time N decode steps and the LM head alone")
     ap.add_argument("--dir", help="checkpoint folder to write (default: a temp folder)")
     ap.add_argument("--phase", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.phase:
-        print(json.dumps(phase(args.phase, args.dir)))
+        print(json.dumps(phase(args.phase, args.dir, args.decode)))
         return
     folder = args.dir or tempfile.mkdtemp(prefix="sbc-ckpt7b-")
     if os.path.isfile(os.path.join(folder, "config.json")):  # written by an earlier run
@@ -93,17 +147,34 @@ def main() -> None:
               f"bf16: {size / 1e9:.2f} GB in {disk:.1f} s -> {folder}")
     results = {"import": run_child("import", folder)}
     if args.compile:
-        results["compile"] = run_child("compile", folder)
-    embed = 2 * args.vocab * HIDDEN * 4  # embedding + LM head as f32 params
+        results["compile"] = run_child("compile", folder, args.decode)
+    vocab = read_vocab(folder)
+    embed = 2 * vocab * HIDDEN * 4  # embedding + LM head as f32 params
     for name, r in results.items():
-        layer_s = r["seconds"] / args.layers
-        layer_bytes = (r["param_bytes"] - embed) / args.layers
+        layers = _layers(folder)
+        layer_s = r["seconds"] / layers
+        layer_bytes = (r["param_bytes"] - embed) / layers
         full = layer_bytes * LAYERS_7B + 2 * VOCAB_7B * HIDDEN * 4
         print(f"{name:>7}: {r['seconds']:.1f} s, peak RSS {r['peak_rss_bytes'] / 1e9:.2f} GB, "
               f"params {r['param_bytes'] / 1e9:.2f} GB {r['stages'] or ''}")
         print(f"         28-layer 7B estimate: ~{layer_s * LAYERS_7B:.0f} s, params "
               f"~{full / 1e9:.1f} GB (layers {layer_bytes * LAYERS_7B / 1e9:.1f} GB + embedding "
               f"and LM head {2 * VOCAB_7B * HIDDEN * 4 / 1e9:.1f} GB)")
+    if args.compile and args.decode:
+        step, layers = results["compile"]["decode_ms"], _layers(folder)
+        head = run_child("head", folder, args.decode)["ms"]
+        small, real = head[str(vocab)], head[str(VOCAB_7B)]
+        per_layer = (step - small) / layers
+        print(f" decode: {step:.1f} ms per token for {layers} layer(s) + a {vocab}-token head "
+              f"({small:.1f} ms of it); the LM head at {VOCAB_7B} tokens: {real:.1f} ms")
+        print(f"         28-layer 7B estimate (extrapolated from these measurements): "
+              f"{per_layer:.1f} ms x 28 + {real:.1f} ms = {per_layer * LAYERS_7B + real:.0f} ms "
+              f"per token")
+
+
+def _layers(folder: str) -> int:
+    with open(os.path.join(folder, "config.json")) as f:
+        return json.load(f)["num_hidden_layers"]
 
 
 if __name__ == "__main__":

@@ -26,8 +26,9 @@ import tvm
 
 from sbc.codegen.kernels.linear_attention import linear_attention_kernel
 from sbc.codegen.kernels.linear_attention_chunked import linear_attention_chunked_kernel
-from sbc.codegen.target import host_cpu_target
+from sbc.codegen.targets import host_cpu_target
 from sbc.runtimes.machine import host_cpu_features
+from sbc.runtimes.threads import use_threads
 from sbc.models.spikingbrain import gla_chunked
 
 HQ, HKV, DK, DV = 8, 2, 64, 64
@@ -138,8 +139,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, help="threads for every runner (default: each runtime's own, "
                     "all cores); 1 compares one core each, which noise from other processes hurts least")
     args = ap.parse_args()
-    if args.threads:  # before TVM's thread pool starts
-        os.environ["TVM_NUM_THREADS"] = str(args.threads)
+    use_threads(args.threads)  # TVM's pool (None: one thread per core)
+    if args.threads:
         torch.set_num_threads(args.threads)
 
     kernels = {"sbc recurrent": compile_primfunc(linear_attention_kernel(HQ, HKV, DK, DV, SCALE, "key", None, False)),

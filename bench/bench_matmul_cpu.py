@@ -22,8 +22,9 @@ from onnx import TensorProto, helper, numpy_helper
 from tvm import relax, te, tirx, topi
 
 from sbc.codegen.schedule_cpu import schedule_cpu
-from sbc.codegen.target import host_cpu_target
+from sbc.codegen.targets import host_cpu_target
 from sbc.runtimes.machine import host_cpu_features
+from sbc.runtimes.threads import use_threads
 from sbc.ir.ops.nn import pack_weight
 from sbc.ir.ops.nn import PANEL
 
@@ -129,6 +130,7 @@ def main() -> None:
     ap.add_argument("--out")
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
+    use_threads(None)  # TVM's pool: one thread per core, as a loaded module runs
     header = rows = None
     shapes = [tuple(int(d) for d in s.split("x")) for s in args.shapes] if args.shapes else SHAPES
     for m, k, n in shapes:

@@ -24,6 +24,7 @@ from tvm import relax
 from sbc.codegen.build import build
 from sbc.codegen.kernels.spike_matmul import integer_dot_instruction
 from sbc.runtimes.machine import host_cpu_features
+from sbc.runtimes.threads import use_threads
 from sbc.ir import Graph, Sym, TensorType
 from sbc.ir.ops.nn import pack_weight
 from sbc.ir.ops.spike import pack_spike_weight, quantize_groups
@@ -121,6 +122,7 @@ def main() -> None:
     ap.add_argument("--shapes", nargs="+", default=["1024x512x1536"])
     ap.add_argument("--repeats", type=int, default=10)
     args = ap.parse_args()
+    use_threads(None)  # TVM's pool: one thread per core, as a loaded module runs
     print(f"cpu {host_cpu_features()['cpu']}, integer dot product: {integer_dot_instruction()}")
     for shape in args.shapes:
         m, k, n = map(int, shape.split("x"))

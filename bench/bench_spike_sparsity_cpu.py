@@ -17,6 +17,7 @@ import numpy as np
 
 from sbc.codegen.kernels.spike_matmul import integer_dot_instruction
 from sbc.runtimes.machine import host_cpu_features
+from sbc.runtimes.threads import use_threads
 from sbc.codegen.spike_breakeven import break_even, build_kernel, kernel_args, kernel_weights, \
     synthetic_counts
 
@@ -38,6 +39,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=20)
     args = ap.parse_args()
     m, k, n = map(int, args.shape.split("x"))
+    use_threads(None)  # TVM's pool: one thread per core, as a loaded module runs
     print(f"cpu {host_cpu_features()['cpu']}, integer dot product: {integer_dot_instruction()}")
     dense, skip = (build_kernel(k, n, 128, "i16", s) for s in (False, True))
     rng = np.random.default_rng(0)

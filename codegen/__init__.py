@@ -5,7 +5,7 @@ __all__ = ["BuiltModule", "build"]
 
 
 def __getattr__(name):
-    # codegen.build imports TVM (5 s): loaded when first asked for, so that codegen.target's
+    # codegen.build imports TVM (5 s): loaded when first asked for, so that codegen.targets'
     # name and arch checks stay instant. `build` names the function, as it always did.
     if name in __all__:
         import importlib

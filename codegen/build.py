@@ -1,4 +1,4 @@
-"""sbc IR -> TVM Relax module -> fused, CPU-scheduled TIR -> LLVM executable.
+"""sbc IR -> TVM Relax module -> fused, scheduled TIR -> the target's executable.
 
 Calling convention of the compiled VM function "main": (graph inputs..., params...) in the
 order of `BuiltModule.inputs` then `BuiltModule.param_names`; it returns a tuple of the graph
@@ -7,13 +7,19 @@ first output at the last position only) are functions of the same executable wit
 calling convention. Symbolic dims become one int64 TIR variable per symbol, so one executable runs every
 batch and sequence length. Weights are run-time parameters, not constants in the library.
 
-GPU targets (cuda, maca) share the lowering; they differ in scheduling (codegen.schedule_gpu:
-dlight's GPU rules and thread-bound kernels instead of sbc's CPU schedules) and in device
-codegen (nvcc for CUDA; codegen.maca's MACA source and package for MetaX), see `build_gpu`.
+Every target shares the lowering; the Target object (codegen.targets) gives what differs:
+kernels replacing generic ones (the spike matmul's dot instruction for the CPU, thread-bound
+kernels for GPUs), the schedule (codegen.schedule_cpu; codegen.schedule_gpu: dlight's GPU
+rules), TVM's target, and device code beside the host library (nvcc for CUDA, codegen.maca's
+source and package for MetaX). The same model and options give the same library bytes.
 """
 
 from __future__ import annotations
 
+import functools
+import os
+import shutil
+import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -24,11 +30,10 @@ from tvm import relax, te, tirx
 from sbc.codegen.index_checks import CHECKED_OPS, IndexCheck, checked_axes, emit_assert, \
     emit_index_check
 from sbc.codegen.lower import RULES, TVM_DTYPES, Ctx, Known
-from sbc.codegen.schedule_cpu import SCHEDULED, schedule_cpu
-from sbc.codegen.target import SbcTarget, host_cpu_target, resolve
+from sbc.codegen.schedule_cpu import SCHEDULED
+from sbc.codegen.targets import Target, resolve
 from sbc.errors import CompileError, SbcError, UnsupportedError
 from sbc.ir import Graph, TensorType, Value, get_op
-from sbc.runtimes.machine import host_cpu_features
 
 OPAQUE = 8  # relax's OpPatternKind kOpaque: FuseOps leaves the kernel alone
 COMM_REDUCE = 3  # kCommReduce: FuseOps fuses elementwise producers into the kernel
@@ -46,81 +51,96 @@ class BuiltModule:
     outputs: list[tuple[str, TensorType]]
     param_names: list[str]
     params: dict[str, np.ndarray]
-    target: dict = field(default_factory=dict)
+    target: dict = field(default_factory=dict)  # the manifest's target entry
     files: dict[str, bytes] = field(default_factory=dict)  # further artifact members (GPU code)
+    has_library: bool = True  # whether the target's artifact holds the executable (lib.so)
+
+    @functools.cached_property
+    def library(self) -> bytes | None:
+        """The executable as lib.so bytes (linked when first asked for: tests that only run
+        the executable skip it), or None for a target without one (maca)."""
+        return library_bytes(self.executable) if self.has_library else None
 
 
-def build(graph: Graph, target: str = "cpu", programs: dict[str, Graph] | None = None,
+def build(graph: Graph, target: Target | str = "cpu", programs: dict[str, Graph] | None = None,
           arch: str | None = None) -> BuiltModule:
     """Compile `graph` as "main" (and each of `programs`, graphs over the same inputs and
-    weights, under its name) for the host CPU, or for `target` cuda / maca (`arch`: sm_80,
-    xcore1000, ...); see the module docstring."""
-    sbc_target = resolve(target, arch)  # UnsupportedError naming the supported ones
+    weights, under its name) for `target` (a codegen.targets.Target, or its kind: "cpu" is
+    this machine's CPU, "cuda" / "maca" with `arch` sm_80, xcore1000, ...). What differs by
+    target (kernels, schedules, device code) the Target says; see the module docstring."""
+    if isinstance(target, str):
+        target = resolve(target, arch)  # UnsupportedError naming the supported ones
     programs = {"main": graph, **(programs or {})}
     for g in programs.values():
         check_supported(g)
-    if target != "cpu":
-        return build_gpu(graph, programs, sbc_target)
-    lowerer = _Lowerer(programs)
-    mod = lowerer.run()
-    tvm_target = host_cpu_target()
-    kernels = dict(lowerer.kernels)
-    try:
-        mod = fuse_ops(mod)
-        kernels.update(fused_kernels(mod, lowerer.kernels))
-        mod = schedule_cpu(fuse_tir(mod), tvm_target)
-        # "default_build" lowers and codegens only: no dlight, so sbc's schedules stay as they are
-        # loop partitioning splits the predicated last iteration off loops over a symbolic
-        # extent. Matmuls no longer need it (they pad rows to whole tiles); on the small model
-        # it now changes nothing measurable (prefill T=1024 372 vs 383 ms without)
-        with tvm.transform.PassContext(config={"s_tir.LoopPartition": {"partition_const_loop": True}}):
-            executable = tvm.compile(mod, target=tvm_target, relax_pipeline="default_build")
-    except Exception as e:  # TVM's own errors are long C++ traces: chained, not in the message
-        raise CompileError(describe_failure(mod, tvm_target, kernels, "cpu", e)) from e
-    return _built(graph, executable, {"kind": "cpu", "tvm_target": str(tvm_target.export()),
-                                      **host_cpu_features()})
-
-
-def build_gpu(graph: Graph, programs: dict[str, Graph], target: SbcTarget) -> BuiltModule:
-    """The GPU path: the same lowering with the GPU kernels, dlight schedules, a refusal of
-    any kernel left unbound to threads, then TVM's CUDA codegen with sbc's device compiler
-    (codegen.gpu_compile: nvcc for cuda, the MACA rewrite and package for maca)."""
-    from sbc.codegen.gpu_compile import device_compiler
-    from sbc.codegen.schedule_gpu import GPU_KERNELS, require_thread_bound, schedule_gpu
-    lowerer = _Lowerer(programs, kernel_fns=GPU_KERNELS, where=target.kind)
+    lowerer = _Lowerer(programs, kernel_fns=target.kernel_lowerings(), where=target.kind)
     mod = lowerer.run()
     tvm_target = target.tvm()
     kernels = dict(lowerer.kernels)
     try:
         mod = fuse_ops(mod)
         kernels.update(fused_kernels(mod, lowerer.kernels))
-        mod = schedule_gpu(fuse_tir(mod), tvm_target)
-    except Exception as e:
+        mod = target.schedule(fuse_tir(mod), tvm_target, kernels)
+    except SbcError:
+        raise
+    except Exception as e:  # TVM's own errors are long C++ traces: chained, not in the message
         raise CompileError(f"TVM could not schedule the model for {target.kind}: "
                            f"{tvm_error_line(e)} ({TVM_LOG_HINT})") from e
-    require_thread_bound(mod, kernels, target.kind)
-    with device_compiler(target) as device:
+    with target.device_compiler() as device:
         try:
-            executable = tvm.compile(mod, target=tvm_target, relax_pipeline="default_build")
+            with tvm.transform.PassContext(config=target.pass_config()):
+                executable = compile_module(mod, tvm_target)
         except Exception as e:
             own = device.failure()  # sbc's own error in a device-compiler callback, if any
             raise own or CompileError(describe_failure(mod, tvm_target, kernels, target.kind,
                                                        e)) from e
     files = device.finish(mod)
-    return _built(graph, executable, {**target.manifest(), **device.manifest()}, files)
-
-
-def _built(graph: Graph, executable, target: dict, files: dict | None = None) -> BuiltModule:
-    """The BuiltModule of `graph` (main's signature and weights) around an executable."""
     return BuiltModule(
         executable=executable,
         inputs=[(v.name, v.type) for v in graph.inputs],
         outputs=[(n, v.type) for n, v in zip(graph.output_names, graph.outputs)],
         param_names=[p.name for p in graph.params],
         params={p.name: p.data for p in graph.params},
-        target=target,
-        files=files or {},
+        target={**target.manifest(), **device.manifest()},
+        files=files,
+        has_library=target.has_library,
     )
+
+
+def library_bytes(executable) -> bytes:
+    """export_library writes (and links) a file; the artifact wants its bytes."""
+    tmp = tempfile.mkdtemp(prefix="sbc-build-")
+    try:
+        path = os.path.join(tmp, "lib.so")
+        executable.export_library(path)
+        with open(path, "rb") as f:
+            return f.read()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def compile_module(mod: tvm.IRModule, tvm_target) -> object:
+    """TVM's build of the scheduled module: "default_build" lowers and generates code only (no
+    dlight, sbc's schedules stay as they are), then the shape functions are put in order so
+    that the same model gives the same library bytes."""
+    pipeline = tvm.transform.Sequential([relax.get_pipeline("default_build"),
+                                         order_shape_functions])
+    return tvm.compile(mod, target=tvm_target, relax_pipeline=pipeline)
+
+
+@tvm.transform.module_pass(opt_level=0, name="sbc.OrderShapeFunctions")
+def order_shape_functions(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+    """Sort the stores of each VM shape function by heap slot. VMShapeLower emits them in the
+    order of a hash map keyed by object addresses, so two builds of one model differed in
+    these functions' code (and in nothing else). The stores are independent: each reads only
+    slots computed before the function runs."""
+    for gv, func in list(mod.functions_items()):
+        body = getattr(func, "body", None)
+        if gv.name_hint.startswith("shape_func") and isinstance(body, tirx.SeqStmt) and \
+                all(isinstance(s, tirx.BufferStore) for s in body.seq):
+            ordered = sorted(body.seq, key=lambda store: int(store.indices[0]))
+            mod[gv] = func.with_body(tirx.SeqStmt(ordered))
+    return mod
 
 
 def check_supported(graph: Graph) -> None:

@@ -25,27 +25,17 @@ from contextlib import contextmanager
 import tvm
 import tvm_ffi
 
-from sbc.codegen.target import SbcTarget
+from sbc.codegen.targets.base import DeviceCode
 from sbc.errors import CompileError, SbcError
-from sbc.runtimes.cuda import FATBIN as CUDA_FATBIN, SOURCE as CUDA_SOURCE
-from sbc.runtimes.machine import find_nvcc, nvcc_fatbin
 
 POSTPROC = "tvm_callback_cuda_postproc"
 
 
-def _no_maca_kernels() -> str:
-    from sbc.codegen.maca import HEADER
-    return HEADER + "// the model has no device kernels\n"
+class DeviceCompiler(DeviceCode):
+    """State of one GPU build: the emitted source and what went wrong, if anything. The
+    target (codegen.targets.gpu.GpuTarget) says how its source is made and packaged."""
 
-
-# the device source of a model without kernels (TVM never calls the postproc callback)
-NO_KERNELS = {"cuda": lambda: "// the model has no device kernels\n", "maca": _no_maca_kernels}
-
-
-class DeviceCompiler:
-    """State of one GPU build: the emitted source and what went wrong, if anything."""
-
-    def __init__(self, target: SbcTarget):
+    def __init__(self, target):
         self.target = target
         self.source: str | None = None  # the device source: CUDA (cuda) or MACA (maca)
         self.cuda_source: str | None = None  # what TVM emitted, before any rewrite
@@ -55,18 +45,13 @@ class DeviceCompiler:
     def postproc(self, code: str, *_target) -> str:
         """TVM's hook on the emitted source (called with the source, on some versions also
         the target)."""
-        self.cuda_source = self.source = str(code)
-        if self.target.kind == "maca":
-            from sbc.codegen.maca import to_maca
-            self.source = self._guard(to_maca, self.cuda_source)
-        return self.source
-
-    def _guard(self, fn, *args):
+        self.cuda_source = str(code)
         try:
-            return fn(*args)
+            self.source = self.target.device_source(self.cuda_source)
         except Exception as e:  # TVM would wrap it in a C++ trace: keep it for `failure`
             self.error = self.error or e
             raise
+        return self.source
 
     # -- results -------------------------------------------------------------------------
 
@@ -85,32 +70,21 @@ class DeviceCompiler:
         return {"kernels": kernel_names(self.source or "")}
 
     def finish(self, mod: tvm.IRModule) -> dict[str, bytes]:
-        """The artifact members: cuda: source + nvcc's fatbin; maca: the package (its host
+        """The artifact members (cuda: source + nvcc's fatbin; maca: the package, its host
         program read from `mod`, the scheduled module that was compiled)."""
         if self.source is None:  # every value is known at compile time, or a view: no
-            self.source = NO_KERNELS[self.target.kind]()  # kernels, and the runtime needs none
-        if self.target.kind == "cuda":
-            return {CUDA_SOURCE: self.source.encode(),
-                    CUDA_FATBIN: nvcc_fatbin(self.source, self.target.arch)}
-        from sbc.codegen.maca import package
-        return package(self.source, self.launches, self.target, mod)
+            self.source = self.target.no_kernels_source()  # kernels, the runtime needs none
+        return self.target.device_members(self.source, self.launches, mod)
 
 
 @contextmanager
-def device_compiler(target: SbcTarget):
-    """sbc's postproc callback (and for maca the launch recorder) for one build."""
-    if target.kind == "cuda" and find_nvcc() is None:
-        raise CompileError("the cuda target compiles kernels with nvcc, which was not found "
-                           "(PATH, CUDA_HOME, /usr/local/cuda): install the CUDA toolkit")
+def device_compiler(target):
+    """sbc's postproc callback (and the target's launch recorder) for one build."""
     device = DeviceCompiler(target)
     saved = tvm.get_global_func(POSTPROC, allow_missing=True)
     tvm_ffi.register_global_func(POSTPROC, device.postproc, override=True)
     try:
-        if target.kind == "maca":
-            from sbc.codegen.maca import record_launches
-            with record_launches(device.launches):
-                yield device
-        else:
+        with target.recording(device.launches):
             yield device
     finally:  # without a previous callback, one that passes the source through
         tvm_ffi.register_global_func(POSTPROC, saved or _identity, override=True)

@@ -2,7 +2,7 @@
 host program of the model, recorded so that runtimes.maca can run it with libmcruntime.
 
 TVM has no MACA backend and no target kind can be registered from Python, so a maca build is
-TVM's CUDA codegen under the tag codegen.target.MACA_TAG (64-lane waves, 64 KiB shared
+TVM's CUDA codegen under the tag codegen.targets.maca.TAG (64-lane waves, 64 KiB shared
 memory), then:
 
   to_maca          the source: mc_runtime.h / maca_fp16.h instead of the CUDA / NVRTC
@@ -33,7 +33,6 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from sbc.codegen.target import SbcTarget
 from sbc.errors import CompileError
 from sbc.runtimes.machine import compile_maca, find_mxcc
 from sbc.runtimes.maca import BINARY, CONSTANTS, LAUNCHES, SCRIPT, SOURCE
@@ -399,7 +398,7 @@ def _outputs(var) -> list[dict]:
 
 # -- the package ---------------------------------------------------------------------------
 
-def package(source: str, launches: dict, target: SbcTarget, mod=None) -> dict[str, bytes]:
+def package(source: str, launches: dict, target, mod=None) -> dict[str, bytes]:
     """The artifact members for maca: source, launch plan, build script, constants, and the
     device binary when mxcc is installed here."""
     programs, constants = host_program(mod, launches) if mod is not None else ({}, {})

@@ -34,6 +34,8 @@ def break_even(rows: int, k: int, n: int, group: int = 128, counts_dtype: str = 
 
 
 def _measure(rows, k, n, group, counts_dtype, repeats) -> dict:
+    from sbc.runtimes.threads import use_threads
+    use_threads(None)  # the threads a module runs with by default, as it will run them
     dense, skip = (build_kernel(k, n, group, counts_dtype, s) for s in (False, True))
     rng = np.random.default_rng(0)
     weights = kernel_weights(rng, k, n, group)
@@ -70,7 +72,7 @@ def build_kernel(k: int, n: int, group: int, counts_dtype: str, skip_zero_tiles:
     """The int8-weight SpikeMatMul kernel over [rows, k] counts, compiled for this CPU."""
     import tvm
     from sbc.codegen.kernels.spike_matmul import int8_kernel, integer_dot_instruction
-    from sbc.codegen.target import host_cpu_target
+    from sbc.codegen.targets import host_cpu_target
     func = int8_kernel(2, counts_dtype, k, n, group, False, integer_dot_instruction(),
                        skip_zero_tiles=skip_zero_tiles)
     mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})

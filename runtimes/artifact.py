@@ -3,13 +3,16 @@
     manifest.json   format "sbc-artifact", format_version, sbc_version, created, target (kind,
                     TVM target, host CPU name/arch/features), inputs/outputs (dtype and dims as
                     strings, symbolic ones by name), param_names, weights (dtype, shape, offset
-                    and size of each parameter in weights.bin), ops, source model (name,
+                    and size of each parameter in weights.safetensors), ops, source model (name,
                     sha256), files: the sha256 and size of every other member, and
                     manifest_sha256: the sha256 of the manifest itself (its canonical JSON
                     without this field), so an edited manifest (swapped weight offsets, a
-                    changed signature) is refused like a corrupt member
+                    changed signature) is refused like a corrupt member; its schema, checked
+                    on writing and reading, is runtimes.manifest.Manifest
     lib.so          the TVM-compiled library (relax VM executable; for cuda its host code)
-    weights.bin     the parameters' raw bytes, each 64-byte aligned, in param_names order
+    weights.safetensors  the parameters as a safetensors file (the header padded with spaces,
+                    gaps as U8 padding tensors: each tensor 64-byte aligned), in param_names
+                    order; read into one aligned buffer that the CPU runtime uses in place
     cuda/...        cuda: kernels.cu (the CUDA source) and kernels.fatbin (nvcc's SASS + PTX)
     maca/...        maca: kernels.maca, launches.json (the host program), build.sh, and
                     kernels.bin once built with mxcc (see codegen.maca); no lib.so
@@ -18,8 +21,9 @@ Writing is atomic (temp file in the destination directory, fsync, rename): an in
 failed write leaves neither a partial artifact nor a temp file. A destination that exists but is
 not a regular file (a FIFO, /dev/null, a directory) is refused: the rename would replace it.
 Reading checks the zip, the manifest's format, version and checksum and every member's checksum
-before anything is used; whether the target can run here is checked separately
-(`check_runnable`), so `sbc inspect` can still describe an artifact built for another machine.
+before anything is used; whether the target can run here is checked separately (by the
+target, codegen.targets.check_runnable), so `sbc inspect` can still describe an artifact built
+for another machine.
 Nothing here imports TVM.
 
 An artifact is code: loading it runs its compiled library. The checksums catch corruption, not
@@ -42,16 +46,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sbc import version
-from sbc.errors import ArtifactError, InputError, TargetUnavailableError
+from sbc.errors import ArtifactError, InputError
 from sbc.ir.dims import SymbolicError, parse_dim
 from sbc.ir.types import DTYPES, TensorType, dtype_of
+from sbc.runtimes.manifest import check_manifest
 
 FORMAT = "sbc-artifact"
-FORMAT_VERSION = 3  # 2: raw weights.bin + table (was weights.npz); 3: manifest_sha256
-LIBRARY, WEIGHTS, MANIFEST = "lib.so", "weights.bin", "manifest.json"
+FORMAT_VERSION = 4  # 2: raw weights.bin + table (was weights.npz); 3: manifest_sha256;
+#                    4: weights.safetensors instead of weights.bin
+LIBRARY, WEIGHTS, MANIFEST = "lib.so", "weights.safetensors", "manifest.json"
 ALIGN = 64  # weights start on cache-line boundaries so frombuffer views are well aligned
 CHECKSUM_KEY = "manifest_sha256"  # the manifest's own checksum (see manifest_digest)
-REQUIRED_KEYS = ("target", "inputs", "outputs", "param_names", "weights", "files", CHECKSUM_KEY)
 
 
 # -- signatures ------------------------------------------------------------------------------
@@ -151,35 +156,86 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+SAFETENSORS_DTYPES = {"f32": "F32", "f16": "F16", "f64": "F64", "i8": "I8", "i16": "I16",
+                      "i32": "I32", "i64": "I64", "u8": "U8", "bool": "BOOL"}
+
+
 def pack_weights(params: dict[str, np.ndarray], names: list[str]) -> tuple[bytes, list[dict]]:
-    """Concatenate the parameters' C-order bytes (64-byte aligned); return bytes and table."""
-    chunks, table, offset = [], [], 0
+    """The parameters as one safetensors file (8-byte little-endian header size, JSON header,
+    data: what the ecosystem reads), each tensor 64-byte aligned within it so that the CPU
+    runtime uses them in place. The header is padded with spaces so that the data starts
+    aligned; the format allows no holes between tensors, so a gap is an explicit U8 padding
+    tensor (named in __metadata__["padding"]). Returns the bytes and the manifest's table:
+    each parameter's dtype, shape, offset from the member's start and size."""
+    header, chunks, padding, offset = {}, [], [], 0
     for name in names:
-        a = np.asarray(params[name])
-        data = np.ascontiguousarray(a).tobytes()
-        pad = -offset % ALIGN
-        chunks += [b"\0" * pad, data]
-        offset += pad
-        table.append({"name": name, "dtype": dtype_of(a), "shape": list(a.shape),
-                      "offset": offset, "nbytes": len(data)})
-        offset += len(data)
-    return b"".join(chunks), table
+        a = np.asarray(params[name], order="C")
+        if offset % ALIGN:
+            gap = _padding_name(len(padding), names)
+            header[gap] = {"dtype": "U8", "shape": [-offset % ALIGN],
+                           "data_offsets": [offset, offset - offset % ALIGN + ALIGN]}
+            chunks.append(bytes(-offset % ALIGN))
+            padding.append(gap)
+            offset += -offset % ALIGN
+        header[name] = {"dtype": SAFETENSORS_DTYPES[dtype_of(a)], "shape": list(a.shape),
+                        "data_offsets": [offset, offset + a.nbytes]}
+        chunks.append(a.reshape(-1).view(np.uint8))
+        offset += a.nbytes
+    header["__metadata__"] = {"producer": "sbc", "alignment": str(ALIGN),
+                              "padding": ",".join(padding)}
+    text = json.dumps(header, separators=(",", ":")).encode()
+    size = -(-(8 + len(text)) // ALIGN) * ALIGN - 8
+    head = size.to_bytes(8, "little") + text.ljust(size, b" ")
+    table = [{"name": n, "dtype": dtype_of(params[n]), "shape": header[n]["shape"],
+              "offset": len(head) + header[n]["data_offsets"][0],
+              "nbytes": header[n]["data_offsets"][1] - header[n]["data_offsets"][0]}
+             for n in names]
+    return b"".join([head, *chunks]), table
 
 
-def unpack_weights(blob: bytes, table: list[dict]) -> dict[str, np.ndarray]:
-    """Read-only views into `blob` (no copy); the runtime copies them to the device anyway."""
+def _padding_name(index: int, names: list[str]) -> str:
+    """A padding tensor's name, distinct from every parameter's."""
+    name = f"__padding_{index}__"
+    while name in names:
+        name = "_" + name
+    return name
+
+
+def safetensors_header(blob) -> tuple[dict, int]:
+    """The JSON header of the safetensors file in `blob` and the offset where its data starts
+    (ValueError if it has none)."""
+    if len(blob) < 8:
+        raise ValueError(f"{len(blob)} bytes, shorter than a safetensors header")
+    size = int.from_bytes(bytes(blob[:8]), "little")
+    if size > len(blob) - 8:
+        raise ValueError(f"a header of {size} bytes in a member of {len(blob)}")
+    header = json.loads(bytes(blob[8:8 + size]))
+    if not isinstance(header, dict):
+        raise ValueError("the header is not a JSON object")
+    return header, 8 + size
+
+
+def unpack_weights(blob, table: list[dict]) -> dict[str, np.ndarray]:
+    """Views into `blob` (no copy: the CPU runtime uses them in place), one per entry of the
+    manifest's table, each the same in the safetensors header (dtype, shape, offsets): what
+    the manifest's checksum vouches for is what is read."""
     params = {}
     try:
+        header, start = safetensors_header(blob)
         for e in table:
             dtype, shape = DTYPES[e["dtype"]], tuple(e["shape"])
             count = int(np.prod(shape, dtype=np.int64))
+            entry = {"dtype": SAFETENSORS_DTYPES[e["dtype"]], "shape": list(shape),
+                     "data_offsets": [e["offset"] - start, e["offset"] - start + e["nbytes"]]}
+            if header.get(e["name"]) != entry:
+                raise ValueError(f"parameter '{e['name']}' differs from the weights' header")
             if count * dtype.itemsize != e["nbytes"] or e["offset"] + e["nbytes"] > len(blob):
                 raise ValueError(f"parameter '{e['name']}' does not fit its table entry")
             flat = np.frombuffer(blob, dtype, count=count, offset=e["offset"]) if count \
                 else np.empty(0, dtype)
             params[e["name"]] = flat.reshape(shape)
     except (KeyError, TypeError, ValueError) as err:
-        raise ArtifactError(f"the artifact's weight table is malformed ({err})") from err
+        raise ArtifactError(f"the artifact's weights are malformed ({err})") from err
     return params
 
 
@@ -197,6 +253,7 @@ def write_artifact(path: str | os.PathLike, library: bytes | None, params: dict[
                     files={n: {"sha256": hashlib.sha256(b).hexdigest(), "size": len(b)}
                            for n, b in members.items()})
     manifest = seal_manifest(manifest)
+    check_manifest(manifest, os.fspath(path))  # a writer's slip fails here, not at load
     with atomic_path(path) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as z:
             z.writestr(MANIFEST, json.dumps(manifest, indent=2))
@@ -323,13 +380,10 @@ def read_manifest(path: str, sha256: str | None = None) -> tuple[zipfile.ZipFile
             raise ArtifactError(f"{path}: not an sbc artifact (manifest format {found!r}, "
                                 f"expected {FORMAT!r})")
         check_version(path, manifest)
-        missing = [k for k in REQUIRED_KEYS if k not in manifest]
-        if missing:
-            raise ArtifactError(f"{path}: the manifest lacks {', '.join(missing)}")
-        files = manifest["files"]
-        for name in required_members(manifest):
-            if not isinstance(files, dict) or name not in files:
-                raise ArtifactError(f"{path}: the manifest lists no {name}")
+        check_manifest(manifest, path)
+        # the members only some targets have (lib.so) are checked by codegen.targets
+        if not isinstance(manifest["files"], dict) or WEIGHTS not in manifest["files"]:
+            raise ArtifactError(f"{path}: the manifest lists no {WEIGHTS}")
         if manifest_digest(manifest) != manifest[CHECKSUM_KEY]:
             raise ArtifactError(f"{path}: checksum mismatch in {MANIFEST}: the manifest was "
                                 f"changed after it was written (the artifact is corrupt)")
@@ -396,68 +450,6 @@ def read_artifact(path: str | os.PathLike, sha256: str | None = None) -> Artifac
         raise ArtifactError(f"{path}: the weight table does not match param_names")
     extra = {n: b for n, b in members.items() if n not in (LIBRARY, WEIGHTS)}
     return Artifact(manifest, members.get(LIBRARY), params, extra)
-
-
-def required_members(manifest: dict) -> tuple[str, ...]:
-    """maca artifacts carry no TVM library (the host program is launches.json). The device
-    members are checked by the runtime that loads them, after the device check: an artifact
-    for a missing device says so first."""
-    kind = (manifest.get("target") or {}).get("kind")
-    return (WEIGHTS,) if kind == "maca" else (LIBRARY, WEIGHTS)
-
-
-# -- can it run here? ------------------------------------------------------------------------
-
-def check_runnable(manifest: dict, path: str = "the artifact", *, host_cpu: bool = True) -> None:
-    """Raise TargetUnavailableError unless this machine can run the artifact's target.
-    host_cpu=False checks the target kind only (that needs no TVM, so it is instant)."""
-    target = manifest.get("target") or {}
-    kind = target.get("kind")
-    if kind in ("cuda", "maca"):
-        _check_gpu(target, path)
-        return
-    if kind != "cpu":
-        raise TargetUnavailableError(
-            f"{path} was compiled for target '{kind}', which is not available on this machine "
-            f"(this sbc runs: cpu, cuda, maca); recompile with --target cpu")
-    if host_cpu:
-        _check_host_cpu(target, path)
-
-
-def _check_gpu(target: dict, path: str) -> None:
-    """The device (through its driver, via ctypes: no TVM needed) and the host ISA."""
-    import platform
-    kind = target["kind"]
-    if kind == "cuda":
-        from sbc.runtimes.cuda import cuda_device_count as count
-        missing = "no CUDA device was found"
-    else:
-        from sbc.runtimes.maca import maca_device_count as count
-        missing = "no MetaX runtime was found (libmcruntime) or no MetaX GPU is present"
-    if count() == 0:
-        raise TargetUnavailableError(
-            f"{path} was compiled for target '{kind}', which is not available on this machine: "
-            f"{missing}; recompile with --target cpu or run it where {kind} exists")
-    host = target.get("host_arch")
-    if host and host != platform.machine():
-        raise TargetUnavailableError(f"{path} has {host} host code; this machine is "
-                                     f"{platform.machine()}: recompile it here")
-
-
-def _check_host_cpu(target: dict, path: str) -> None:
-    """Code built for another ISA, or using vector extensions this CPU lacks, would crash
-    with an illegal instruction: refuse it with a clear line instead."""
-    from sbc.runtimes.machine import host_cpu_features
-    host = host_cpu_features()
-    arch = target.get("arch")
-    if arch and arch != host["arch"]:
-        raise TargetUnavailableError(f"{path} was compiled for {arch} CPUs; this machine is "
-                                     f"{host['arch']}: recompile it here")
-    lacking = sorted(set(target.get("features", ())) - set(host["features"]))
-    if lacking:
-        raise TargetUnavailableError(
-            f"{path} was compiled for a CPU with {', '.join(lacking)} "
-            f"({target.get('cpu')}), which this CPU ({host['cpu']}) lacks: recompile it here")
 
 
 ARRAY_FORMATS = ("an .npz whose keys are the input names (np.savez), or an .npy "

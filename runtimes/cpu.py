@@ -25,24 +25,34 @@ from tvm import relax
 
 from sbc.errors import ArtifactError, InputError
 from sbc.ir.types import TensorType, bind_symbols
+from sbc.runtimes.interop import described, on_device
+from sbc.runtimes.threads import use_threads
 
 
 class CpuRuntime:
+    num_threads = None  # threads the kernels use (None: one per core; sbc.runtimes.threads)
+
     def __init__(self, executable, inputs: list[tuple[str, TensorType]],
                  outputs: list[tuple[str, TensorType]], param_names: list[str],
-                 params: dict[str, np.ndarray], device=None, assumptions=()):
+                 params: dict[str, np.ndarray], device=None, assumptions=(),
+                 device_io: bool | None = None):
         self.inputs = inputs
         self.assumptions = list(assumptions)  # sizes the kernels rely on (ir.assumptions)
         self.outputs = outputs
-        self.device = device or tvm.cpu()  # runtimes.cuda passes tvm.cuda(0)
+        self.device = device or tvm.cpu()  # runtimes.cuda passes tvm.cuda(i)
+        # a device's memory is not the host's: inputs are copied over, outputs back (but
+        # those a caller keeps). None: whenever the device is not the CPU; True on the CPU
+        # runs that path where it can be tested without a GPU
+        on_host = self.device.dlpack_device_type() == _CPU
+        self.device_io = not on_host if device_io is None else device_io
         self.vm = relax.VirtualMachine(executable, self.device)
         # The VM keeps per-call registers: concurrent calls corrupt each other. Calls are
-        # serialised; each one already uses every core (TVM's thread pool).
+        # serialised; each one already uses every core (TVM's thread pool: runtimes.threads).
         self._lock = threading.Lock()
         # on the CPU the weights are used in place where they are aligned (an artifact's are:
         # runtimes.artifact reads them into one aligned buffer), so they are held once;
         # np.asarray(order="C"), not ascontiguousarray: the latter turns 0-d weights into 1-d
-        if self.device.dlpack_device_type() == _CPU:
+        if on_host:
             self.params = _host_tensors([params[n] for n in param_names])
         else:
             self.params = [tvm.runtime.tensor(np.asarray(params[n], order="C"), self.device)
@@ -70,20 +80,43 @@ class CpuRuntime:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def run(self, feeds: Mapping[str, np.ndarray], program: str = "main") -> dict[str, np.ndarray]:
+    def run(self, feeds: Mapping[str, np.ndarray], program: str = "main",
+            keep=()) -> dict[str, np.ndarray]:
         """Check `feeds` against the signature, run `program` (a function of the executable
-        with main's calling convention), return outputs by name."""
+        with main's calling convention), return outputs by name. On a device, the outputs
+        named in `keep` stay there as TVM tensors (a session's state: fed back to the next
+        step as they are, never through the host); on the CPU every output is a host array
+        over the VM's own buffer anyway."""
         if not isinstance(feeds, Mapping):
             raise InputError(f"inputs must be a dict of arrays by name "
                              f"{[n for n, _ in self.inputs]}, got {type(feeds).__name__}")
         self._check(feeds)  # SignatureError: one clear line
-        if self.device.dlpack_device_type() != _CPU:  # a GPU: copy the inputs over, outputs back
-            args = [tvm.runtime.tensor(np.asarray(feeds[n], order="C"), self.device)
-                    for n, _ in self.inputs]
-            return {name: r.numpy() for (name, _), r in zip(self.outputs, self._call(program, args))}
+        if self.device_io:
+            args = [self._on_device(feeds[n]) for n, _ in self.inputs]
+            return {name: r if name in keep else r.numpy()
+                    for (name, _), r in zip(self.outputs, self._call(program, args))}
+        for name, _ in self.inputs:
+            if on_device(feeds[name]):
+                raise InputError(f"input '{name}' is in device memory; this module runs on the "
+                                 f"cpu: give it host arrays")
         args = _host_tensors([feeds[n] for n, _ in self.inputs])
         result = self._call(program, args)
         return self._host_outputs(program, args, result)
+
+    def _on_device(self, value):
+        """An input on this runtime's device: a tensor a run kept there (or a caller's, by
+        DLPack: a torch CUDA tensor) as it is, anything else copied over."""
+        if on_device(value) and not isinstance(value, tvm.runtime.Tensor):
+            value = tvm.runtime.from_dlpack(value)
+        if isinstance(value, tvm.runtime.Tensor):
+            if value.device == self.device:
+                return value
+            value = value.numpy()  # another device's: through the host
+        return tvm.runtime.tensor(np.asarray(value, order="C"), self.device)
+
+    def to_host(self, value) -> np.ndarray:
+        """A kept output (or any input value) as a host array."""
+        return value.numpy() if isinstance(value, tvm.runtime.Tensor) else np.asarray(value)
 
     def _host_outputs(self, program, args, result) -> dict:
         """Outputs as NumPy arrays over the VM's buffers (np.from_dlpack: no copy; each array
@@ -112,6 +145,7 @@ class CpuRuntime:
             function = self._functions.get(program)
             if function is None:  # the VM's lookup costs microseconds: once per program
                 function = self._functions[program] = self.vm[program]
+            use_threads(self.num_threads)  # the calling thread's pool, shared by all modules
             try:
                 result = function(*args, *self.params)
             except AssertionError as e:  # the program's own checks (an index out of range)
@@ -132,7 +166,7 @@ class CpuRuntime:
             key = None  # a missing input: bind_symbols names it
         if key is not None and len(key) == len(self.inputs) == len(feeds) and key in self._checked:
             return
-        bind_symbols(self.inputs, feeds, self.assumptions)
+        bind_symbols(self.inputs, {n: described(v) for n, v in feeds.items()}, self.assumptions)
         if key is not None and len(key) == len(self.inputs) == len(feeds):
             if len(self._checked) >= _CHECKED_MAX:
                 self._checked.clear()

@@ -5,7 +5,8 @@ the arch it was built for plus PTX, which the driver JIT-compiles on newer GPUs)
 CUDA module keeps only the source and asks `tvm_callback_cuda_compile` for device code when it
 is loaded; sbc's callback answers with the artifact's fatbin (matched by the source's sha256),
 so no CUDA compiler is needed where the model runs. Weights are copied to the GPU once; inputs
-go up and outputs come back as NumPy arrays on every run.
+go up and outputs come back as NumPy arrays on every run, except those a session keeps on the
+GPU (its state: runtimes.cpu's `keep`).
 
 `cuda_device_count()` asks the driver (libcuda, through ctypes) without importing TVM, so the
 artifact check stays instant and a machine without a GPU gets one line, not a TVM traceback.
@@ -51,17 +52,21 @@ def _install_callback() -> None:
     tvm_ffi.register_global_func("tvm_callback_cuda_compile", _compile_callback, override=True)
 
 
-def cuda_runtime(library: bytes, files: dict[str, bytes], **kwargs):
-    """A CpuRuntime-style runtime (run(feeds, program) -> outputs) on the first CUDA GPU."""
-    if cuda_device_count() == 0:
+def cuda_runtime(library: bytes, files: dict[str, bytes], index: int = 0, **kwargs):
+    """A CpuRuntime-style runtime (run(feeds, program, keep) -> outputs) on CUDA GPU `index`."""
+    count = cuda_device_count()
+    if count == 0:
         raise TargetUnavailableError(f"cannot run the cuda model: {NO_DEVICE}")
+    if index >= count:
+        raise TargetUnavailableError(f"cannot run the cuda model on cuda:{index}: this machine "
+                                     f"has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
     if FATBIN not in files or SOURCE not in files:
         raise ArtifactError(f"the cuda artifact lacks {FATBIN if FATBIN not in files else SOURCE}")
     import tvm
     from sbc.runtimes.cpu import CpuRuntime
     _FATBINS[hashlib.sha256(files[SOURCE]).hexdigest()] = files[FATBIN]
     _install_callback()
-    device = tvm.cuda(0)
+    device = tvm.cuda(index)
     if not device.exist:  # a driver without a usable device, or TVM without CUDA
         raise TargetUnavailableError(f"cannot run the cuda model: {NO_DEVICE} by TVM")
     return CpuRuntime.from_library_bytes(library, device=device, **kwargs)

@@ -22,6 +22,7 @@ import io
 import json
 import os
 import threading
+import weakref
 from collections.abc import Mapping
 
 import numpy as np
@@ -101,12 +102,18 @@ def maca_device_count() -> int:
 class _Mc:
     """The few libmcruntime calls used, each checked (a failure is one SbcError line)."""
 
-    def __init__(self):
+    def __init__(self, device: int = 0):
         self.lib = _library()
-        if self.lib is None or maca_device_count() == 0:
+        count = maca_device_count()
+        if self.lib is None or count == 0:
             raise TargetUnavailableError(f"cannot run the maca model: {NO_RUNTIME} "
                                          f"or no MetaX GPU is present")
+        if device >= count:
+            raise TargetUnavailableError(f"cannot run the maca model on maca:{device}: this "
+                                         f"machine has {count} MetaX GPU(s), maca:0 to "
+                                         f"maca:{count - 1}")
         self.lib.mcGetErrorString.restype = ctypes.c_char_p
+        self.check(self.lib.mcSetDevice(device), f"mcSetDevice({device})")
 
     def check(self, code: int, what: str) -> None:
         if code != 0:
@@ -165,6 +172,10 @@ class DeviceTensor:
             np.dtype(dtype), owner
 
     @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
     def nbytes(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
 
@@ -188,11 +199,13 @@ def pack_arguments(types: list[str], values: list) -> bytes:
 
 
 class MacaRuntime:
-    """run(feeds, program) -> outputs, like CpuRuntime, on the first MetaX GPU."""
+    """run(feeds, program, keep) -> outputs, like CpuRuntime, on MetaX GPU `device`."""
+
+    num_threads = None  # the host side is this thread; kept for the Module's interface
 
     def __init__(self, files: dict[str, bytes], manifest: dict, inputs, outputs, param_names,
-                 params, assumptions=()):
-        self.mc = _Mc()
+                 params, assumptions=(), device: int = 0):
+        self.mc = _Mc(device)
         if LAUNCHES not in files or SOURCE not in files:
             raise ArtifactError("the maca artifact lacks its host program or kernel source")
         self.plan = json.loads(files[LAUNCHES])
@@ -228,20 +241,31 @@ class MacaRuntime:
 
     # -- one run ---------------------------------------------------------------------------
 
-    def run(self, feeds: Mapping[str, np.ndarray], program: str = "main") -> dict:
+    def run(self, feeds: Mapping[str, np.ndarray], program: str = "main", keep=()) -> dict:
+        """Outputs by name as host arrays, but those named in `keep` (a session's state),
+        which stay in device memory as DeviceTensors: fed back as they are, freed when no
+        longer referenced."""
         from sbc.ir.types import bind_symbols
         if not isinstance(feeds, Mapping):
             raise InputError(f"inputs must be a dict of arrays by name "
                              f"{[n for n, _ in self.inputs]}, got {type(feeds).__name__}")
-        bind_symbols(self.inputs, feeds, self.assumptions)
+        described = {n: np.broadcast_to(np.zeros((), v.dtype), v.shape)
+                     if isinstance(v, DeviceTensor) else v for n, v in feeds.items()}
+        bind_symbols(self.inputs, described, self.assumptions)
         with self._lock:
-            return self._run(feeds, self.plan["programs"][program])
+            return self._run(feeds, self.plan["programs"][program], keep)
 
-    def _run(self, feeds: Mapping[str, np.ndarray], func: dict) -> dict:
+    def to_host(self, value) -> np.ndarray:
+        return self._download(value) if isinstance(value, DeviceTensor) else np.asarray(value)
+
+    def _run(self, feeds: Mapping[str, np.ndarray], func: dict, keep=()) -> dict:
         temps: list[DeviceTensor] = []
         env = dict(self.values)
         try:
             for n, _ in self.inputs:
+                if isinstance(feeds[n], DeviceTensor):  # kept by an earlier run: no copy
+                    env[n] = feeds[n]
+                    continue
                 env[n] = self._upload(np.asarray(feeds[n]))
                 temps.append(env[n])
             dims = self._bind_dims(func["params"], env)
@@ -250,7 +274,8 @@ class MacaRuntime:
             self.mc.synchronize()
             result = self._resolve(func["output"], env, dims)
             result = result if isinstance(result, list) else [result]
-            return {name: self._download(t) for (name, _), t in zip(self.outputs, result)}
+            return {name: self._kept(t, temps) if name in keep else self._download(t)
+                    for (name, _), t in zip(self.outputs, result)}
         finally:
             for t in temps:
                 if t.owner:
@@ -332,6 +357,14 @@ class MacaRuntime:
         if not self._download(self._resolve(step["check"], env, dims)).all():
             values = [self._download(self._resolve(a, env, dims)) for a in step["args"]]
             raise InputError(step["message"].format(*values))
+
+    def _kept(self, t: DeviceTensor, temps: list) -> DeviceTensor:
+        """An output that stays on the device: a buffer of this run is no longer freed with
+        the run's temporaries but when the caller drops it."""
+        if t.owner and any(t is temp for temp in temps):
+            t.owner = False
+            weakref.finalize(t, self.mc.free, t.ptr)
+        return t
 
     def _download(self, t: DeviceTensor) -> np.ndarray:
         out = np.empty(t.shape, t.dtype)

@@ -31,6 +31,7 @@ from sbc.errors import InputError
 from sbc.ir.dims import Sym, concretize
 from sbc.ir.types import numpy_dtype
 from sbc.runtimes.artifact import atomic_path
+from sbc.runtimes.interop import as_output, output_kind, to_host
 
 STATE_FORMAT = "sbc-session-state-1"
 POSITION_IDS = "position_ids"
@@ -61,9 +62,16 @@ class Session:
     def reset(self) -> None:
         self.state = self.module.initial_state(self.symbols)
 
-    def prefill(self, ids) -> np.ndarray:
+    def prefill(self, ids, output: str | None = None):
         """Consume ids [B, T] (any T >= 1, streamed in chunks); return the logits of the
-        last token, [B, V]."""
+        last token, [B, V], of the caller's kind (torch ids: torch logits) or `output`'s."""
+        return as_output(self._prefill(ids), output_kind([ids], output))
+
+    def decode(self, ids, output: str | None = None):
+        """Consume one token per sequence (ids [B] or [B, 1]); return its logits [B, V]."""
+        return as_output(self._decode(ids), output_kind([ids], output))
+
+    def _prefill(self, ids) -> np.ndarray:
         ids = self._tokens(ids)
         logits = None
         for start in range(0, ids.shape[1], self.chunk):
@@ -72,31 +80,33 @@ class Session:
             logits = outputs[self.logits_name]
         return logits[:, -1]
 
-    def decode(self, ids) -> np.ndarray:
-        """Consume one token per sequence (ids [B] or [B, 1]); return its logits [B, V]."""
-        ids = self._tokens(np.reshape(np.asarray(ids), (self.batch, -1)))
+    def _decode(self, ids) -> np.ndarray:
+        ids = self._tokens(np.reshape(np.asarray(to_host(ids)), (self.batch, -1)))
         if ids.shape[1] != 1:
             raise InputError(f"decode takes one token per sequence, got {ids.shape[1]}")
-        return self.prefill(ids)
+        return self._prefill(ids)
 
     def generate(self, ids, max_new_tokens: int, temperature: float = 0.0,
                  top_k: int | None = None, seed: int | None = None, *, top_p: float | None = None,
                  repetition_penalty: float | None = None) -> np.ndarray:
         """Prefill `ids`, then sample `max_new_tokens` tokens per sequence: greedy when
         temperature is 0, else softmax(logits / temperature) over the top_k most likely and
-        the top_p nucleus; repetition_penalty (as in Hugging Face) over prompt and output."""
+        the top_p nucleus; repetition_penalty (as in Hugging Face) over prompt and output.
+        The tokens [B, max_new_tokens] come back as the ids came (torch: torch)."""
         check_sampling(temperature, top_k, max_new_tokens, top_p=top_p,  # before the prefill
                        repetition_penalty=repetition_penalty, seed=seed)
+        kind = output_kind([ids], None)
         ids = self._tokens(ids)
         sampler = Sampler(temperature, top_k, top_p, repetition_penalty, seed, prompt=ids)
-        logits = self.prefill(ids)
+        logits = self._prefill(ids)
         out = []
         for _ in range(max_new_tokens):
             token = sampler(logits)
             out.append(token)
             if len(out) < max_new_tokens:
-                logits = self.decode(token)
-        return np.stack(out, axis=1) if out else np.zeros((self.batch, 0), np.int64)
+                logits = self._decode(token)
+        return as_output(np.stack(out, axis=1) if out else np.zeros((self.batch, 0), np.int64),
+                         kind)
 
     # -- text (the module's tokenizer) -----------------------------------------------------------
 
@@ -167,10 +177,11 @@ class Session:
 
     def save_state(self, path: str | os.PathLike) -> None:
         """Write the state (and which module it belongs to) atomically as .npz."""
+        state = self.module.host_state(self.state)  # on a GPU it lives in device memory
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, __format__=np.array(STATE_FORMAT), __module__=np.array(self._identity()),
-                         **{f"s{i}": self.state[n] for i, n in enumerate(sorted(self.state))})
+                         **{f"s{i}": state[n] for i, n in enumerate(sorted(state))})
 
     def load_state(self, path: str | os.PathLike) -> None:
         """Restore a state written by save_state for the same module and batch size."""
@@ -178,9 +189,11 @@ class Session:
         if identity != (STATE_FORMAT, self._identity()):
             raise InputError(f"{path}: the state was saved from another model or batch size")
         for name, array in loaded.items():
-            if array.shape != self.state[name].shape or array.dtype != self.state[name].dtype:
+            # the state held may be device memory (TVM's dtype names): compared by description
+            shape, dtype = tuple(self.state[name].shape), np.dtype(str(self.state[name].dtype))
+            if array.shape != shape or array.dtype != dtype:
                 raise InputError(f"{path}: state '{name}' is {array.dtype}{list(array.shape)}, "
-                                 f"expected {self.state[name].dtype}{list(self.state[name].shape)}")
+                                 f"expected {dtype}{list(shape)}")
         self.state = loaded
 
     def _identity(self) -> str:
@@ -200,7 +213,7 @@ class Session:
         return feeds
 
     def _tokens(self, ids) -> np.ndarray:
-        ids = np.asarray(ids)
+        ids = np.asarray(to_host(ids))
         if ids.ndim == 1 and self.batch == 1:
             ids = ids[None]
         expected = self.module.inputs[0][1].dtype

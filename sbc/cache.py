@@ -112,7 +112,8 @@ def _evict(directory: pathlib.Path, max_bytes: int) -> None:
 def _machine(target: str) -> dict:
     """The CPU a build is for, read without TVM (importing it takes seconds): a cpu build is
     for this CPU; a GPU build's host code for this ISA."""
-    if target != "cpu":
+    from sbc.codegen.targets import target_kind
+    if target_kind(target).gpu:
         return {"host_arch": platform.machine()}
     from sbc.runtimes.machine import cpu_identity
     return cpu_identity()

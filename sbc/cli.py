@@ -173,6 +173,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="cpu (this machine), cuda (NVIDIA GPUs) or maca (MetaX GPUs)")
     c.add_argument("--arch", help="GPU arch: sm_80 (cuda default), sm_90, ...; "
                                   "xcore1000 (maca default, or $MACA_ARCH / macainfo)")
+    c.add_argument("--cpu", "--mcpu", dest="cpu", metavar="NAME",
+                   help="cpu target: the CPU to compile for, by LLVM's name (e.g. skylake-avx512, "
+                        "znver4; default native, this machine's)")
+    c.add_argument("--cores", type=int, metavar="N",
+                   help="cpu target: the cores of that CPU (default: this machine's)")
     c.add_argument("-o", "--output", help="artifact path (default: <model>.sbc)")
     c.add_argument("--passes", help="comma-separated pass pipeline (default: the standard one)")
     c.add_argument("--calibrate", metavar="DATA.npz",
@@ -206,6 +211,7 @@ def _parser() -> argparse.ArgumentParser:
     _input_arguments(r)
     r.add_argument("--outputs", help="write the outputs to this .npz (.npy: a single output)")
     r.add_argument("--expect-sha256", metavar="HEX", help=EXPECT_SHA256_HELP)
+    _threads_argument(r)
     r.set_defaults(command=cmd_run)
 
     b = sub.add_parser("bench", help="time a .sbc artifact on given inputs (latency, tokens/s)")
@@ -216,6 +222,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--onnx", metavar="MODEL.onnx",
                    help="also time onnxruntime on this file with the same inputs: a ratio")
     b.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    _threads_argument(b)
     b.set_defaults(command=cmd_bench)
 
     gen = sub.add_parser("generate", help="generate text (or tokens) with a recurrent .sbc artifact")
@@ -238,6 +245,7 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=None)
     gen.add_argument("--chunk", type=int, default=512, help="prefill chunk length")
     gen.add_argument("--expect-sha256", metavar="HEX", help=EXPECT_SHA256_HELP)
+    _threads_argument(gen)
     gen.set_defaults(command=cmd_generate)
 
     srv = sub.add_parser("serve", help="serve a .sbc artifact with a tokenizer over an "
@@ -253,6 +261,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="requests generating at once; later ones wait their turn")
     srv.add_argument("--model-name", help="the model's id in the API (default: the file's name)")
     srv.add_argument("--expect-sha256", metavar="HEX", help=EXPECT_SHA256_HELP)
+    _threads_argument(srv)
     srv.set_defaults(command=cmd_serve)
 
     i = sub.add_parser("inspect", help="describe an ONNX model or a .sbc artifact")
@@ -347,7 +356,8 @@ def cmd_compile(args) -> None:
 
     # the pipeline string goes as is: pass options may hold commas ("a{x=1,y=2},b")
     try:
-        module = sbc.compile(args.model, target=args.target, arch=args.arch, passes=args.passes,
+        module = sbc.compile(args.model, target=args.target, arch=args.arch, cpu=args.cpu,
+                             cores=args.cores, passes=args.passes,
                              quantize=args.quantize, calibrate=args.calibrate,
                              max_context=args.max_context, tokenizer=args.tokenizer,
                              window=args.window,
@@ -387,6 +397,17 @@ def _check_output_dir(path: str) -> None:
     check_output_path(path)
 
 
+def _threads_argument(p) -> None:
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="threads the CPU kernels use (default: one per core)")
+
+
+def _threads(args) -> int | None:
+    """--threads, checked before the slow load: a count that means nothing fails at once."""
+    from sbc.runtimes.threads import check_num_threads
+    return check_num_threads(args.threads, "--threads")
+
+
 def _input_arguments(p) -> None:
     p.add_argument("--input", action="append", default=[], metavar="NAME=VALUE",
                    help="NAME=@x.npy, NAME=1,2,3 (or a JSON list), NAME=int64[1,128] (random, "
@@ -402,7 +423,9 @@ def _runnable(args):
     from sbc.inputs import input_arrays
     from sbc.ir.types import bind_symbols
     from sbc.module import module_from_artifact
-    from sbc.runtimes.artifact import check_runnable, read_artifact
+    from sbc.codegen.targets import check_runnable
+    from sbc.runtimes.artifact import read_artifact
+    threads = _threads(args)
     artifact = read_artifact(args.artifact, sha256=getattr(args, "expect_sha256", None))
     check_runnable(artifact.manifest, args.artifact, host_cpu=False)
     recurrent = artifact.manifest.get("recurrent") or {}
@@ -413,7 +436,7 @@ def _runnable(args):
                          f"NAME=... or --inputs FILE")
     feeds = input_arrays(args.input, args.inputs, inputs, args.seed)
     bind_symbols(inputs, feeds)
-    return module_from_artifact(artifact, args.artifact), feeds
+    return module_from_artifact(artifact, args.artifact, threads), feeds
 
 
 def cmd_run(args) -> None:
@@ -456,7 +479,9 @@ def cmd_generate(args) -> None:
     check_sampling(args.temperature, args.top_k, args.max_new_tokens, top_p=args.top_p,
                    repetition_penalty=args.repetition_penalty, seed=args.seed)
     check_stop(args.stop)
+    threads = _threads(args)
     module = _load_generator(args.artifact, args.expect_sha256, text=ids is None)
+    module.num_threads = threads
     session = module.session(batch=1, chunk=args.chunk)
     start = time.perf_counter()
     if ids is not None:
@@ -515,9 +540,10 @@ def cmd_serve(args) -> None:
     from sbc.serve import Limits, serve
     limits = Limits(max_tokens=args.max_tokens, max_prompt_tokens=args.max_prompt_tokens,
                     max_concurrency=args.max_concurrency)  # checked before the slow load
+    threads = _threads(args)
     try:
         serve(args.artifact, host=args.host, port=args.port, limits=limits,
-              model_name=args.model_name, sha256=args.expect_sha256)
+              model_name=args.model_name, sha256=args.expect_sha256, num_threads=threads)
     except (KeyboardInterrupt, Terminated):  # uvicorn passes on the signal it stopped for
         print("sbc: server stopped", file=sys.stderr)
 

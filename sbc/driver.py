@@ -14,9 +14,8 @@ terminal). A compile the cache (sbc.cache) already holds runs none of them.
 from __future__ import annotations
 
 import copy
+import functools
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -32,6 +31,8 @@ class Options:
     """What `sbc.compile` takes besides the model (see its docstring)."""
     target: str = "cpu"
     arch: str | None = None
+    cpu: str | None = None  # the cpu target's CPU (LLVM's name; default: this machine's)
+    cores: int | None = None  # the cores that CPU has (default: this machine's)
     passes: str | list | None = None
     quantize: str | None = None
     calibrate: object = None
@@ -57,14 +58,16 @@ class Driver:
 
     def compile(self, model) -> Module:
         o = self.options
-        o.arch = check_target(o.target, o.arch)  # before any work: a bad target fails at once
+        # before any work: a bad target fails at once
+        o.arch = check_target(o.target, o.arch, **self.cpu_options())
         pipeline = pipeline_for(o.passes, o.quantize, o.max_context)
         # before any work: a bad folder fails at once; a checkpoint folder brings its own
         tokenizer = read_tokenizer(o.tokenizer or _checkpoint_tokenizer(model))
         digest = _model_digest(model)  # once: the cache key and the manifest's source both need it
         entry = None if o.debugging or o.calibrate is not None else _cache_entry(
             digest, o.target, o.cache, arch=o.arch, passes=pipeline, fixed_point=o.passes is None,
-            window=o.window, **({"tokenizer": tokenizer.digest} if tokenizer else {}))
+            window=o.window, **self.cpu_options(),
+            **({"tokenizer": tokenizer.digest} if tokenizer else {}))
         cached = _from_cache(entry, model) if entry else None
         if cached is not None:
             return cached
@@ -83,6 +86,18 @@ class Driver:
             compile_cache.store(entry, lambda path: write_artifact(
                 path, module.library, module.params, module.manifest, module.files))
         return module
+
+    def cpu_options(self) -> dict:
+        """--cpu / --cores, as the cpu target takes them (only when given: a GPU target
+        refuses them by name)."""
+        o = self.options
+        return {k: v for k, v in (("cpu", o.cpu), ("cores", o.cores)) if v is not None}
+
+    @functools.cached_property
+    def target(self):
+        """The codegen Target of this compile (resolved once: the CPU's name is LLVM's)."""
+        from sbc.codegen.targets import resolve
+        return resolve(self.options.target, self.options.arch, **self.cpu_options())
 
     def stage(self, name: str, fn, *args):
         start = time.perf_counter()
@@ -125,14 +140,15 @@ class Driver:
         return graph
 
     def analyse(self, graph) -> dict:
-        """Spike statistics on the calibration inputs; on cpu, spike-sparsity then picks each
-        SpikeMatMul's kernel from them and the break-even it measures (added to the stats)."""
+        """Spike statistics on the calibration inputs; where the target can time its spike
+        kernels (this machine's CPU), spike-sparsity then picks each SpikeMatMul's kernel from
+        them and the break-even it measures (added to the stats)."""
         from sbc.passes.calibration import calibrate
         from sbc.report import read_npz
         data = self.options.calibrate
         stats = calibrate(graph, read_npz(os.fspath(data))
                           if isinstance(data, (str, os.PathLike)) else data)
-        if self.options.target == "cpu":
+        if self.target.times_spike_kernels:
             from sbc.codegen.spike_breakeven import break_even
             from sbc.passes.spike_sparsity import SpikeSparsity
             self.run_passes(graph, [SpikeSparsity(stats=stats, measure=break_even)])
@@ -147,7 +163,7 @@ class Driver:
 
     def build(self, graph, programs):
         from sbc.codegen.build import build
-        return build(graph, self.options.target, programs, arch=self.options.arch)
+        return build(graph, self.target, programs)
 
     def package(self, source, graph, programs, built, stats, relied_on) -> Module:
         from sbc.ir.assumptions import unique
@@ -176,8 +192,7 @@ class Driver:
         if stats is not None:
             manifest["spike_stats"] = stats
         manifest["notes"] = fusion_notes(graph)
-        library = None if self.options.target == "maca" else _library_bytes(built.executable)
-        return Module(library, built.params, manifest, built.files)
+        return Module(built.library, built.params, manifest, built.files)
 
 
 def _checkpoint_tokenizer(model):
@@ -216,11 +231,11 @@ def attach_tokenizer(module: Module, tokenizer) -> None:
     module.manifest["tokenizer"] = tokenizer.summary()
 
 
-def check_target(target: str, arch: str | None = None) -> str | None:
-    """A known target (and arch); the error names what is supported. Needs no TVM. Returns
-    the GPU arch the build is for (None for cpu)."""
-    from sbc.codegen.target import checked_arch
-    return checked_arch(target, arch)
+def check_target(target: str, arch: str | None = None, **options) -> str | None:
+    """A known target (and arch, CPU); the error names what is supported. Needs no TVM
+    unless a CPU is named. Returns the GPU arch the build is for (None for cpu)."""
+    from sbc.codegen.targets import check_target as check
+    return check(target, arch, **options)
 
 
 def pipeline_for(passes, quantize, max_context):
@@ -278,18 +293,6 @@ FIXED_LENGTH_NOTE = (
     "Python loop over positions unrolls at the example length): it runs at that length only and "
     "cannot become recurrent; write the mixer with tensor ops (a parallel or chunked form) and "
     "export with a dynamic sequence axis")
-
-
-def _library_bytes(executable) -> bytes:
-    """export_library writes (and links) a file; the artifact wants its bytes."""
-    tmp = tempfile.mkdtemp(prefix="sbc-build-")
-    try:
-        path = os.path.join(tmp, "lib.so")
-        executable.export_library(path)
-        with open(path, "rb") as f:
-            return f.read()
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # -- the compile cache -------------------------------------------------------------------------

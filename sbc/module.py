@@ -7,12 +7,15 @@ artifact and reporting errors stay fast (the CLI relies on this).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import numpy as np
 
+from sbc.codegen.targets import check_runnable, device_index, target_kind
 from sbc.errors import InputError
 from sbc.ir.dims import Sym
-from sbc.runtimes.artifact import check_runnable, signature_from_json, write_artifact
+from sbc.runtimes.artifact import signature_from_json, write_artifact
+from sbc.runtimes.threads import check_num_threads
 
 MAX_POSITION = 2**40  # tokens per sequence: far past any context, far from int64 overflow
 
@@ -25,6 +28,8 @@ class Module:
     recurrent state and position are not among them (sessions manage them).
     manifest: what `save` writes (target, signature, source, ops, memory certificate, ...).
     files: further artifact members (GPU device code; see runtimes.artifact).
+    num_threads: threads its CPU kernels use, None for one per core (settable; TVM's pool is
+    set to it before each run: sbc.runtimes.threads).
 
     A cpu module loads its library at once (one from the compile cache on its first run); a
     cuda / maca one on its first run, so that it can be compiled and saved on a machine
@@ -32,7 +37,8 @@ class Module:
     """
 
     def __init__(self, library: bytes | None, params: dict[str, np.ndarray], manifest: dict,
-                 files: dict[str, bytes] | None = None, lazy: bool = False):
+                 files: dict[str, bytes] | None = None, lazy: bool = False,
+                 num_threads: int | None = None, device=None):
         self.library = library
         self.params = params
         self.manifest = manifest
@@ -50,7 +56,9 @@ class Module:
         self._loaded = None
         self._tokenizer = None  # built from the tokenizer/ members on first use
         self.from_cache = False  # sbc.compile found it in the compile cache
-        if self.kind == "cpu" and not lazy:
+        self._num_threads = check_num_threads(num_threads)
+        self.device = device_index(device, self.kind)  # which GPU (0 on the CPU)
+        if target_kind(self.kind).loads_eagerly and not lazy:
             self._loaded = self._load_runtime()
 
     @property
@@ -72,26 +80,45 @@ class Module:
             self._tokenizer = tokenizer_from_members(self.files)
         return self._tokenizer
 
-    def _load_runtime(self):
-        """The runtime for the target: TargetUnavailableError (one line) without the device."""
-        if self.kind == "cuda":
-            from sbc.runtimes.cuda import cuda_runtime
-            return cuda_runtime(self.library, self.files, **self._signature)
-        if self.kind == "maca":
-            from sbc.runtimes.maca import MacaRuntime
-            return MacaRuntime(self.files, self.manifest, **self._signature)
-        from sbc.runtimes.cpu import CpuRuntime
-        return CpuRuntime.from_library_bytes(self.library, **self._signature)
+    @property
+    def num_threads(self) -> int | None:
+        return self._num_threads
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run on `feeds` (arrays by input name, exact dtypes); return arrays by output name.
-        A recurrent model runs from empty state, i.e. on the whole sequence given."""
-        if not self.recurrent:
-            return self._runtime.run(feeds)
-        from sbc.ir.types import bind_symbols
-        env = bind_symbols(self.inputs, feeds)
-        results = self._runtime.run({**feeds, **self.initial_state(env)})
-        return {n: results[n] for n, _ in self.outputs}
+    @num_threads.setter
+    def num_threads(self, value: int | None) -> None:
+        self._num_threads = check_num_threads(value)
+        if self._loaded is not None:
+            self._loaded.num_threads = self._num_threads
+
+    def _load_runtime(self):
+        """The target's runtime, running with this module's thread count."""
+        runtime = self._target_runtime()
+        runtime.num_threads = self._num_threads
+        return runtime
+
+    def _target_runtime(self):
+        """The runtime for the target: TargetUnavailableError (one line) without the device."""
+        return target_kind(self.kind).load(self.library, self.files, self.manifest,
+                                           self.device, **self._signature)
+
+    def run(self, feeds: dict[str, np.ndarray], output: str | None = None) -> dict:
+        """Run on `feeds` (arrays by input name, exact dtypes: NumPy arrays, torch tensors or
+        any DLPack object, taken without a copy where layout and device allow); return arrays
+        by output name, of the caller's kind (torch in, torch out) or `output`'s ("numpy",
+        "torch", "dlpack"; sbc.runtimes.interop). A recurrent model runs from empty state,
+        i.e. on the whole sequence given."""
+        from sbc.runtimes.interop import as_feed, as_output, output_kind
+        kind = output_kind(feeds.values() if isinstance(feeds, Mapping) else (), output)
+        if isinstance(feeds, Mapping):
+            feeds = {n: as_feed(v) for n, v in feeds.items()}
+        keep = [n for n, _ in self.outputs] if kind != "numpy" else ()  # left on a device
+        if self.recurrent and isinstance(feeds, Mapping):
+            from sbc.ir.types import bind_symbols
+            from sbc.runtimes.interop import described
+            env = bind_symbols(self.inputs, {n: described(v) for n, v in feeds.items()})
+            feeds = {**feeds, **self.initial_state(env)}
+        results = self._runtime.run(feeds, keep=keep)
+        return {n: as_output(results[n], kind) for n, _ in self.outputs}
 
     def initial_state(self, symbols: dict[str, int]) -> dict[str, np.ndarray]:
         """Zero state and position 0 (recurrent models), sized by `symbols` ({"batch": 1})."""
@@ -107,11 +134,16 @@ class Module:
         program = "prefill" if last_only and self.recurrent.get("prefill_program") else "main"
         steps = self.steps(feeds)
         position = self._check_position(state, steps)
-        results = self._runtime.run({**feeds, **state}, program)
+        # the state stays on the device between steps: only the logits come back
+        results = self._runtime.run({**feeds, **state}, program, keep=self.recurrent["state"])
         outputs = {n: results[n] for n, _ in self.outputs}
         new_state = {n: results[n] for n in self.recurrent["state"]}
         new_state[self.recurrent["position"]] = np.asarray(position + steps, np.int64)
         return outputs, new_state
+
+    def host_state(self, state: dict) -> dict[str, np.ndarray]:
+        """A state as host arrays (on a GPU, step keeps it in device memory)."""
+        return {n: self._runtime.to_host(v) for n, v in state.items()}
 
     def steps(self, feeds: dict[str, np.ndarray]) -> int:
         """How many tokens `feeds` holds: the size of the manifest's sequence symbol (artifacts
@@ -171,7 +203,10 @@ def assumptions_from_json(items) -> list:
         raise ArtifactError(f"the artifact's manifest has malformed assumptions ({e})") from e
 
 
-def module_from_artifact(artifact, path: str = "the artifact") -> Module:
+def module_from_artifact(artifact, path: str = "the artifact",
+                         num_threads: int | None = None, device=None) -> Module:
     """A Module from an already verified artifact, once its target is known to run here."""
+    device_index(device, artifact.manifest["target"].get("kind"))  # a wrong name: said first
     check_runnable(artifact.manifest, path)
-    return Module(artifact.library, artifact.params, artifact.manifest, artifact.files)
+    return Module(artifact.library, artifact.params, artifact.manifest, artifact.files,
+                  num_threads=num_threads, device=device)

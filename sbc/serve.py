@@ -523,8 +523,9 @@ def listen(host: str, port: int) -> socket.socket:
 
 def serve(path: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000,
           limits: Limits | None = None, model_name: str | None = None,
-          sha256: str | None = None) -> None:
-    """Load the artifact and serve it until interrupted (what `sbc serve` runs)."""
+          sha256: str | None = None, num_threads: int | None = None) -> None:
+    """Load the artifact and serve it until interrupted (what `sbc serve` runs); num_threads:
+    the CPU kernels' threads (sbc.load's)."""
     import uvicorn
     from sbc.module import module_from_artifact
     from sbc.runtimes.artifact import read_artifact
@@ -536,7 +537,7 @@ def serve(path: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000,
         raise InputError(f"{path} has no tokenizer, which serving needs: {HOW_TO_ATTACH}")
     sock = listen(host, port)  # before the slow load: a port in use fails at once
     name = model_name or os.path.splitext(os.path.basename(path))[0]
-    app = create_app(module_from_artifact(artifact, path), name, limits)
+    app = create_app(module_from_artifact(artifact, path, num_threads), name, limits)
     bound = sock.getsockname()[1]
     print(f"sbc: serving '{name}' at http://{host}:{bound}/v1 (max {limits.max_concurrency} "
           f"requests at once)", file=sys.stderr, flush=True)

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sbc.codegen.targets import target_kind
 from sbc.errors import SbcError
 
 
@@ -63,14 +64,16 @@ class CompiledModule(nn.Module):
         self.compiled = compiled
         self.input_names = [n for n, _ in compiled.inputs]
         self.output_names = [n for n, _ in compiled.outputs]
+        # a GPU module takes tensors on its device as they are (DLPack); a CPU one CPU tensors
+        self.on_gpu = target_kind(compiled.kind).gpu
 
     def forward(self, *args):
         if len(args) != len(self.input_names):
             raise TypeError(f"the compiled module takes {len(self.input_names)} inputs "
                             f"({', '.join(self.input_names)}), got {len(args)}")
-        feeds = {name: to_numpy(x) for name, x in zip(self.input_names, args)}
-        outputs = self.compiled.run(feeds)
-        result = tuple(torch.from_numpy(np.asarray(outputs[n])) for n in self.output_names)
+        feeds = dict(zip(self.input_names, args if self.on_gpu else map(to_numpy, args)))
+        outputs = self.compiled.run(feeds, output="torch")  # no copy, on the host or the GPU
+        result = tuple(outputs[n] for n in self.output_names)
         return result[0] if len(result) == 1 else result
 
     def extra_repr(self) -> str:

@@ -84,7 +84,7 @@ def test_manifest_records_target_signature_and_checksums(tmp_path, mlp_module, m
     assert "features" in manifest["target"] and manifest["target"]["arch"]
     assert manifest["inputs"] == [{"name": "x", "dtype": "f32", "shape": ["batch", "8"]}]
     assert manifest["param_names"] == ["W", "b"]
-    assert set(manifest["files"]) == {"lib.so", "weights.bin"}
+    assert set(manifest["files"]) == {"lib.so", "weights.safetensors"}
     assert manifest["source"]["name"] == os.path.basename(mlp_onnx)
     assert mlp_module.manifest["files"] == manifest["files"]  # save() updates the manifest
 
@@ -117,12 +117,58 @@ def test_quantize_options_are_checked(mlp_onnx):
         sbc.compile(mlp_onnx, quantize="w8", passes="dce")
 
 
-@pytest.mark.parametrize("preset, expected", [(None, len(os.sched_getaffinity(0))), ("1", 1)])
-def test_kernels_use_every_core_unless_told(preset, expected):
-    """TVM alone would use half the cores here (it assumes two hardware threads per core)."""
+THREADS_AFTER_RUN = """
+import os, sys, numpy as np, sbc, tvm
+assert "TVM_NUM_THREADS" not in os.environ or os.environ["TVM_NUM_THREADS"] == "1", "sbc set it"
+threads = None if sys.argv[2] == "None" else int(sys.argv[2])
+sbc.load(sys.argv[1], num_threads=threads).run({"x": np.ones((1, 8), np.float32)})
+print(tvm.get_global_func("runtime.NumThreads")())
+"""
+
+
+@pytest.mark.parametrize("preset, threads, expected", [
+    (None, None, len(os.sched_getaffinity(0))), ("1", None, 1), (None, 1, 1)])
+def test_kernels_use_every_core_unless_told(tmp_path, mlp_module, preset, threads, expected):
+    """TVM alone would use half the cores here (it assumes two hardware threads per core);
+    a run sets its thread's pool to one per core, TVM_NUM_THREADS or num_threads."""
+    mlp_module.save(tmp_path / "mlp.sbc")
     env = {k: v for k, v in os.environ.items() if k != "TVM_NUM_THREADS"}
     if preset:
         env["TVM_NUM_THREADS"] = preset
-    code = "import sbc, tvm; print(tvm.get_global_func('runtime.NumThreads')())"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", THREADS_AFTER_RUN, str(tmp_path / "mlp.sbc"),
+                          str(threads)], env=env, capture_output=True, text=True, check=True)
     assert int(out.stdout) == expected
+
+
+def test_import_leaves_the_environment_alone():
+    env = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
+    code = "import os, json; before = dict(os.environ); import sbc, sbc.torch; " \
+           "print(json.dumps(sorted(set(os.environ.items()) ^ set(before.items()))))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True, 10_000])
+def test_num_threads_is_checked(tmp_path, mlp_module, bad):
+    mlp_module.save(tmp_path / "mlp.sbc")
+    with pytest.raises(sbc.errors.InputError, match="num_threads must be") as e:
+        sbc.load(tmp_path / "mlp.sbc", num_threads=bad)
+    assert "\n" not in str(e.value)
+    with pytest.raises(sbc.errors.InputError, match="num_threads must be"):
+        sbc.compile(tmp_path / "nothing-read.onnx", num_threads=bad)
+
+
+def test_one_thread_gives_the_same_outputs(tmp_path, tiny_module):
+    """Each run sets the pool to its own module's count: two modules with different counts,
+    alternating, each get theirs, and the outputs do not depend on it."""
+    import tvm
+    tiny_module.save(tmp_path / "tiny.sbc")
+    one, every = sbc.load(tmp_path / "tiny.sbc", num_threads=1), sbc.load(tmp_path / "tiny.sbc")
+    ids = np.random.default_rng(3).integers(0, 256, size=(1, 24))
+    for module, threads in [(one, 1), (every, len(os.sched_getaffinity(0))), (one, 1)]:
+        out = module.run({"ids": ids})["logits"]
+        assert tvm.get_global_func("runtime.NumThreads")() == threads
+        np.testing.assert_array_equal(out, tiny_module.run({"ids": ids})["logits"])
+    every.num_threads = 1
+    every.run({"ids": ids})
+    assert tvm.get_global_func("runtime.NumThreads")() == 1

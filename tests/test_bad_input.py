@@ -240,7 +240,7 @@ def _flip_raw_byte(path, member):
         f.write(bytes([byte ^ 0xFF]))
 
 
-@pytest.mark.parametrize("member", ["lib.so", "weights.bin"])
+@pytest.mark.parametrize("member", ["lib.so", "weights.safetensors"])
 @pytest.mark.parametrize("how", ["rewritten", "in place"])
 def test_corrupt_artifact(artifact, member, how):
     if how == "rewritten":

@@ -58,7 +58,7 @@ def test_inspect_artifact(compiled, capsys):
     code, out, _ = cli(capsys, "inspect", artifact, "--json")
     info = json.loads(out)
     assert info["target"]["kind"] == "cpu" and info["target"]["features"] is not None
-    assert set(info["files"]) == {"lib.so", "weights.bin"}
+    assert set(info["files"]) == {"lib.so", "weights.safetensors"}
 
 
 def test_inspect_onnx(mlp_onnx, capsys):
@@ -125,6 +125,19 @@ def test_run_input_mistakes_are_one_line(compiled, capsys, given, message):
     _, artifact, _ = compiled
     code, out, err = cli(capsys, "run", artifact, *given)
     assert code == 2 and err.startswith("sbc: error:") and message in err and err.count("\n") == 1
+
+
+def test_threads(compiled, tmp_path, capsys):
+    """--threads N: the kernels' threads; a count that means nothing is one line, at once."""
+    _, artifact, _ = compiled
+    given = ["--input", "x=float32[3,8]"]
+    outs = [cli(capsys, "run", artifact, *given, *threads)[1] for threads in ([], ["--threads", "1"])]
+    assert outs[0] == outs[1] and outs[0].startswith("y: f32[3, 4]")
+    for command in (["run", artifact, *given], ["bench", artifact, *given],
+                    ["generate", artifact, "--prompt-ids", "1"], ["serve", artifact]):
+        code, _, err = cli(capsys, *command, "--threads", "0")
+        assert code == 2 and err.count("\n") == 1, (command, err)
+        assert err.startswith("sbc: error: --threads must be from 1 to"), (command, err)
 
 
 def test_bench_reports_latency_and_a_ratio_to_onnxruntime(compiled, mlp_onnx, capsys):

@@ -20,6 +20,9 @@ RULES that returns a schedule wins:
                  predicate
     transpose    y[..., c, t] = x[..., t, c]: 16 x 16 tiles (each output row one vector
                  gathered from 16 rows of x that stay in L1), outer tiles in parallel
+    scan         a block per column holding its scan as a loop (CumSum): runs of
+                 contiguous columns in parallel and vectorised, each run stepping along the
+                 axis in order
     spatial      all loops data-parallel: outer loops fused + parallel, innermost split by the
                  vector width and vectorised
     column_reduction  a reduction over a non-last axis (sum over T of [B, T, C]): runs of
@@ -43,6 +46,7 @@ from __future__ import annotations
 import tvm
 from tvm import tirx
 
+from sbc.codegen.root_block import named_roots
 from sbc.codegen.schedule_cpu.column_reduction import ColumnReduction
 from sbc.codegen.schedule_cpu.common import SCHEDULED, VECTOR, is_scheduled, prepare
 from sbc.codegen.schedule_cpu.fallback import Fallback
@@ -50,6 +54,7 @@ from sbc.codegen.schedule_cpu.matmul import STACK_BYTES, TILE_I, TILE_J, Matmul
 from sbc.codegen.schedule_cpu.per_block import PerBlock
 from sbc.codegen.schedule_cpu.reduction import Reduction
 from sbc.codegen.schedule_cpu.row_reduction import RowReduction
+from sbc.codegen.schedule_cpu.scan import Scan
 from sbc.codegen.schedule_cpu.spatial import Spatial
 from sbc.codegen.schedule_cpu.transpose import Transpose
 
@@ -61,12 +66,13 @@ __all__ = ["RULES", "SCHEDULED", "STACK_BYTES", "TILE_I", "TILE_J", "VECTOR", "S
 RULES = (
     RowReduction(),
     # always applies: keep it last
-    PerBlock(Matmul(), Transpose(), Spatial(), ColumnReduction(), Reduction(), Fallback()),
+    PerBlock(Matmul(), Transpose(), Scan(), Spatial(), ColumnReduction(), Reduction(), Fallback()),
 )
 
 
 def schedule_cpu(mod: tvm.IRModule, target: tvm.target.Target | None = None) -> tvm.IRModule:
     """Schedule every PrimFunc of `mod` that is not scheduled yet; mark what it schedules."""
+    mod = named_roots(mod)
     updates = {}
     for gv, func in mod.functions_items():
         if isinstance(func, tirx.PrimFunc) and not is_scheduled(func):

@@ -13,6 +13,9 @@ from tvm.s_tir.dlight.analysis import normalize_prim_func
 log = logging.getLogger(__name__)
 
 SCHEDULED = "tirx.is_scheduled"  # the attribute dlight and MetaSchedule check
+# a block annotation from the lowering (softmax's exp): the block is stored and read by
+# several blocks, not inlined into each (which would compute it once per reader)
+COMPUTED_ONCE = "sbc.computed_once"
 VECTOR = 16  # fp32 lanes per innermost chunk (2 AVX2 registers; LLVM splits as needed)
 
 
@@ -42,9 +45,12 @@ def hoist_inits(sch):
     runs, and the reduction over nothing gives the identity, as ONNX says."""
     for realize in _reductions(sch.mod["main"]):
         block = sch.get_sblock(realize.block.name_hint)
-        reduce_vars = {v.name for iv, value in zip(realize.block.iter_vars, realize.iter_values)
-                       if iv.iter_type == tirx.IterVar.CommReduce for v in _vars(value)}
-        loop = next((lp for lp in sch.get_loops(block) if sch.get(lp).loop_var.name in reduce_vars), None)
+        # by identity: loops that compute_at made can share a name with the row loop, and
+        # the init then went before the row loop, a parallel pass of its own
+        reduce_vars = [v for iv, value in zip(realize.block.iter_vars, realize.iter_values)
+                       if iv.iter_type == tirx.IterVar.CommReduce for v in _vars(value)]
+        loop = next((lp for lp in sch.get_loops(block)
+                     if any(sch.get(lp).loop_var.same_as(v) for v in reduce_vars)), None)
         if loop is not None:
             try_primitive(sch.decompose_reduction, block, loop)
     return sch
@@ -71,7 +77,8 @@ def block_info(sch, name):
 def _inline_injective(sch) -> None:
     """Inline data-parallel producers into consumers, then epilogues into their producers."""
     for info in reversed(normalize_prim_func(sch) or []):
-        if injective(info) and not _is_output(sch, info.block_rv):
+        if injective(info) and not _is_output(sch, info.block_rv) and \
+                COMPUTED_ONCE not in sch.get(info.block_rv).annotations:
             try_primitive(sch.compute_inline, info.block_rv)
     for info in normalize_prim_func(sch) or []:
         if injective(info) and not _reads_reduction(sch, info.block_rv):

@@ -7,11 +7,12 @@ import logging
 
 import tvm
 import tvm_ffi
-from tvm import tirx
+from tvm import s_tir, tirx
 
 from sbc.codegen.schedule_cpu.column_reduction import contiguous_along_last_spatial
-from sbc.codegen.schedule_cpu.common import (VECTOR, hoist_inits, injective, is_matmul,
-                                              partition_tail, prepare, static, try_primitive)
+from sbc.codegen.schedule_cpu.common import (COMPUTED_ONCE, VECTOR, hoist_inits, injective,
+                                              is_matmul, partition_tail, prepare, static,
+                                              try_primitive)
 from sbc.codegen.schedule_cpu.vector_rewrites import vector_rewrites
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,10 @@ class RowReduction:
     summed in the reference's order, or a value on a rounding boundary could flip) get rsqrt
     as 1 / sqrt (vector_rewrites), so that their per-element blocks vectorise, and their
     reductions over one trailing axis vectorise too: each keeps VECTOR partial results per
-    row (rfactor over lanes, combined at the end of the row, as MLAS does) and runs its own
-    parallel pass over the rows (see _schedule_rows). A vectorised loop over a symbolic
+    row (rfactor over lanes, combined at the end of the row, as MLAS does), under the row
+    loop with the rest where rows are whole vectors and the kernel stores a row for its later
+    blocks (softmax's exp), else in a parallel pass over the rows of its own (see
+    _schedule_rows). A vectorised loop over a symbolic
     length is split by LoopPartition (pragma_loop_partition_hint) into whole vectors and a
     remainder: with the predicate inside, TVM would emit it lane by lane.
     Returns None where the PrimFunc does not fit, or the schedule fails (then `sch` is left as
@@ -107,27 +110,56 @@ def _schedule_rows(sch, blocks, lanes: bool = False) -> None:
         else:
             order.append((info.block_rv, "reduce"))
     rows = None
+    one_pass = any(COMPUTED_ONCE in sch.get(b.block_rv).annotations for b in blocks)
     for block, kind in order:
         # the later blocks move under the row loop, not the earlier ones under a later block's:
         # compute_at refuses blocks that write an output (the encoder's threshold). An rfactor
-        # block is never moved: compute_at and reverse_compute_at drop its predicate (on a row
-        # that is not a whole number of vectors the lanes past its end would add the next
-        # row's elements), so it starts a parallel pass over the rows of its own; so does a
-        # block that reads from two such passes (reverse_compute_at wants all its producers
-        # under the loop)
-        if rows is None or kind.endswith("lanes") or not try_primitive(
-                sch.reverse_compute_at, block, rows, True):
+        # block over ragged rows is never moved: compute_at and reverse_compute_at drop its
+        # predicate (the lanes past the row's end would add the next row's elements), so it
+        # starts a parallel pass over the rows of its own; so does a block that reads from two
+        # such passes (reverse_compute_at wants all its producers under the loop). One over
+        # rows of whole vectors moves there too in a kernel that stores a row for later
+        # blocks (softmax's exp, COMPUTED_ONCE): passes of their own would need that row
+        # stored for the whole tensor; elsewhere (norms) it keeps its pass, as measured before
+        # (one pass was not measurably faster on the shared 2-core machine)
+        if rows is None or kind == "ragged lanes" or (kind == "lanes" and not one_pass) or \
+                not try_primitive(sch.reverse_compute_at, block, rows, True):
             rows = _row_loop(sch, block, lead, decompose=kind == "ragged lanes")
     for block, kind in order:
         if kind.endswith("lanes"):
-            *_, outer, lane = sch.get_loops(block)
+            chunks, lane = _chunk_and_lane_loops(sch, block)
+            sch.reorder(chunks, lane)  # moved under the row loop, the lane loop came first
             sch.vectorize(lane)
-            partition_tail(sch, outer)
+            partition_tail(sch, chunks)
         elif kind == "map" and _vectorizable(sch.get(block)):
             _vectorize_inner(sch, block)
         # else the loop stays whole: TVM would vectorise it lane by lane (scalar calls and a
         # scatter store, 2x slower for the encoder's nearbyint); LLVM's loop vectoriser does
         # not
+
+
+def _chunk_and_lane_loops(sch, block):
+    """The loops of an rfactor block over its chunks of the row (its reduction iterator) and
+    over its lanes (the iterator indexing the last dim of its partial results)."""
+    realize = _realize(sch, block)
+    lane_var = realize.block.writes[0].region[-1].min
+    chunks = lane = None
+    for loop in sch.get_loops(block):
+        var = sch.get(loop).loop_var
+        for iv, value in zip(realize.block.iter_vars, realize.iter_values):
+            if value.same_as(var):
+                if iv.iter_type == tirx.IterVar.CommReduce:
+                    chunks = loop
+                elif iv.var.same_as(lane_var):
+                    lane = loop
+    return chunks, lane
+
+
+def _realize(sch, block):
+    """The SBlockRealize of `block` (its iterator bindings)."""
+    found, target = [], sch.get(block)
+    tvm_ffi.structural_walk(sch.mod["main"].body, (s_tir.SBlockRealize, found.append))
+    return next(r for r in found if r.block.same_as(target))
 
 
 def _whole_vectors(info) -> bool:

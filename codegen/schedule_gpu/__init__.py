@@ -11,10 +11,12 @@ binding the kernel to GPU threads wins (RULES):
                                               TVM knows the reducer (`reducers`)
   Fallback (`fallback`)                       dlight's Fallback: spatial loops over blocks and
                                               threads, reductions inside the thread; buffers
-                                              private to one block become thread-local
-  LoopNest (`loop_nest`)                      a kernel written as loops (CumSum's scan, the
-                                              scatters): parallel loops over a grid, anything
-                                              else in one thread, never on the host
+                                              private to one block become thread-local;
+                                              CumSum's block per column (its scan a loop
+                                              inside the block) gets a column per thread
+  LoopNest (`loop_nest`)                      a kernel written as loops (the scatters):
+                                              parallel loops over a grid, anything else in
+                                              one thread, never on the host
 A rule that raises, or leaves code outside thread-bound loops (on the host), passes the kernel
 on to the next (`Guarded`). A PrimFunc that no rule binds to threads would be compiled silently as a
 HOST function of the CUDA build, reading device memory from the CPU: `require_thread_bound`
@@ -27,6 +29,7 @@ import tvm
 from tvm import tirx
 from tvm.s_tir import dlight as dl
 
+from sbc.codegen.root_block import named_roots
 from sbc.codegen.schedule_gpu.fallback import Fallback
 from sbc.codegen.schedule_gpu.kernels import (GPU_KERNELS, SPECIALISE, SPECIALISE_CHUNKED,
                                               specialise_for)
@@ -74,7 +77,7 @@ RULES = ((dl.gpu.Matmul(), False), (dl.gpu.GEMV(), True), (dl.gpu.Reduction(), T
 def schedule_gpu(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
     """The hand-written kernels specialised for `target`, then RULES on every PrimFunc not
     marked scheduled (the hand-written kernels are)."""
-    mod = specialise_for(mod, target)
+    mod = named_roots(specialise_for(mod, target))
     with target:
         return dl.ApplyDefaultSchedule(*(Guarded(r, splits) for r, splits in RULES))(mod)
 

@@ -1,12 +1,11 @@
-"""Rule LoopNest: a kernel written as a loop nest (te.extern's TIR: CumSum's scan, the
-scatters) launched on the device, never left for the host.
+"""Rule LoopNest: a kernel written as a loop nest (te.extern's TIR: the scatters) launched on
+the device, never left for the host.
 
 dlight schedules blocks; an extern kernel is one opaque block holding plain loops, so no dlight
 rule binds it and TVM would build it as a host function. Its loops say what may run at once:
   - a top-level PARALLEL loop (iterations independent, as the lowering promises) becomes a
     grid: blockIdx.x over ceil(n / THREADS), threadIdx.x over THREADS, the iteration
-    `bx * THREADS + tx` guarded by `< n`. CumSum's rows run in parallel and each keeps its
-    sequential scan along the axis inside one thread;
+    `bx * THREADS + tx` guarded by `< n`;
   - any other top-level statement (a serial loop that may carry a dependence, such as the
     scatters' updates applied in index order; a block-style kernel no other rule launched
     whole, such as a 1-D matmul's scalar reduction) runs in one thread of one block, in order.

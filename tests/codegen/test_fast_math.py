@@ -7,7 +7,7 @@ import pytest
 import tvm
 from tvm.script import tirx as T
 
-from sbc.codegen.target import host_cpu_target
+from sbc.codegen.targets import host_cpu_target
 
 N = 4096
 

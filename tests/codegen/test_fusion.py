@@ -11,7 +11,7 @@ from tvm import relax, s_tir, tirx
 
 from sbc.codegen.build import _Lowerer, build, fuse, fuse_ops, fused_kernels, to_relax
 from sbc.codegen.schedule_cpu import schedule_cpu
-from sbc.codegen.target import host_cpu_target
+from sbc.codegen.targets import host_cpu_target
 from sbc.ir import Graph, Sym, TensorType
 from tests.codegen.test_lower import check, const
 

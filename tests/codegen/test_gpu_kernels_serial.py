@@ -272,7 +272,7 @@ def gpu_scheduled_on_cpu(graph, target: str):
     (a function of the graph's inputs, {kernel: rules' or hand-written})."""
     from sbc.codegen.build import _Lowerer, fuse
     from sbc.codegen.schedule_gpu import schedule_gpu
-    from sbc.codegen.target import resolve
+    from sbc.codegen.targets import resolve
     gpu = resolve(target).tvm()
     lowerer = _Lowerer({"main": graph}, kernel_fns=_serial_kernels(GpuLimits.of(gpu)), where=target)
     mod = schedule_gpu(fuse(lowerer.run()), gpu)

@@ -12,7 +12,7 @@ from tvm.script import tirx as T
 
 from sbc.codegen.kernels.linear_attention import fast_exp, linear_attention_kernel
 from sbc.codegen.kernels.linear_attention_chunked import linear_attention_chunked_kernel
-from sbc.codegen.target import host_cpu_target
+from sbc.codegen.targets import host_cpu_target
 from sbc.ir.registry import get_op
 
 SMALL = (4, 2, 8, 16)  # hq, hkv, dk, dv

@@ -8,7 +8,7 @@ import tvm
 from tvm import relax, s_tir, te, tirx, topi
 
 from sbc.codegen.schedule_cpu import STACK_BYTES, TILE_I, TILE_J, ScheduleCPU, schedule_cpu
-from sbc.codegen.target import host_cpu_target
+from sbc.codegen.targets import host_cpu_target
 from sbc.runtimes.machine import host_cpu_features
 
 TARGET = host_cpu_target()

@@ -127,3 +127,112 @@ def test_softmax_of_masked_rows_is_exact():
         got = vm["main"](tvm.runtime.tensor(x)).numpy()
         assert (got[:, n // 2:] == 0).all()
         np.testing.assert_allclose(got, _softmax_ref(x), rtol=2e-5, atol=1e-7)
+
+
+def _cumsum_ref(x, axis, exclusive, reverse):
+    y = np.flip(x, axis) if reverse else x
+    out = np.cumsum(y, axis=axis, dtype=x.dtype)
+    if exclusive and x.shape[axis]:
+        out = np.concatenate([np.zeros_like(np.take(out, [0], axis=axis)),
+                              np.take(out, np.arange(out.shape[axis] - 1), axis=axis)], axis)
+    return np.flip(out, axis) if reverse else out
+
+
+def _scan(axis, exclusive, reverse):
+    from sbc.codegen.lower.reduce import scan_sum_func
+    return lambda x: te.extern_primfunc([x], scan_sum_func(list(x.shape), x.dtype, axis, exclusive, reverse))
+
+
+# (shape with None for the symbolic dim, axis, marks of the Scan rule's loops): runs of 16 of
+# the 48 columns join the 2 leading rows in the parallel loop (6 tasks; the Spatial rule would
+# run only the 2 rows in parallel); columns of a symbolic count get a partitioned tail; a scan
+# along the last axis runs its rows in parallel; 5 columns and no rows: one vector
+SCANS = [((2, None, 48), 1, ["T.parallel(T.int64(6))", "T.vectorized(T.int64(16))"]),
+         ((2, 40, None), 1, ["T.parallel(", "T.vectorized(", "pragma_loop_partition_hint"]),
+         ((3, None), 1, ["T.parallel(T.int64(3))"]),
+         ((None, 5), 0, ["T.vectorized(T.int64(5))"])]
+
+
+@pytest.mark.parametrize("shape,axis,marks", SCANS)
+@pytest.mark.parametrize("exclusive,reverse", [(0, 0), (1, 0), (0, 1), (1, 1)])
+def test_scan_rule_runs_columns_in_parallel_and_stays_exact(shape, axis, marks, exclusive, reverse):
+    """CumSum's block (codegen.lower.reduce.scan_sum_func) under the Scan rule: independent
+    columns in parallel and vectorised, each summed in np.cumsum's order (equal bit for bit),
+    also over a symbolic axis fed 0 or 1."""
+    mod = schedule_cpu(lower(build_module([shape], _scan(axis, exclusive, reverse))), TARGET)
+    script = prim_funcs(mod)[0].script()
+    for mark in marks:
+        assert mark in script, f"{mark} missing:\n{script}"
+    with tvm.transform.PassContext(config={"s_tir.LoopPartition": {"partition_const_loop": True}}):
+        vm = relax.VirtualMachine(tvm.compile(mod, target=TARGET, relax_pipeline="default_build"), tvm.cpu())
+    rng = np.random.default_rng(0)
+    for n in (0, 1, 13, 37):
+        x = rng.normal(size=[n if d is None else d for d in shape]).astype(np.float32)
+        got = vm["main"](tvm.runtime.tensor(x)).numpy()
+        np.testing.assert_array_equal(got, _cumsum_ref(x, axis, exclusive, reverse), err_msg=f"n={n}")
+
+
+def _sbc_softmax(x):
+    """sbc's own lowering of Softmax over the last axis (exp a block of its own, kept)."""
+    from types import SimpleNamespace
+
+    from sbc.codegen.lower import RULES
+    return RULES["Softmax"].fn(None, SimpleNamespace(op="Softmax", attrs={"axis": -1}), x)
+
+
+def test_softmax_rows_of_whole_vectors_take_one_pass():
+    """Rows of whole vectors: the rfactor lanes of the max and of the sum sit under the row
+    loop with the exp row and the scaling, so each row is read by one task while in cache and
+    its exp is computed once (it took three passes over the whole tensor, exp twice)."""
+    mod = schedule_cpu(lower(build_module([(None, 4, 64)], _sbc_softmax)), TARGET)
+    script = prim_funcs(mod)[0].script()
+    assert script.count("T.parallel(") == 1 and script.count("_rf") >= 2, script
+    assert script.count("T.exp(") == 1, script
+    assert script.count("T.vectorized(") >= 4, script  # both lane loops, the exp, the scaling
+    vm = relax.VirtualMachine(tvm.compile(mod, target=TARGET, relax_pipeline="default_build"), tvm.cpu())
+    x = np.random.default_rng(2).normal(size=(3, 4, 64)).astype(np.float32)
+    np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(x)).numpy(), _softmax_ref(x), rtol=2e-5, atol=1e-7)
+
+
+def _guarded(shape):
+    """A float32 array of `shape` (64-byte aligned, so the runtime passes it without a copy)
+    whose last byte is followed by an inaccessible page: a read past its end crashes."""
+    import ctypes
+    import mmap
+    nbytes = int(np.prod(shape)) * 4
+    assert nbytes % 64 == 0
+    pages = -(-nbytes // mmap.PAGESIZE) + 1
+    buf = mmap.mmap(-1, pages * mmap.PAGESIZE)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    guard = base + (pages - 1) * mmap.PAGESIZE
+    libc = ctypes.CDLL(None)
+    assert libc.mprotect(ctypes.c_void_p(guard), mmap.PAGESIZE, 0) == 0  # PROT_NONE
+    offset = (pages - 1) * mmap.PAGESIZE - nbytes
+    return np.frombuffer(buf, np.float32, int(np.prod(shape)), offset).reshape(shape), buf
+
+
+@pytest.mark.parametrize("op,attrs", [("CumSum", {}), ("CumSum", {"exclusive": 1, "reverse": 1}),
+                                      ("Softmax", {"axis": -1})])
+def test_scan_and_softmax_read_nothing_past_the_input(op, attrs):
+    """x ends right before an inaccessible page, with a symbolic dim of 37 (not whole vectors):
+    the vector loops' last, partial vector must not read past the end."""
+    from onnx import TensorProto, helper
+
+    import sbc
+    inputs = ["x", "axis"] if op == "CumSum" else ["x"]
+    graph = helper.make_graph(
+        [helper.make_node(op, inputs, ["y"], **attrs)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, "t", 48])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, "t", 48])],
+        [helper.make_tensor("axis", TensorProto.INT64, [], [1])] if op == "CumSum" else [])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 10
+    module = sbc.compile(model, target="cpu", cache=False)
+    x, _keep = _guarded((2, 37, 48))
+    x[...] = np.random.default_rng(0).normal(size=x.shape)
+    got = module.run({"x": x})["y"]
+    if op == "CumSum":
+        np.testing.assert_array_equal(got, _cumsum_ref(np.array(x), 1, attrs.get("exclusive", 0),
+                                                       attrs.get("reverse", 0)))
+    else:
+        np.testing.assert_allclose(got, _softmax_ref(np.array(x)), rtol=2e-5, atol=1e-7)

@@ -95,7 +95,7 @@ def spike_counts(rng, shape: tuple, dtype: str) -> np.ndarray:
 def test_int8_spike_matmul_kernel(monkeypatch, instruction, counts_dtype, n_out):
     if instruction not in available_instructions():
         pytest.skip(f"this CPU has no {instruction}")
-    monkeypatch.setattr(kernels, "integer_dot_instruction", lambda: instruction)
+    monkeypatch.setattr(kernels, "integer_dot_instruction", lambda *_: instruction)
     g = spike_matmul_graph(counts_dtype, quantised=True, bias=counts_dtype == "i16", n_out=n_out)
     rng = np.random.default_rng(2)
     feeds = {"n": spike_counts(rng, (2, 7, 300), counts_dtype.replace("i", "int")),
@@ -107,7 +107,7 @@ def test_int8_spike_matmul_kernel(monkeypatch, instruction, counts_dtype, n_out)
 def test_instruction_paths_are_bit_identical():
     """Every integer path gives the same bits (exact int32 sums, one epilogue order)."""
     from sbc.codegen.spike_breakeven import kernel_args, kernel_weights
-    from sbc.codegen.target import host_cpu_target
+    from sbc.codegen.targets import host_cpu_target
     rng = np.random.default_rng(7)
     counts = spike_counts(rng, (13, 300), "int16")
     weights = kernel_weights(rng, 300, 160, 128)
@@ -127,7 +127,7 @@ def test_zmm_int32_tile_is_a_stack_tile_kept_in_registers():
     """The speed rests on this: the int32 tile is a constant-size "global" (stack) buffer,
     so LLVM keeps it in zmm registers; the hot loop is vpdpbusd on zmm with no stack traffic
     (a spilled tile would load and store it on every quad of k)."""
-    from sbc.codegen.target import host_cpu_target
+    from sbc.codegen.targets import host_cpu_target
     if "vnni512" not in available_instructions():
         pytest.skip("this CPU has no AVX-512 VNNI")
     func = kernels.int8_kernel(2, "i16", 512, 64, 128, False, "vnni512")
@@ -202,7 +202,7 @@ def test_skip_zero_tiles_portable_path_and_float_weights(monkeypatch):
     from sbc.ir.registry import OpError
     from sbc.codegen.spike_breakeven import kernel_args, kernel_weights
     rng = np.random.default_rng(6)
-    monkeypatch.setattr(kernels, "integer_dot_instruction", lambda: "portable")
+    monkeypatch.setattr(kernels, "integer_dot_instruction", lambda *_: "portable")
     counts = zero_tile_counts(rng, 20, 256, np.int16, zero_tiles=True)
     weights = kernel_weights(rng, 256, 32, 128)
     outputs = []

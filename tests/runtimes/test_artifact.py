@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import sbc
-from sbc.errors import ArtifactError, TargetUnavailableError
+from sbc.errors import ArtifactError
 from sbc.ir.dims import Sym, parse_dim
 from sbc.ir.types import TensorType
 from sbc.runtimes import artifact as art
@@ -57,13 +57,58 @@ def test_round_trip(written):
 
 def test_layout_stored_zip_with_aligned_weights(written):
     with zipfile.ZipFile(written) as z:
-        assert sorted(z.namelist()) == ["lib.so", "manifest.json", "weights.bin"]
+        assert sorted(z.namelist()) == ["lib.so", "manifest.json", "weights.safetensors"]
         assert all(i.compress_type == zipfile.ZIP_STORED for i in z.infolist())
         manifest = json.loads(z.read("manifest.json"))
     assert manifest["inputs"][0]["shape"] == ["batch", "seq"]
     assert all(e["offset"] % art.ALIGN == 0 for e in manifest["weights"])
     assert manifest["files"]["lib.so"]["size"] == len(LIB)
     assert manifest["source"] == {"name": "m.onnx", "sha256": "0" * 64}
+
+
+def test_weights_are_safetensors_that_the_safetensors_package_reads(written):
+    """The member is a standard safetensors file (the package reads it back equal), with the
+    data 64-byte aligned: the header padded with spaces, gaps as U8 padding tensors."""
+    from safetensors.numpy import load
+    with zipfile.ZipFile(written) as z:
+        blob = z.read(art.WEIGHTS)
+    header, start = art.safetensors_header(blob)
+    assert start % art.ALIGN == 0 and blob[8:start].endswith(b" ")
+    loaded = load(blob)
+    padding = header["__metadata__"]["padding"].split(",")
+    assert set(loaded) == set(PARAMS) | set(padding) and all(loaded[p].dtype == np.uint8 for p in padding)
+    for name, value in PARAMS.items():
+        assert loaded[name].dtype == value.dtype and loaded[name].shape == value.shape
+        np.testing.assert_array_equal(loaded[name], value)
+        assert header[name]["data_offsets"][0] % art.ALIGN == 0
+
+
+def test_weights_header_must_match_the_manifest(tmp_path):
+    """A member whose header says other than the (checksummed) manifest's table is refused."""
+    blob, table = art.pack_weights(PARAMS, list(PARAMS))
+    other, _ = art.pack_weights(dict(PARAMS, file=PARAMS["file"].reshape(3, 2)), list(PARAMS))
+    with pytest.raises(ArtifactError, match="parameter 'file' differs from the weights' header"):
+        art.unpack_weights(np.frombuffer(other, np.uint8), table)
+    with pytest.raises(ArtifactError, match="the artifact's weights are malformed"):
+        art.unpack_weights(np.frombuffer(blob[:5], np.uint8), table)
+
+
+def test_format_version_3_is_refused_with_one_line(written):
+    """Version 3 kept its weights in weights.bin: such an artifact is refused, saying to
+    recompile (read_manifest checks the version before anything else)."""
+    with zipfile.ZipFile(written) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    manifest = json.loads(members.pop("manifest.json"))
+    members["weights.bin"] = members.pop(art.WEIGHTS)
+    members["manifest.json"] = json.dumps(art.seal_manifest(dict(manifest, format_version=3))).encode()
+    with zipfile.ZipFile(written, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    with pytest.raises(ArtifactError) as info:
+        art.read_artifact(written)
+    message = str(info.value)
+    assert "\n" not in message and "format version 3 is not supported" in message
+    assert "recompile" in message
 
 
 def test_atomic_write_replaces_only_on_success(tmp_path, monkeypatch):
@@ -89,18 +134,19 @@ def test_atomic_path_names_the_requested_file(tmp_path):
 def test_member_checksums(written):
     with zipfile.ZipFile(written) as z:
         members = {n: z.read(n) for n in z.namelist()}
-    members["weights.bin"] = members["weights.bin"][:-1] + b"\x01"
+    members[art.WEIGHTS] = members[art.WEIGHTS][:-1] + b"\x01"
     with zipfile.ZipFile(written, "w") as z:
         for n, data in members.items():
             z.writestr(n, data)
-    with pytest.raises(ArtifactError, match="checksum mismatch in weights.bin"):
+    with pytest.raises(ArtifactError, match="checksum mismatch in weights.safetensors"):
         art.read_artifact(written)
 
 
 def test_missing_member_and_manifest_keys(tmp_path, written):
     with zipfile.ZipFile(written) as z:
         manifest = json.loads(z.read("manifest.json"))
-    for broken, fragment in [(dict(manifest, files={"lib.so": manifest["files"]["lib.so"]}), "lists no weights.bin"),
+    only_library = {"lib.so": manifest["files"]["lib.so"]}
+    for broken, fragment in [(dict(manifest, files=only_library), "lists no weights.safetensors"),
                              ({k: v for k, v in manifest.items() if k != "inputs"}, "lacks inputs")]:
         path = tmp_path / "broken.sbc"
         with zipfile.ZipFile(path, "w") as z:
@@ -130,17 +176,3 @@ def test_not_an_artifact(tmp_path):
         z.writestr("manifest.json", "[1, 2]")
     with pytest.raises(ArtifactError, match="not an sbc artifact"):
         art.read_artifact(tmp_path / "list.sbc")
-
-
-def test_check_runnable():
-    host = {"kind": "cpu"}
-    art.check_runnable({"target": host})  # the host itself always runs
-    with pytest.raises(TargetUnavailableError, match="'cuda'"):
-        art.check_runnable({"target": {"kind": "cuda"}}, host_cpu=False)
-    with pytest.raises(TargetUnavailableError, match="compiled for riscv64"):
-        art.check_runnable({"target": {"kind": "cpu", "arch": "riscv64"}})
-    from sbc.runtimes.machine import host_cpu_features
-    cpu = host_cpu_features()
-    with pytest.raises(TargetUnavailableError, match="amx_imaginary"):
-        art.check_runnable({"target": {"kind": "cpu", "arch": cpu["arch"],
-                                       "features": cpu["features"] + ["amx_imaginary"]}})

@@ -167,7 +167,7 @@ def test_cli_compiles_for_cuda(mlp_onnx, tmp_path, capsys):
     assert main(["compile", mlp_onnx, "--target", "cuda", "--arch", "sm_86", "-o", out]) == 0
     import zipfile
     names = set(zipfile.ZipFile(out).namelist())
-    assert {"lib.so", "weights.bin", "cuda/kernels.cu", "cuda/kernels.fatbin"} <= names
+    assert {"lib.so", "weights.safetensors", "cuda/kernels.cu", "cuda/kernels.fatbin"} <= names
 
 
 @pytest.mark.gpu
@@ -184,6 +184,27 @@ def test_runs_like_the_cpu(tiny_cuda, tiny_module_w8, tmp_path):
     gpu, cpu = loaded.session(batch=1), tiny_module_w8.session(batch=1)
     np.testing.assert_allclose(gpu.prefill(ids[:1, :5]), cpu.prefill(ids[:1, :5]), atol=1e-3)
     np.testing.assert_allclose(gpu.decode(ids[:1, 5:6]), cpu.decode(ids[:1, 5:6]), atol=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not has_cuda_gpu(), reason="needs an NVIDIA GPU")
+def test_session_state_stays_in_gpu_memory(tiny_cuda, tiny_module_w8, tmp_path):
+    import tvm
+    from sbc.errors import TargetUnavailableError
+    from sbc.runtimes.cuda import cuda_device_count
+    tiny_cuda.save(tmp_path / "tiny.sbc")
+    gpu = sbc.load(tmp_path / "tiny.sbc", device="cuda:0").session()
+    cpu = tiny_module_w8.session()
+    ids = token_ids(batch=1, seq=8)
+    np.testing.assert_allclose(gpu.prefill(ids[:, :5]), cpu.prefill(ids[:, :5]), atol=1e-3)
+    np.testing.assert_allclose(gpu.decode(ids[:, 5]), cpu.decode(ids[:, 5]), atol=1e-3)
+    position = tiny_cuda.recurrent["position"]
+    kept = [v for n, v in gpu.state.items() if n != position]
+    assert kept and all(isinstance(v, tvm.runtime.Tensor) and v.device.dlpack_device_type() == 2
+                        for v in kept)  # kDLCUDA: no host round trip per token
+    with pytest.raises(TargetUnavailableError, match=f"cuda:{cuda_device_count()}"):
+        sbc.load(tmp_path / "tiny.sbc", device=f"cuda:{cuda_device_count()}").run(
+            {"ids": ids})
 
 
 def test_spike_matmul_tiles_are_rebuilt_for_the_target():

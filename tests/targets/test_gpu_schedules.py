@@ -97,15 +97,17 @@ def test_op_families_compute_the_reference_when_serial(target):
 
 
 def test_scan_keeps_its_axis_in_one_thread():
-    """LoopNest: CumSum's rows over a grid of 256-thread blocks, the scan along the axis a
-    loop inside each thread (never a host function)."""
+    """CumSum's block (one per column, codegen.lower.reduce.scan_sum_func) under dlight's
+    Fallback: the columns over a grid of thread blocks, the scan along the axis a loop inside
+    each thread (never a host function, never one thread for the whole scan)."""
     import json
     import sbc
     module = sbc.compile(ops_model(), target="maca", cache=False)
     plan = json.loads(module.files["maca/launches.json"])
     launches = {s["launch"]: s for f in plan["functions"].values() for s in f["steps"] if "launch" in s}
     cumsum = [s for name, s in launches.items() if name.startswith("cumsum")]
-    assert cumsum and all(s["extents"]["threadIdx.x"] == 256 for s in cumsum)
+    assert cumsum and all(isinstance(s["extents"]["threadIdx.x"], int) and s["extents"]["threadIdx.x"] >= 32
+                          for s in cumsum), cumsum
     source = module.files["maca/kernels.maca"].decode()
     from sbc.codegen.maca import split_kernels
     body = dict(split_kernels(source))[next(n for n in launches if n.startswith("cumsum"))]

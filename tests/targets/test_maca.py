@@ -42,7 +42,7 @@ def nvcc_compat(code: str, tmp_path, name="k") -> subprocess.CompletedProcess:
 
 
 def test_target_is_cuda_kind_with_the_maca_tag():
-    from sbc.codegen.target import resolve
+    from sbc.codegen.targets import resolve
     t = resolve("maca").tvm()
     assert t.kind.name == "cuda" and list(t.keys) == ["maca", "gpu"]
     assert int(t.attrs["thread_warp_size"]) == 64
@@ -182,7 +182,7 @@ def test_package_without_the_sdk(tiny_maca, tmp_path):
     path = tmp_path / "tiny.sbc"
     tiny_maca.save(path)
     names = set(zipfile.ZipFile(path).namelist())
-    assert {"manifest.json", "weights.bin", "maca/kernels.maca", "maca/launches.json",
+    assert {"manifest.json", "weights.safetensors", "maca/kernels.maca", "maca/launches.json",
             "maca/build.sh"} <= names
     assert "lib.so" not in names
     assert ("maca/kernels.bin" in names) == (find_mxcc() is not None)
