@@ -65,8 +65,11 @@ def output_kind(inputs, output: str | None) -> str:
     return output
 
 
-def as_output(value, kind: str):
-    """A runtime's output (a NumPy array, or a tensor it kept on the device) as `kind`."""
+def as_output(value, kind: str, to_host=np.asarray):
+    """A runtime's output (a NumPy array, or a tensor it kept on the device) as `kind`; one
+    that speaks no DLPack (MACA's device tensors) comes through the host (`to_host`)."""
+    if not isinstance(value, np.ndarray) and not hasattr(value, "__dlpack__"):
+        value = to_host(value)
     if kind == "torch":
         import torch
         return torch.from_dlpack(value)  # no copy, on the host or the device

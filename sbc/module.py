@@ -15,6 +15,7 @@ from sbc.codegen.targets import check_runnable, device_index, target_kind
 from sbc.errors import InputError
 from sbc.ir.dims import Sym
 from sbc.runtimes.artifact import signature_from_json, write_artifact
+from sbc.runtimes.interop import as_feed, as_output, described, output_kind
 from sbc.runtimes.threads import check_num_threads
 
 MAX_POSITION = 2**40  # tokens per sequence: far past any context, far from int64 overflow
@@ -107,18 +108,16 @@ class Module:
         by output name, of the caller's kind (torch in, torch out) or `output`'s ("numpy",
         "torch", "dlpack"; sbc.runtimes.interop). A recurrent model runs from empty state,
         i.e. on the whole sequence given."""
-        from sbc.runtimes.interop import as_feed, as_output, output_kind
         kind = output_kind(feeds.values() if isinstance(feeds, Mapping) else (), output)
         if isinstance(feeds, Mapping):
             feeds = {n: as_feed(v) for n, v in feeds.items()}
         keep = [n for n, _ in self.outputs] if kind != "numpy" else ()  # left on a device
         if self.recurrent and isinstance(feeds, Mapping):
             from sbc.ir.types import bind_symbols
-            from sbc.runtimes.interop import described
             env = bind_symbols(self.inputs, {n: described(v) for n, v in feeds.items()})
             feeds = {**feeds, **self.initial_state(env)}
         results = self._runtime.run(feeds, keep=keep)
-        return {n: as_output(results[n], kind) for n, _ in self.outputs}
+        return {n: as_output(results[n], kind, self._runtime.to_host) for n, _ in self.outputs}
 
     def initial_state(self, symbols: dict[str, int]) -> dict[str, np.ndarray]:
         """Zero state and position 0 (recurrent models), sized by `symbols` ({"batch": 1})."""
