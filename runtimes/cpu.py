@@ -25,7 +25,7 @@ from tvm import relax
 
 from sbc.errors import ArtifactError, InputError
 from sbc.ir.types import TensorType, bind_symbols
-from sbc.runtimes.interop import described, on_device
+from sbc.runtimes.interop import described, device_tensor, on_device
 from sbc.runtimes.threads import use_threads
 
 
@@ -107,7 +107,7 @@ class CpuRuntime:
         """An input on this runtime's device: a tensor a run kept there (or a caller's, by
         DLPack: a torch CUDA tensor) as it is, anything else copied over."""
         if on_device(value) and not isinstance(value, tvm.runtime.Tensor):
-            value = tvm.runtime.from_dlpack(value)
+            value = device_tensor(value)
         if isinstance(value, tvm.runtime.Tensor):
             if value.device == self.device:
                 return value

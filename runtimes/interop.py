@@ -34,15 +34,29 @@ def to_host(value):
     """A value in host memory: device tensors are copied back (token ids, a few bytes)."""
     value = as_feed(value)
     if on_device(value):
-        import tvm
-        return tvm.runtime.from_dlpack(value).numpy()
+        return device_tensor(value).numpy()
     return value
 
 
 def on_device(value) -> bool:
     """Whether `value` lives in device memory (a DLPack object that is not on the CPU)."""
+    if isinstance(value, np.ndarray):  # the common case first: this runs on every call
+        return False
     device = getattr(value, "__dlpack_device__", None)
-    return device is not None and not isinstance(value, np.ndarray) and device()[0] != _CPU
+    return device is not None and device()[0] != _CPU
+
+
+def device_tensor(value):
+    """A caller's device tensor as a TVM tensor over the same memory. The kernels read
+    inputs as dense, 64-byte aligned buffers, and TVM refuses any other layout: that is one
+    line here, not a TVM trace."""
+    import tvm
+    try:
+        return tvm.runtime.from_dlpack(value)
+    except Exception as e:  # noqa: BLE001 - TVM raises its own error types
+        reason = (str(e).strip().splitlines() or ["?"])[-1]
+        raise InputError(f"a tensor in device memory is used in place and must be dense and "
+                         f"64-byte aligned (e.g. torch's .contiguous()); TVM says: {reason}") from None
 
 
 def described(value):
@@ -52,7 +66,7 @@ def described(value):
     if not isinstance(value, tvm.runtime.Tensor):
         if not on_device(value):
             return value
-        value = tvm.runtime.from_dlpack(value)
+        value = device_tensor(value)
     return np.broadcast_to(np.zeros((), np.dtype(str(value.dtype))), tuple(value.shape))
 
 

@@ -201,8 +201,6 @@ def pack_arguments(types: list[str], values: list) -> bytes:
 class MacaRuntime:
     """run(feeds, program, keep) -> outputs, like CpuRuntime, on MetaX GPU `device`."""
 
-    num_threads = None  # the host side is this thread; kept for the Module's interface
-
     def __init__(self, files: dict[str, bytes], manifest: dict, inputs, outputs, param_names,
                  params, assumptions=(), device: int = 0):
         self.mc = _Mc(device)

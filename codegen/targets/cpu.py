@@ -46,7 +46,7 @@ class CpuTarget(Target):
         host = host_cpu_name()
         name = host if cpu in (None, NATIVE) else cpu
         features = host_cpu_features()["features"] if name == host else _llvm_features(name)
-        return cls(name, cores or _host_cores(), tuple(features))
+        return cls(name, cores or os.cpu_count() or 1, tuple(features))
 
     @property
     def native(self) -> bool:
@@ -109,10 +109,6 @@ class CpuTarget(Target):
 def host_cpu_target():
     """The TVM target for this machine's CPU (what sbc's own kernel tests and benches build)."""
     return CpuTarget.resolve().tvm()
-
-
-def _host_cores() -> int:
-    return os.cpu_count() or 1
 
 
 @functools.lru_cache(maxsize=None)

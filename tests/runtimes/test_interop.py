@@ -7,7 +7,7 @@ import torch
 import tvm
 
 from sbc.errors import InputError
-from sbc.runtimes.interop import as_feed
+from sbc.runtimes.interop import as_feed, device_tensor
 
 
 def test_torch_in_torch_out(mlp_module):
@@ -50,3 +50,9 @@ def test_sessions_answer_in_kind(tiny_module):
     assert isinstance(session.decode(np.array([5])), np.ndarray)
     tokens = tiny_module.session().generate(torch.tensor([[1, 2]]), max_new_tokens=3)
     assert isinstance(tokens, torch.Tensor) and tokens.shape == (1, 3)
+
+
+def test_a_strided_tensor_is_not_used_in_place_and_says_so():
+    """The kernels read dense buffers: TVM refuses a strided view, in one line."""
+    with pytest.raises(InputError, match="must be dense and 64-byte aligned.*not contiguous"):
+        device_tensor(torch.zeros(64, 64)[:, ::2])
