@@ -63,3 +63,34 @@ def register() -> None:
     if not _registered:
         tirx.register_intrin_lowering("tirx.exp", "llvm", f=lowered_exp, level=99)
         _registered = True
+
+
+EXP_NORMAL_MIN = -87.33654  # ln(FLT_MIN): below, exp(x) is subnormal or 0
+
+
+def exp_nonpositive(x):
+    """exp(x) for x <= 0 (and NaN, -inf) as an expression of vector arithmetic: softmax's
+    exp(x - max), whose argument is never positive. Without the overflow side and with results
+    below FLT_MIN (1.2e-38) flushed to 0 (the subnormal range needs 2^n in two halves), it is
+    about 2/3 of `lowered_exp`'s instructions, the same polynomial. -inf gives exactly 0
+    (masked scores), NaN stays NaN (the clamp is a select that keeps it). Only float32; other
+    dtypes get tirx.exp."""
+    if str(x.dtype if hasattr(x, "dtype") else x.ty) != "float32":  # a te slice, an expression
+        return tirx.exp(x)
+    x = x.asobject() if hasattr(x, "asobject") else x
+    f = lambda v: tirx.const(v, "float32")  # noqa: E731
+    i = lambda v: tirx.const(v, "int32")  # noqa: E731
+    low = x < f(EXP_NORMAL_MIN)
+    clamped = tirx.Select(low, f(EXP_NORMAL_MIN), x)  # NaN < c is false: NaN stays
+    # n = round(x / ln 2) as a truncating conversion of x / ln 2 - 0.5 (x <= 0). Not floor:
+    # a rounding call would make the schedules treat the kernel as one that must keep the
+    # reference's summation order; not (v + 1.5 * 2^23) - 1.5 * 2^23: TVM folds it to v
+    whole = tirx.Cast("int32", clamped * f(LOG2E) - f(0.5))
+    n = tirx.Cast("float32", whole)
+    r = clamped - n * f(LN2_HI) - n * f(LN2_LO)
+    p = f(POLY[0])
+    for c in POLY[1:]:
+        p = p * r + f(c)
+    y = p * r * r + r + f(1.0)
+    scale = tirx.reinterpret("float32", tirx.shift_left(whole + i(127), i(23)))
+    return tirx.Select(low, f(0.0), y * scale)

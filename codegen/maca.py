@@ -16,7 +16,8 @@ memory), then:
                    types this is TVM's function-info table plus the launch geometry
   host_program     the Relax functions ("main", "prefill") as a list of steps: call_tir of a
                    PrimFunc, reshape (a view), tuple items, constants, checks (an assert
-                   on a bool scalar, with the message its format arguments fill in)
+                   on a bool scalar, with the message its format arguments fill in), empty
+                   tensors (a 0 dim: codegen.build allocates them without a kernel)
   package          artifact members maca/kernels.maca, maca/launches.json, maca/build.sh,
                    maca/constants.npz, and maca/kernels.bin when the SDK's mxcc is present
 
@@ -355,6 +356,9 @@ def _relax_function(func, launches: dict, constants: dict) -> dict:
                 condition, message, *args = value.args  # as relax.run.assert_op takes them
                 steps.append({"check": ref(condition), "args": [ref(a) for a in args],
                               "message": str(message.value)})
+            elif op == "relax.builtin.alloc_tensor":  # an empty tensor (codegen.build: no kernel)
+                steps.append({"empty": name, "shape": _shape(b.var), "dtype": str(b.var.ty.dtype)})
+                ids.add(b.var, {"value": name})
             elif op == "relax.reshape":
                 steps.append({"view": name, "of": ref(value.args[0]), "shape": _shape(b.var)})
                 ids.add(b.var, {"value": name})

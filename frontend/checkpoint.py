@@ -24,7 +24,9 @@ keys in all. window="flash" (default) takes the first, "cache" the second.
 The rotary inv_freq is not in the checkpoint: it is computed from rope_theta as the release
 does (theta ** -(2i / head_dim), in float32).
 Weights are read one tensor at a time (frontend/safetensors_reader.py) and kept as the graph's
-params (f32, int8 for the W8ASpike projections): no second copy of the model is held.
+params: weight matrices in their stored dtype (a bf16 checkpoint's stay bf16, read through a
+Cast that the matmul kernels absorb), int8 for the W8ASpike projections, f32 for vectors. No
+second copy of the model, and no f32 copy of a bf16 one, is held.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from sbc.errors import InvalidModelError, UnsupportedError
 from sbc.frontend.safetensors_reader import Tensors
 from sbc.ir import Graph, Value
 from sbc.ir.dims import Sym
+from sbc.ir.graph import aligned_empty
 from sbc.ir.types import TensorType
 
 MODEL_TYPES = {"gla_swa": "SpikingBrain-7B (GLAswaForCausalLM)"}
@@ -97,6 +100,38 @@ def import_checkpoint(folder: str | os.PathLike, *, window: str = "flash") -> Gr
         return Builder(config, weights, window, os.path.basename(folder.rstrip(os.sep))).build()
     finally:
         tensors.close()
+
+
+def describe_checkpoint(folder: str | os.PathLike) -> dict:
+    """What `sbc inspect DIR` shows: the config as sbc reads it, the variant, and the weights
+    by stored dtype. Names and shapes are checked as import checks them, from the safetensors
+    headers alone: no weight is read, so a 7B folder is described in a moment."""
+    folder = os.fspath(folder)
+    c = read_config(folder)
+    tensors = Tensors(folder)
+    weights = Weights(tensors, c, folder)
+    stored: dict[str, list[int]] = {}
+    for e in tensors.entries.values():
+        count, nbytes = stored.setdefault(e.dtype, [0, 0])
+        stored[e.dtype] = [count + 1, nbytes + e.nbytes]
+    gla = [i for i in range(c.layers) if i not in c.attn_layers]
+    return {
+        "checkpoint": folder,
+        "model": MODEL_TYPES["gla_swa"],
+        "variant": ("W8ASpike (int8 group scales: spiking projections on the checkpoint's "
+                    "int8 grid)") if weights.spiking else "plain (float projections)",
+        "layers": f"{c.layers}: {len(gla)} GLA, {len(c.attn_layers)} SWA (layers "
+                  f"{', '.join(map(str, c.attn_layers))})",
+        "hidden": c.hidden,
+        "heads": f"{c.heads} query, {c.kv_heads} key/value, head dim {c.head_dim}",
+        "mlp": c.mlp,
+        "vocab": c.vocab,
+        "sliding_window": c.sliding_window,
+        "rope_theta": c.rope_theta,
+        "tied_embeddings": c.tie,
+        "parameters": int(sum(np.prod(e.shape, dtype=np.int64) for e in tensors.entries.values())),
+        "stored": {dtype: f"{n} tensors, {nbytes:,} bytes" for dtype, (n, nbytes) in stored.items()},
+    }
 
 
 # -- config.json -------------------------------------------------------------------------------
@@ -275,8 +310,8 @@ class Weights:
     def group(self, scales: str) -> int:
         return self.expected[_weight_of(scales)][1] // self.expected[scales][1]
 
-    def read(self, name: str) -> np.ndarray:
-        data = self.t.read(name)
+    def read(self, name: str, keep_storage: bool = False) -> np.ndarray:
+        data = self.t.read(name, keep_storage)
         if not np.isfinite(data).all():
             raise InvalidModelError(f"{self.folder}: tensor '{name}' holds NaN or infinite values")
         return data
@@ -320,7 +355,8 @@ class Builder:
     def build(self) -> Graph:
         c, g = self.c, self.g
         ids = g.add_input("ids", TensorType("i64", (Sym.var("batch"), Sym.var("seq"))))
-        x = g.add1("Gather", self.param("model.embeddings.weight"), ids, axis=0, name="embeddings")
+        x = self.widened(g.add1("Gather", self.matrix("model.embeddings.weight"), ids, axis=0,
+                                name="embeddings"))
         cos, sin = self.rope_tables(ids)
         for i in range(c.layers):
             p = f"model.layers.{i}."
@@ -331,8 +367,8 @@ class Builder:
             x = g.add1("Add", x, self.mlp(h, p + "mlp"), name=p + "mlp_residual")
         x = self.rms_norm(x, "model.norm.weight", "model.norm")
         head = "lm_head.weight" if self.w.has("lm_head.weight") else "model.embeddings.weight"
-        logits = g.add1("MatMul", x, self.param(head, transpose=True, as_name="lm_head"),
-                        name="lm_head")
+        logits = g.add1("MatMul", x, self.widened(self.matrix(head, transpose=True,
+                                                              as_name="lm_head")), name="lm_head")
         g.set_outputs([logits], ["logits"])
         g.prune_params()
         return g
@@ -346,7 +382,7 @@ class Builder:
         k = g.add1("Relu", self.linear(h, p + ".k_proj"), name=p + ".k_relu")
         v = self.linear(h, p + ".v_proj")
         if self.w.has(p + ".gk_proj.0.weight"):  # low rank: hidden -> 16 -> kv_dim, float
-            low = g.add1("MatMul", h, self.param(p + ".gk_proj.0.weight", transpose=True),
+            low = g.add1("MatMul", h, self.weight(p + ".gk_proj.0.weight"),
                          name=p + ".gk_proj.0")
             gk = self.linear(low, p + ".gk_proj.1")
         else:
@@ -385,7 +421,7 @@ class Builder:
         gate, up = self.linear(h, p + ".gate_proj"), self.linear(h, p + ".up_proj")
         silu = g.add1("Mul", gate, g.add1("Sigmoid", gate, name=p + ".sigmoid"), name=p + ".silu")
         hidden = g.add1("Mul", silu, up, name=p + ".swiglu")
-        return g.add1("MatMul", hidden, self.param(p + ".down_proj.weight", transpose=True),
+        return g.add1("MatMul", hidden, self.weight(p + ".down_proj.weight"),
                       name=p + ".down_proj")
 
     # -- pieces
@@ -399,7 +435,7 @@ class Builder:
                             name=name + ".dequantize")
             y = g.add1("MatMul", self.spike(x), weight, name=name)
         else:
-            y = g.add1("MatMul", x, self.param(name + ".weight", transpose=True), name=name)
+            y = g.add1("MatMul", x, self.weight(name + ".weight"), name=name)
         if self.w.has(name + ".bias"):
             y = g.add1("Add", y, self.param(name + ".bias"), name=name + ".bias")
         return y
@@ -472,12 +508,28 @@ class Builder:
     def reshape(self, x: Value, shape: tuple[int, ...], name: str) -> Value:
         return self.g.add1("Reshape", x, self.const(list(shape), "i64"), name=name)
 
-    def param(self, name: str, transpose: bool = False, as_name: str | None = None) -> Value:
-        """A checkpoint tensor as an f32 param; a projection weight transposed to [in, out]."""
-        data = self.w.read(name)
-        if transpose:
-            data = np.ascontiguousarray(data.T)
+    def param(self, name: str) -> Value:
+        """A checkpoint tensor (a norm weight, a bias) as an f32 param."""
+        return self.g.add_param(name, self.w.read(name))
+
+    def matrix(self, name: str, transpose: bool = False, as_name: str | None = None) -> Value:
+        """A weight matrix as a param in its stored dtype (bf16, f16 or f32: a bf16 model is
+        never held as f32), transposed to [in, out] for a projection."""
+        data = self.w.read(name, keep_storage=True)
+        if transpose:  # straight into a param's aligned layout: one copy, not two
+            data, stored = aligned_empty(data.shape[::-1], data.dtype), data
+            data[...] = stored.T
         return self.g.add_param(as_name or name, data)
+
+    def weight(self, name: str) -> Value:
+        """A projection's weight [in, out] as f32 for its MatMul: Cast(stored weight), which
+        pack-matmul-weights folds into the packed kernel's loads."""
+        return self.widened(self.matrix(name, transpose=True))
+
+    def widened(self, x: Value) -> Value:
+        if x.dtype == "f32":
+            return x
+        return self.g.add1("Cast", x, to="f32", name=f"{x.name}.f32")
 
     def const(self, value, dtype: str = "f32") -> Value:
         key = (dtype, repr(value))

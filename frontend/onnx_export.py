@@ -29,7 +29,8 @@ OPSET = 21
 IR_VERSION = 10  # what onnxruntime 1.31 reads (onnx 1.23's helper writes 14)
 EXTERNAL_DATA_BYTES = 1_800_000_000  # past this the weights go to a side file (protobuf's 2 GB)
 
-ELEMENT = {"f32": TensorProto.FLOAT, "f16": TensorProto.FLOAT16, "f64": TensorProto.DOUBLE,
+ELEMENT = {"f32": TensorProto.FLOAT, "f16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16,
+           "f64": TensorProto.DOUBLE,
            "i8": TensorProto.INT8, "i16": TensorProto.INT16, "i32": TensorProto.INT32,
            "i64": TensorProto.INT64, "u8": TensorProto.UINT8, "bool": TensorProto.BOOL}
 # standard ops written as they are, with the attributes ONNX opset 21 knows

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sbc.errors import InvalidModelError, UnsupportedError
+from sbc.ir.types import numpy_dtype
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -58,8 +59,9 @@ class Tensors:
     def shape(self, name: str) -> tuple[int, ...]:
         return self.entries[name].shape
 
-    def read(self, name: str) -> np.ndarray:
-        """The tensor as a new float32 array (C order)."""
+    def read(self, name: str, keep_storage: bool = False) -> np.ndarray:
+        """The tensor as a new float32 array (C order); with keep_storage a bf16 or f16 tensor
+        comes back in that dtype (bf16 as ml_dtypes' bfloat16), at half the bytes."""
         e = self.entries[name]
         if e.dtype not in STORAGE:
             raise UnsupportedError(f"{os.path.basename(e.file)}: tensor '{name}' is stored as "
@@ -71,7 +73,9 @@ class Tensors:
         if raw.size != count:
             raise InvalidModelError(f"{e.file}: tensor '{name}' is cut short (the file changed "
                                     f"while it was read?)")
-        if e.dtype == "BF16":
+        if keep_storage:
+            out = raw.view(numpy_dtype("bf16")) if e.dtype == "BF16" else raw
+        elif e.dtype == "BF16":
             words = raw.astype(np.uint32)
             del raw
             words <<= 16  # in place: one uint32 array, viewed as float32

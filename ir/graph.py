@@ -64,6 +64,28 @@ class Node:
         return f"{outs} = {self.op}({ins})"
 
 
+ALIGN = 64  # bytes: what TVM's kernels assume of every buffer, and its DLPack import requires
+
+
+def aligned(a: np.ndarray) -> np.ndarray:
+    """`a` itself when its data is ALIGN-byte aligned, else an aligned copy. A param born
+    aligned is what a compiled CPU module runs on in place; a misaligned one (NumPy only
+    promises 16 bytes) would be copied when the module loads, holding a model's weights twice."""
+    if a.ctypes.data % ALIGN == 0 or a.size == 0 or a.dtype == object:
+        return a
+    out = aligned_empty(a.shape, a.dtype)
+    out[...] = a
+    return out
+
+
+def aligned_empty(shape, dtype) -> np.ndarray:
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + ALIGN, np.uint8)
+    start = -raw.ctypes.data % ALIGN
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
 class Graph:
     def __init__(self, name: str = "main"):
         self.name = name
@@ -90,7 +112,7 @@ class Graph:
 
     def add_param(self, name: str, data: np.ndarray) -> Value:
         from sbc.ir.types import type_of
-        data = np.asarray(data, order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
+        data = aligned(np.asarray(data, order="C"))  # (ascontiguousarray makes 0-d arrays 1-d)
         value = Value(self.fresh_name(name), type_of(data), data=data)
         self.params.append(value)
         return value

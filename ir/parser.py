@@ -26,7 +26,7 @@ from sbc.errors import SbcError
 from sbc.ir.dims import parse_dim
 from sbc.ir.graph import Graph, Value
 from sbc.ir.registry import get_op
-from sbc.ir.types import TensorType, numpy_dtype
+from sbc.ir.types import FLOAT_DTYPES, TensorType, numpy_dtype
 
 _TOKEN = re.compile(r"""
     (?P<ws>\s+)
@@ -264,12 +264,12 @@ def random_param(name: str, ptype: TensorType, seed=None, scale=1.0, *extra) -> 
                          f"non-negative integer and SCALE a number")
     if not ptype.is_static:
         raise ParseError(f"param %{name}: random() needs a static shape, got {ptype}")
-    dtype = numpy_dtype(ptype.dtype)
-    if dtype.kind != "f" and scale != 1.0:
+    dtype, is_float = numpy_dtype(ptype.dtype), ptype.dtype in FLOAT_DTYPES
+    if not is_float and scale != 1.0:
         raise ParseError(f"param %{name}: a scale applies to float params only, not {ptype.dtype}")
     rng = np.random.default_rng(seed)
     shape = tuple(int(d) for d in ptype.shape)
-    if dtype.kind == "f":
+    if is_float:
         return (rng.standard_normal(shape) * scale).astype(dtype)
     if dtype.kind == "b":
         return rng.random(shape) < 0.5

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import ml_dtypes
 import numpy as np
 
 from sbc.errors import InputError
@@ -19,10 +20,12 @@ from sbc.ir.dims import Dim, Sym, dims_str, is_static, prod
 # sbc's short dtype names, in the order the printer and the error messages list them.
 DTYPES: dict[str, np.dtype] = {
     "f32": np.dtype("float32"), "f16": np.dtype("float16"), "f64": np.dtype("float64"),
+    "bf16": np.dtype(ml_dtypes.bfloat16),  # NumPy's own dtypes lack it; ml_dtypes adds it
     "i8": np.dtype("int8"), "i16": np.dtype("int16"), "i32": np.dtype("int32"),
     "i64": np.dtype("int64"), "u8": np.dtype("uint8"), "bool": np.dtype("bool"),
 }
 _BY_NUMPY = {v: k for k, v in DTYPES.items()}
+FLOAT_DTYPES = ("f16", "bf16", "f32", "f64")  # (NumPy's kind of bf16 is "V", not "f")
 
 # Spike encodings (SpikingBrain's codings; the trains are [T, ...] with T leading):
 #   count                  n, the number of spikes per neuron (signed)

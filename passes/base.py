@@ -20,6 +20,7 @@ from typing import ClassVar
 
 from sbc.errors import UnsupportedError
 from sbc.ir import Graph, Node, Value
+from sbc.ir.ops.nn import NARROW_FLOATS
 
 
 @dataclass
@@ -240,6 +241,47 @@ def apply_rules(graph: Graph, rules: list[RewriteRule], max_sweeps: int = MAX_SW
         graph.toposort()  # rewrites append their new nodes at the end
         modified = True
     return modified
+
+
+def stored_weight(w: Value) -> Value | None:
+    """The param holding weight `w`: w itself, or the bf16/f16 param an f32 Cast widens (a
+    weight kept in the dtype it was stored in); None when `w` is not a weight."""
+    cast = w.producer
+    if cast is not None and cast.op == "Cast" and w.dtype == "f32":
+        w = cast.inputs[0]
+        if w.dtype not in NARROW_FLOATS:
+            return None
+    return w if w.producer is None and w.data is not None else None
+
+
+def drop_replaced(graph: Graph, node: Node) -> None:
+    """Remove `node`, whose outputs a rewrite no longer uses, and going up every node and param
+    that only it read; a dropped param's data is freed at once. A rewrite that re-lays out
+    weights calls it: the sweep's list of nodes would otherwise keep each old weight alive
+    beside its new copy until the pass ends (a whole model's weights twice)."""
+    uses: dict[int, int] = {}
+    for v in [v for n in graph.nodes for v in n.inputs] + graph.outputs:
+        if v is not None:
+            uses[id(v)] = uses.get(id(v), 0) + 1
+    params = {id(p) for p in graph.params}
+    dead, freed, stack = set(), [], [node]
+    while stack:
+        n = stack.pop()
+        if id(n) in dead or any(uses.get(id(v)) for v in n.outputs):
+            continue
+        dead.add(id(n))
+        for v in n.inputs:
+            if v is None or uses.get(id(v)) is None:
+                continue
+            uses[id(v)] -= 1
+            if uses[id(v)] == 0 and v.producer is not None:
+                stack.append(v.producer)
+            elif uses[id(v)] == 0 and id(v) in params:
+                freed.append(v)
+    graph.nodes = [n for n in graph.nodes if id(n) not in dead]
+    graph.params = [p for p in graph.params if id(p) not in {id(f) for f in freed}]
+    for v in freed:
+        v.data = None
 
 
 def _remove_dead(graph: Graph, candidates: list[Node]) -> None:

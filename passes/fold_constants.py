@@ -9,6 +9,11 @@ A node is computable at compile time when
 Results larger than `max-elements` are left to run time. Values computed from graph inputs'
 data never have `data`, so nodes depending on them are never touched. The nodes that fed a
 folded node are left for dce.
+
+Not folded: a Cast that widens a bf16/f16 weight matrix to f32. The weight stays in the dtype
+it was stored in (half of f32's bytes); the kernels that read it widen it as they load
+(pack-matmul-weights takes the Cast into MatMulPacked). Scalars and vectors (epsilons, norm
+weights) are folded as before: constants that other passes match on.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import numpy as np
 
 from sbc.ir import Graph, Node, Value, get_op, numpy_dtype
 from sbc.ir.dims import Sym
+from sbc.ir.ops.nn import NARROW_FLOATS
 from sbc.ir.registry import as_list
 from sbc.passes.base import Pass, PassResult, register_pass
 
@@ -51,6 +57,8 @@ class FoldConstants(Pass):
 
     def fold(self, node: Node) -> list[np.ndarray] | None:
         """The node's output values if it can and should be folded, else None."""
+        if _widens_weight(node):
+            return None
         return _check_values(node, self.compute(node), self.options.max_elements)
 
     @staticmethod
@@ -69,6 +77,12 @@ class FoldConstants(Pass):
                                                     for v in node.inputs]))
         except Exception:  # e.g. a division by zero: let run time report it where it happens
             return None
+
+
+def _widens_weight(node: Node) -> bool:
+    x = node.inputs[0] if node.op == "Cast" else None
+    return x is not None and x.producer is None and x.dtype in NARROW_FLOATS \
+        and x.type.rank >= 2 and node.outputs[0].dtype == "f32"
 
 
 def _check_values(node: Node, values: list | None, max_elements: int) -> list | None:

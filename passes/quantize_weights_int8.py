@@ -1,5 +1,6 @@
-"""quantize-weights-int8 (opt-in, lossy): the f32 weight of a matmul fed by spikes -> symmetric
-int8 with one scale per group of `group` input channels (SpikingBrain's W8ASpike weights).
+"""quantize-weights-int8 (opt-in, lossy): the float weight of a matmul fed by spikes -> symmetric
+int8 with one scale per group of `group` input channels (SpikingBrain's W8ASpike weights). The
+weight is f32, or bf16/f16 read through a widening Cast (kept in the dtype it was stored in).
 
     MatMul(Mul(Cast(counts), scale), W [K, N])
         -> MatMul(..., DequantizeGroups(Wq [K, N] i8, scales [ceil(K/group), N]) {axis = 0})
@@ -16,14 +17,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from sbc.ir import Graph, Node
+from sbc.ir.ops.nn import NARROW_FLOATS
 from sbc.ir.ops.spike import quantize_groups
 from sbc.passes.base import (Match, Miss, Pass, PassResult, RewriteRule, apply_rules,
-                              register_pass)
+                              register_pass, stored_weight)
 from sbc.passes.fuse_spike_neurons import dequantised_spikes
 
 K_AXIS = {"MatMul": 0, "MatMulPacked": 1}  # where the input channels lie in each weight layout
 WEIGHT_RANK = {"MatMul": 2, "MatMulPacked": 3}
+FLOAT_WEIGHTS = ("f32", *NARROW_FLOATS)  # a bf16/f16 weight (kept as stored) is quantised too
 
 
 class QuantizeSpikeWeight(RewriteRule):
@@ -38,17 +43,18 @@ class QuantizeSpikeWeight(RewriteRule):
         spikes = dequantised_spikes(a)
         if isinstance(spikes, str):
             return Miss(spikes, a)
-        if w.producer is not None or w.data is None:
+        stored = stored_weight(w)
+        if stored is None:
             return Miss("the weight is not a param known at compile time", w)
-        if w.dtype != "f32" or w.type.rank != WEIGHT_RANK[node.op]:
-            return Miss(f"the weight {w.type} is not an f32 {node.op} weight", w)
-        return Match(a=a, w=w)
+        if stored.dtype not in FLOAT_WEIGHTS or w.type.rank != WEIGHT_RANK[node.op]:
+            return Miss(f"the weight {stored.type} is not a float {node.op} weight", w)
+        return Match(a=a, w=stored)
 
     def rewrite(self, graph: Graph, node: Node, match: Match) -> None:
         a, w = match.a, match.w
         axis = K_AXIS[node.op]
         if id(w) not in self.done:
-            q, scales = quantize_groups(w.data, axis, self.group)
+            q, scales = quantize_groups(w.data.astype(np.float32), axis, self.group)
             self.done[id(w)] = (graph.add_param(f"{w.name}:q8", q),
                                 graph.add_param(f"{w.name}:q8_scale", scales))
         q, scales = self.done[id(w)]

@@ -23,7 +23,7 @@ import numpy as np
 from sbc.ir import Graph, Node, Value
 from sbc.ir.ops.spike import INT_COUNT_DTYPES, PANEL, pack_spike_weight
 from sbc.passes.base import (Match, Miss, Pass, PassResult, RewriteRule, apply_rules,
-                              register_pass)
+                              drop_replaced, register_pass)
 from sbc.passes.fuse_spike_neurons import dequantised_spikes, producer
 from sbc.passes.quantize_weights_int8 import K_AXIS
 
@@ -96,6 +96,7 @@ class SpikeMatMulRule(RewriteRule):
             group = dequantise.attrs["group"]
         out = graph.add1("SpikeMatMul", counts, scale, *weights, group=group, name=node.name)
         graph.replace_uses(node.outputs[0], out)
+        drop_replaced(graph, node)
 
 
 class AbsorbBias(RewriteRule):

@@ -156,17 +156,19 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-SAFETENSORS_DTYPES = {"f32": "F32", "f16": "F16", "f64": "F64", "i8": "I8", "i16": "I16",
+SAFETENSORS_DTYPES = {"f32": "F32", "f16": "F16", "bf16": "BF16", "f64": "F64", "i8": "I8", "i16": "I16",
                       "i32": "I32", "i64": "I64", "u8": "U8", "bool": "BOOL"}
 
 
-def pack_weights(params: dict[str, np.ndarray], names: list[str]) -> tuple[bytes, list[dict]]:
+def pack_weights(params: dict[str, np.ndarray], names: list[str]) -> tuple[list, list[dict]]:
     """The parameters as one safetensors file (8-byte little-endian header size, JSON header,
     data: what the ecosystem reads), each tensor 64-byte aligned within it so that the CPU
     runtime uses them in place. The header is padded with spaces so that the data starts
     aligned; the format allows no holes between tensors, so a gap is an explicit U8 padding
-    tensor (named in __metadata__["padding"]). Returns the bytes and the manifest's table:
-    each parameter's dtype, shape, offset from the member's start and size."""
+    tensor (named in __metadata__["padding"]). Returns the file as pieces (the header, then
+    views of the params' own bytes and the padding: nothing is copied, so a model of many GB
+    is written without a second copy) and the manifest's table: each parameter's dtype,
+    shape, offset from the member's start and size."""
     header, chunks, padding, offset = {}, [], [], 0
     for name in names:
         a = np.asarray(params[name], order="C")
@@ -190,7 +192,7 @@ def pack_weights(params: dict[str, np.ndarray], names: list[str]) -> tuple[bytes
               "offset": len(head) + header[n]["data_offsets"][0],
               "nbytes": header[n]["data_offsets"][1] - header[n]["data_offsets"][0]}
              for n in names]
-    return b"".join([head, *chunks]), table
+    return [head, *chunks], table
 
 
 def _padding_name(index: int, names: list[str]) -> str:
@@ -242,24 +244,34 @@ def unpack_weights(blob, table: list[dict]) -> dict[str, np.ndarray]:
 def write_artifact(path: str | os.PathLike, library: bytes | None, params: dict[str, np.ndarray],
                    manifest: dict, files: dict[str, bytes] | None = None) -> dict:
     """Write library + params + manifest (+ further `files`, e.g. device code) atomically to
-    `path`; return the manifest written. library None: a target without one (maca)."""
+    `path`; return the manifest written. library None: a target without one (maca). The
+    weights go to the file piece by piece from the params themselves (checksummed in a first
+    pass), never joined into one more copy in memory."""
     weights, table = pack_weights(params, list(manifest["param_names"]))
-    members = {WEIGHTS: weights, **(files or {})}
+    members = {WEIGHTS: weights, **{n: [b] for n, b in (files or {}).items()}}
     if library is not None:
-        members = {LIBRARY: library, **members}
+        members = {LIBRARY: [library], **members}
     manifest = dict(manifest, format=FORMAT, format_version=FORMAT_VERSION,
                     sbc_version=version.__version__,
                     created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), weights=table,
-                    files={n: {"sha256": hashlib.sha256(b).hexdigest(), "size": len(b)}
-                           for n, b in members.items()})
+                    files={n: _checksum(pieces) for n, pieces in members.items()})
     manifest = seal_manifest(manifest)
     check_manifest(manifest, os.fspath(path))  # a writer's slip fails here, not at load
     with atomic_path(path) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as z:
             z.writestr(MANIFEST, json.dumps(manifest, indent=2))
-            for name, data in members.items():
-                z.writestr(name, data)
+            for name, pieces in members.items():
+                with z.open(name, "w", force_zip64=True) as f:
+                    for piece in pieces:
+                        f.write(piece)
     return manifest
+
+
+def _checksum(pieces: list) -> dict:
+    digest = hashlib.sha256()
+    for piece in pieces:
+        digest.update(piece)
+    return {"sha256": digest.hexdigest(), "size": sum(memoryview(p).nbytes for p in pieces)}
 
 
 def manifest_digest(manifest: dict) -> str:
@@ -422,6 +434,9 @@ def _read_member(path: str, z: zipfile.ZipFile, name: str, expected: dict) -> by
     return data
 
 
+READ_CHUNK = 64 << 20
+
+
 def _read_aligned(z: zipfile.ZipFile, name: str, size) -> np.ndarray:
     """The member read straight into a 64-byte aligned buffer (one copy of its bytes)."""
     if not isinstance(size, int) or size != z.getinfo(name).file_size:
@@ -431,7 +446,9 @@ def _read_aligned(z: zipfile.ZipFile, name: str, size) -> np.ndarray:
     data = raw[start:start + size]
     with z.open(name) as f:
         view, done = memoryview(data), 0
-        while done < size and (n := f.readinto(view[done:])):
+        # in chunks: zipfile's readinto reads into a new bytes object of the size asked, which
+        # for a whole model's weights would be a second copy of them
+        while done < size and (n := f.readinto(view[done:done + READ_CHUNK])):
             done += n
         f.read(1)  # at the end: the zip's CRC check runs
     return data

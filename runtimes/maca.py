@@ -2,11 +2,13 @@
 
 No TVM runtime is involved (TVM has no MACA device API). The artifact's maca/launches.json
 is the host program (codegen.maca): per Relax function, steps that call a PrimFunc, make a
-view (reshape) or pick tuple items; per PrimFunc, let-bound scalars, workspaces and kernel
+view (reshape), allocate an empty tensor or pick tuple items; per PrimFunc, let-bound scalars, workspaces and kernel
 launches with their arguments in the kernel's parameter order and their grid / block extents.
 This module evaluates those with the run's symbolic dims, keeps every tensor in device memory
 (mcMalloc), and launches each kernel with mcModuleLaunchKernel, its arguments packed into the
 "extra" buffer (pointers and 64-bit scalars 8-byte aligned, 32-bit ones 4-byte aligned).
+A tensor with no elements gets a 1-byte buffer (never read: no copy goes to or from it) and a
+launch with a zero-sized grid or block is skipped.
 The device code is maca/kernels.bin (built by mxcc at compile time), or, if the artifact has
 none, built here with the SDK's mxcc. Weights and constants go to the GPU once.
 
@@ -202,8 +204,8 @@ class MacaRuntime:
     """run(feeds, program, keep) -> outputs, like CpuRuntime, on MetaX GPU `device`."""
 
     def __init__(self, files: dict[str, bytes], manifest: dict, inputs, outputs, param_names,
-                 params, assumptions=(), device: int = 0):
-        self.mc = _Mc(device)
+                 params, assumptions=(), device: int = 0, mc=None):
+        self.mc = mc or _Mc(device)  # `mc`: libmcruntime's calls by another implementation
         if LAUNCHES not in files or SOURCE not in files:
             raise ArtifactError("the maca artifact lacks its host program or kernel source")
         self.plan = json.loads(files[LAUNCHES])
@@ -229,7 +231,8 @@ class MacaRuntime:
     def _upload(self, array: np.ndarray) -> DeviceTensor:
         array = np.ascontiguousarray(array)
         t = DeviceTensor(self.mc.malloc(array.nbytes), array.shape, array.dtype)
-        self.mc.upload(t.ptr, array)
+        if array.nbytes:
+            self.mc.upload(t.ptr, array)
         return t
 
     def _empty(self, shape, dtype) -> DeviceTensor:
@@ -302,6 +305,10 @@ class MacaRuntime:
     def _step(self, step: dict, env: dict, dims: dict, temps: list) -> None:
         if "check" in step:
             self._check(step, env, dims)
+            return
+        if "empty" in step:  # a tensor with a 0 dim: no kernel writes it
+            env[step["empty"]] = self._empty([evaluate(d, dims) for d in step["shape"]], step["dtype"])
+            temps.append(env[step["empty"]])
             return
         if "view" in step:
             base = self._resolve(step["of"], env, dims)

@@ -264,7 +264,8 @@ def _parser() -> argparse.ArgumentParser:
     _threads_argument(srv)
     srv.set_defaults(command=cmd_serve)
 
-    i = sub.add_parser("inspect", help="describe an ONNX model or a .sbc artifact")
+    i = sub.add_parser("inspect", help="describe an ONNX model, a .sbc artifact or a checkpoint "
+                                       "folder")
     i.add_argument("path")
     i.add_argument("--ir", action="store_true", help="print the sbc IR after import")
     i.add_argument("--json", action="store_true")
@@ -557,7 +558,12 @@ def _write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
 
 
 def cmd_inspect(args) -> None:
-    info = _inspect_artifact(args.path) if _is_zip(args.path) else _inspect_onnx(args.path, args.ir)
+    if os.path.isdir(args.path):
+        info = _inspect_checkpoint(args.path, args.ir)
+    elif _is_zip(args.path):
+        info = _inspect_artifact(args.path)
+    else:
+        info = _inspect_onnx(args.path, args.ir)
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return
@@ -652,6 +658,16 @@ def _inspect_onnx(path: str, with_ir: bool) -> dict:
     if with_ir:
         from sbc.ir.printer import print_graph
         info["ir"] = print_graph(graph)
+    return info
+
+
+def _inspect_checkpoint(path: str, with_ir: bool) -> dict:
+    from sbc.frontend import import_checkpoint
+    from sbc.frontend.checkpoint import describe_checkpoint
+    info = describe_checkpoint(path)  # a folder without config.json: one line saying so
+    if with_ir:  # reads every weight: the IR is built from them
+        from sbc.ir.printer import print_graph
+        info["ir"] = print_graph(import_checkpoint(path))
     return info
 
 

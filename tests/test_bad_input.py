@@ -322,13 +322,13 @@ def test_missing_device(artifact, kind):
 @pytest.mark.parametrize("exc", [RuntimeError("disk full"), KeyboardInterrupt()])
 def test_interrupted_save_leaves_nothing(tmp_path, mlp_module, monkeypatch, exc):
     import sbc.runtimes.artifact as art
-    real = zipfile.ZipFile.writestr
+    real = zipfile.ZipFile.open
 
-    def failing(self, name, data, *a, **k):  # the manifest is written, then it fails midway
-        if name == art.WEIGHTS:
+    def failing(self, name, mode="r", *a, **k):  # the manifest is written, then it fails midway
+        if name == art.WEIGHTS and mode == "w":
             raise exc
-        return real(self, name, data, *a, **k)
-    monkeypatch.setattr(zipfile.ZipFile, "writestr", failing)
+        return real(self, name, mode, *a, **k)
+    monkeypatch.setattr(zipfile.ZipFile, "open", failing)
     with pytest.raises(type(exc)):
         mlp_module.save(tmp_path / "out.sbc")
     assert os.listdir(tmp_path) == []
@@ -353,13 +353,13 @@ def test_interrupted_cli_compile_leaves_nothing(tmp_path, mlp_onnx, monkeypatch,
     """`sbc compile` interrupted while writing: exit 130 (or one error line), no file, no temp."""
     import sbc.runtimes.artifact as art
     from sbc.cli import main
-    real = zipfile.ZipFile.writestr
+    real = zipfile.ZipFile.open
 
-    def failing(self, name, data, *a, **k):
-        if name == art.LIBRARY:
+    def failing(self, name, mode="r", *a, **k):
+        if name == art.LIBRARY and mode == "w":
             raise exc
-        return real(self, name, data, *a, **k)
-    monkeypatch.setattr(zipfile.ZipFile, "writestr", failing)
+        return real(self, name, mode, *a, **k)
+    monkeypatch.setattr(zipfile.ZipFile, "open", failing)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     assert main(["compile", mlp_onnx, "-o", out_dir / "m.sbc"]) == code

@@ -18,7 +18,7 @@ from tvm import te, tirx
 from sbc.errors import UnsupportedError
 from sbc.ir.dims import FloorDiv, MinMax, Sym
 
-TVM_DTYPES = {"f32": "float32", "f16": "float16", "f64": "float64", "i8": "int8", "i16": "int16",
+TVM_DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "f64": "float64", "i8": "int8", "i16": "int16",
               "i32": "int32", "i64": "int64", "u8": "uint8", "bool": "bool"}
 
 

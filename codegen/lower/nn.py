@@ -34,13 +34,17 @@ def _matmul(ctx, node, a, b):
 
 @lowering("MatMulPacked")
 def _matmul_packed(ctx, node, a, bp):
-    """C[..., i, j] = sum_k A[..., i, k] * Bp[j // P, k, j % P]."""
+    """C[..., i, j] = sum_k A[..., i, k] * Bp[j // P, k, j % P]; a bf16/f16 Bp is widened to
+    A's dtype as it is loaded (the weight stays in its stored dtype in memory)."""
     p = int(bp.shape[2])
     k = te.reduce_axis((0, a.shape[-1]), name="k")
 
+    def weight(j):
+        w = bp[j // p, k, j % p]
+        return w if bp.dtype == a.dtype else w.astype(a.dtype)
+
     def body(*idx):
-        j = idx[-1]
-        return te.sum(a[tuple(idx[:-1]) + (k,)] * bp[j // p, k, j % p], axis=k)
+        return te.sum(a[tuple(idx[:-1]) + (k,)] * weight(idx[-1]), axis=k)
     return te.compute(ctx.out_shape(), body, name="matmul_packed")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from tvm import ir, te, tirx
 
+from sbc.codegen.fast_math import exp_nonpositive
 from sbc.codegen.lower.common import divide, fmax, fmin, lowering
 
 
@@ -239,7 +240,10 @@ def _softmax(ctx, node, x):
         full[axis] = r
         return tuple(full)
 
-    mx = te.compute(stat_shape, lambda *i: _te_max(x[at(i, r1)], axis=r1), name="softmax_max")
+    # te.max (identity: the lowest finite float), not _te_max (-inf): the results are the same
+    # (a row of -inf gives NaN either way: exp(-inf - lowest) = 0, 0 / 0; inf - inf), and TVM
+    # knows te.max's reducer, so GPU schedules split each row across threads
+    mx = te.compute(stat_shape, lambda *i: te.max(x[at(i, r1)], axis=r1), name="softmax_max")
     zero = tirx.IntImm("int64", 0)
     if node.op == "LogSoftmax":
         sm = te.compute(stat_shape, lambda *i: te.sum(tirx.exp(x[at(i, r2)] - mx[i]), axis=r2),
@@ -249,8 +253,22 @@ def _softmax(ctx, node, x):
     # exp once, stored, read by the sum and the scaling: the CPU schedule keeps the block
     # (codegen.schedule_cpu.common.COMPUTED_ONCE) where it would inline it into both readers,
     # computing every exp twice; the GPU's rules inline it as before
-    ex = te.compute(x.shape, lambda *i: tirx.exp(x[i] - mx[at(i, zero)]), name="softmax_exp",
-                    attrs={"sbc.computed_once": 1})
+    # x - max is never positive: an exp without the overflow side (codegen.fast_math). A
+    # symbolic row length is padded to whole vectors of 16 with exp(-inf) = 0 (the loads past
+    # the row guarded), so that the sum reduces whole vectors (vector partial sums on CPU)
+    length = x.shape[axis]
+    if isinstance(length, tirx.IntImm):
+        ex = te.compute(x.shape, lambda *i: exp_nonpositive(x[i] - mx[at(i, zero)]),
+                        name="softmax_exp", attrs={"sbc.computed_once": 1})
+        r2 = te.reduce_axis((0, length), name="r2")
+    else:
+        padded = (length + 16) // 16 * 16
+        ex = te.compute([padded if d == axis else s for d, s in enumerate(x.shape)],
+                        lambda *i: tirx.if_then_else(i[axis] < length,
+                                                     exp_nonpositive(x[i] - mx[at(i, zero)]),
+                                                     tirx.const(0, x.dtype)),
+                        name="softmax_exp", attrs={"sbc.computed_once": 1})
+        r2 = te.reduce_axis((0, padded), name="r2")
     sm = te.compute(stat_shape, lambda *i: te.sum(ex[at(i, r2)], axis=r2), name="softmax_sum")
     # times the reciprocal, which LLVM computes once per row: a vector division per element
     # was a fifth of the kernel (within 1 ulp of e / sum, as onnxruntime's MLAS scales)

@@ -228,6 +228,16 @@ _FOLD = {"edge": _edge, "reflect": _reflect}
 
 
 # -- scatters -------------------------------------------------------------------------------------
+#
+# The updates are a loop nest whose outer loops are annotated INDEPENDENT: their iterations
+# write disjoint elements, so a GPU build runs them in parallel (codegen.schedule_gpu.
+# loop_nest); the CPU runs the loops as written. Reduction 'none' is parallel over the update
+# index and the slice position (ONNX: the indices hold no duplicates); a reduction keeps each
+# element's updates in index order in one iteration (ScatterND: one per slice position;
+# ScatterElements: one per position off the axis), so every target combines them in the
+# reference's order.
+
+INDEPENDENT = "sbc.independent"
 
 _COMBINE = {
     "none": lambda old, new: new,
@@ -283,16 +293,23 @@ def _scatter_elements(ctx, node, x, indices, updates):
     combine = _COMBINE[node.attrs["reduction"]]
     shape, ishape = list(x.shape), list(indices.shape)
 
+    off_axis = ishape[:axis] + ishape[axis + 1:]
+
     def apply(T, idx, upd, out):
-        with T.serial(0, _numel(ishape)) as n:
-            target = list(_unravel(n, ishape))
-            target[axis] = _wrap(idx[n], shape[axis])
-            # off the axis, indices fit data (an assumption checked at run time): guard anyway
-            inside = _all([tirx.And(t >= 0, t < d) for t, d in zip(target, shape)])
-            with T.If(inside):
-                with T.Then():
-                    at = _ravel(target, shape)
-                    out[at] = combine(out[at], upd[n])
+        # updates that meet share their position off the axis: one iteration each
+        with T.serial(0, _numel(off_axis), annotations={INDEPENDENT: 1}) as o:
+            with T.serial(0, ishape[axis]) as j:
+                position = list(_unravel(o, off_axis))
+                position.insert(axis, j)
+                n = _ravel(position, ishape)
+                target = list(position)
+                target[axis] = _wrap(idx[n], shape[axis])
+                # off the axis, indices fit data (an assumption checked at run time): guard anyway
+                inside = _all([tirx.And(t >= 0, t < d) for t, d in zip(target, shape)])
+                with T.If(inside):
+                    with T.Then():
+                        at = _ravel(target, shape)
+                        out[at] = combine(out[at], upd[n])
 
     return _scatter_extern(x, indices, updates, "scatter_elements", apply)
 
@@ -304,19 +321,29 @@ def _scatter_nd(ctx, node, x, indices, updates):
     k = int(ishape[-1])
     count, size = _numel(ishape[:-1]), _numel(shape[k:])  # index tuples, slice size
 
-    def apply(T, idx, upd, out):
-        with T.serial(0, count) as n:
-            comps = [_wrap(idx[n * k + j], shape[j]) for j in range(k)]
+    def at_index(T, idx, n, write):
+        """write(base): base the flat start of index tuple n's slice, if that tuple is in range."""
+        comps = [_wrap(idx[n * k + j], shape[j]) for j in range(k)]
+        if not k:
+            write(_i64(0))
+            return
+        with T.If(_all([tirx.And(c >= 0, c < d) for c, d in zip(comps, shape)])):
+            with T.Then():
+                write(_ravel(comps, shape[:k]) * size)
 
-            def write():
-                base = _ravel(comps, shape[:k]) * size
-                with T.serial(0, size) as m:
-                    out[base + m] = combine(out[base + m], upd[n * size + m])
-            if not k:
-                write()
-                return
-            with T.If(_all([tirx.And(c >= 0, c < d) for c, d in zip(comps, shape)])):
-                with T.Then():
-                    write()
+    def apply(T, idx, upd, out):
+        def element(n, m):
+            def write(base):
+                out[base + m] = combine(out[base + m], upd[n * size + m])
+            return write
+
+        if node.attrs["reduction"] == "none":  # every (update index, slice position) apart
+            with T.serial(0, count, annotations={INDEPENDENT: 1}) as n:
+                with T.serial(0, size, annotations={INDEPENDENT: 1}) as m:
+                    at_index(T, idx, n, element(n, m))
+        else:  # a slice position per iteration, the updates to it in index order inside
+            with T.serial(0, size, annotations={INDEPENDENT: 1}) as m:
+                with T.serial(0, count) as n:
+                    at_index(T, idx, n, element(n, m))
 
     return _scatter_extern(x, indices, updates, "scatter_nd", apply)

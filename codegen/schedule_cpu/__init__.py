@@ -10,8 +10,15 @@ RULES that returns a schedule wins:
   row_reduction  norms, softmax, the spike encoder: one parallel loop over rows holds them whole;
                  where nothing rounds, rsqrt becomes 1 / sqrt so the per-element blocks
                  vectorise, and reductions over whole vectors keep VECTOR partial results
-                 (rfactor), each in a parallel pass of its own
+                 (rfactor), each in a parallel pass of its own (softmax: under the row loop);
+                 a sum / max over a symbolic length is padded to whole vectors with its
+                 identity first (vector_rewrites)
   per_block      every block gets the first block rule that applies, in order:
+    batched_matmul  activation x activation matmuls (B a plain operand; batched, or a symbolic
+                 M, N or K: q @ k^T, probs @ v): a tile of 6 rows x 2 vectors of the target's
+                 width in registers, parallel row tiles, no copy outside the kernel (ragged M
+                 / N padded inside it as guarded loads, LoopPartition taking the guards out of
+                 whole tiles), a wide B packed into column panels per batch entry
     matmul       C[..., i, j] += A[..., i, k] * B[..., k, j] (S..SSR; B may be transposed or
                  pre-packed): B is read as contiguous column panels (re-laid out per call unless
                  pre-packed), a 6 x 32 tile of C lives in vector registers across k, epilogues
@@ -47,6 +54,7 @@ import tvm
 from tvm import tirx
 
 from sbc.codegen.root_block import named_roots
+from sbc.codegen.schedule_cpu.batched_matmul import BatchedMatmul
 from sbc.codegen.schedule_cpu.column_reduction import ColumnReduction
 from sbc.codegen.schedule_cpu.common import SCHEDULED, VECTOR, is_scheduled, prepare
 from sbc.codegen.schedule_cpu.fallback import Fallback
@@ -66,7 +74,7 @@ __all__ = ["RULES", "SCHEDULED", "STACK_BYTES", "TILE_I", "TILE_J", "VECTOR", "S
 RULES = (
     RowReduction(),
     # always applies: keep it last
-    PerBlock(Matmul(), Transpose(), Scan(), Spatial(), ColumnReduction(), Reduction(), Fallback()),
+    PerBlock(BatchedMatmul(), Matmul(), Transpose(), Scan(), Spatial(), ColumnReduction(), Reduction(), Fallback()),
 )
 
 

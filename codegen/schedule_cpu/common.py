@@ -144,3 +144,14 @@ def partition_tail(sch, loop) -> None:
     predicate inside, TVM vectorises the loop lane by lane (scalar loads and stores)."""
     if static(sch.get(loop).extent) is None:
         sch.annotate(loop, "pragma_loop_partition_hint", 1)
+
+
+def vector_lanes(target) -> int:
+    """fp32 lanes of the target's vector registers: 16 with AVX-512, else 8 (AVX2)."""
+    try:
+        from tvm.target import codegen
+        if target is not None and codegen.llvm_cpu_has_features("avx512f", target):
+            return 16
+    except Exception:  # not an llvm target
+        pass
+    return 8

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 import tvm
+
 import tvm_ffi
 from tvm import s_tir, tirx
 
@@ -163,8 +164,11 @@ def _realize(sch, block):
 
 
 def _whole_vectors(info) -> bool:
-    extent = static(info.iters[-1].dom)
-    return extent is not None and extent % VECTOR == 0
+    """The reduction's extent is a multiple of VECTOR (static, or padded by vector_rewrites)."""
+    extent = info.iters[-1].dom
+    if static(extent) is not None:
+        return static(extent) % VECTOR == 0
+    return tvm.sym.Analyzer().can_prove_equal(tirx.floormod(extent, VECTOR), 0)
 
 
 def _lanes(sch, block):
@@ -216,7 +220,8 @@ def _vectorizable(block) -> bool:
                for c in calls if isinstance(c.op, tvm.ir.Op))
 
 
-_VECTOR_BUILTINS = {"tirx.reinterpret", "tirx.bitwise_and", "tirx.shift_left"}
+_VECTOR_BUILTINS = {"tirx.reinterpret", "tirx.bitwise_and", "tirx.shift_left",
+                    "prim.if_then_else"}  # loop partition takes its condition out of whole vectors
 
 
 def _vectorize_inner(sch, block) -> None:

@@ -15,8 +15,8 @@ binding the kernel to GPU threads wins (RULES):
                                               CumSum's block per column (its scan a loop
                                               inside the block) gets a column per thread
   LoopNest (`loop_nest`)                      a kernel written as loops (the scatters):
-                                              parallel loops over a grid, anything else in
-                                              one thread, never on the host
+                                              parallel (or independent) loops over a grid,
+                                              anything else in one thread, never on the host
 A rule that raises, or leaves code outside thread-bound loops (on the host), passes the kernel
 on to the next (`Guarded`). A PrimFunc that no rule binds to threads would be compiled silently as a
 HOST function of the CUDA build, reading device memory from the CPU: `require_thread_bound`

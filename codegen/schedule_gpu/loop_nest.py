@@ -3,12 +3,14 @@ the device, never left for the host.
 
 dlight schedules blocks; an extern kernel is one opaque block holding plain loops, so no dlight
 rule binds it and TVM would build it as a host function. Its loops say what may run at once:
-  - a top-level PARALLEL loop (iterations independent, as the lowering promises) becomes a
-    grid: blockIdx.x over ceil(n / THREADS), threadIdx.x over THREADS, the iteration
-    `bx * THREADS + tx` guarded by `< n`;
-  - any other top-level statement (a serial loop that may carry a dependence, such as the
-    scatters' updates applied in index order; a block-style kernel no other rule launched
-    whole, such as a 1-D matmul's scalar reduction) runs in one thread of one block, in order.
+  - a top-level PARALLEL loop, or a serial one annotated INDEPENDENT (iterations independent,
+    as the lowering promises: the scatters' updates, codegen.lower.shape) becomes a grid:
+    blockIdx.x over ceil(n / THREADS), threadIdx.x over THREADS, the iteration
+    `bx * THREADS + tx` guarded by `< n`; loops of that kind nested directly inside it join
+    the grid (n the product of their extents, each loop's index unravelled from the flat one);
+  - any other top-level statement (a serial loop that may carry a dependence; a block-style
+    kernel no other rule launched whole, such as a 1-D matmul's scalar reduction) runs in one
+    thread of one block, in order.
 Statements of one sequence become separate launches, so each sees the previous one's writes
 (the scatters' copy finishes before their updates start).
 """
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 from tvm import ir, s_tir, tirx
 from tvm.s_tir import dlight as dl
+
+from sbc.codegen.lower.shape import INDEPENDENT
 
 THREADS = 256  # a multiple of every warp (32 lanes on CUDA, 64 on MACA)
 THREAD_INDEX = 1  # IterVar kind kThreadIndex
@@ -57,7 +61,7 @@ def top_statements(stmt):
 
 
 def _launch(stmt):
-    if isinstance(stmt, tirx.For) and stmt.kind == tirx.ForKind.PARALLEL:
+    if _independent(stmt):
         return _grid(stmt)
     if isinstance(stmt, tirx.For) and stmt.kind == tirx.ForKind.THREAD_BINDING:
         return stmt  # already a launch
@@ -74,20 +78,39 @@ def _loop(extent, tag: str, make_body):
                     make_body(var), thread_binding=binding)
 
 
+def _independent(stmt) -> bool:
+    return isinstance(stmt, tirx.For) and (stmt.kind == tirx.ForKind.PARALLEL or
+                                           INDEPENDENT in (stmt.annotations or {}))
+
+
 def _grid(loop: tirx.For):
-    """for i in parallel(min, min + n) -> blocks x THREADS threads, each running the loop
-    body once at i = min + bx * THREADS + tx (a loop of extent 1 starting there: TVM's
-    Python API has no substitution, and the simplifier folds such a loop away)."""
-    n = loop.extent
-    dtype = _dtype(n)
+    """for i in parallel(min, min + n) [for j in parallel(...) ...] -> blocks x THREADS
+    threads, each running the innermost body once at the flat iteration bx * THREADS + tx
+    unravelled over the loops (each a loop of extent 1 starting at its index: TVM's Python
+    API has no substitution, and the simplifier folds such a loop away)."""
+    loops = [loop]
+    while _independent(loops[-1].body):
+        loops.append(loops[-1].body)
+    dtype = _dtype(loop.extent)
+    extents = [tirx.Cast(dtype, lp.extent) if _dtype(lp.extent) != dtype else lp.extent
+               for lp in loops]
+    n = extents[0]
+    for e in extents[1:]:
+        n = n * e
     threads = tirx.const(THREADS, dtype)
 
     def inner(bx):
         def body(tx):
             flat = bx * threads + tx
-            one = tirx.For(loop.loop_var, loop.min + flat, tirx.const(1, dtype),
-                           tirx.ForKind.SERIAL, loop.body)
-            return tirx.IfThenElse(flat < n, one, None)
+            stmt, rest = loops[-1].body, flat
+            for lp, extent in zip(reversed(loops), reversed(extents)):
+                at = tirx.floormod(rest, extent) if lp is not loops[0] else rest
+                rest = tirx.floordiv(rest, extent)
+                if _dtype(lp.loop_var) != dtype:
+                    at = tirx.Cast(_dtype(lp.loop_var), at)
+                stmt = tirx.For(lp.loop_var, lp.min + at, tirx.const(1, _dtype(lp.loop_var)),
+                                tirx.ForKind.SERIAL, stmt)
+            return tirx.IfThenElse(flat < n, stmt, None)
         return _loop(threads, "threadIdx.x", body)
     return _loop(tirx.floordiv(n + threads - tirx.const(1, dtype), threads), "blockIdx.x", inner)
 

@@ -6,8 +6,10 @@ combiner and identity: sums (identity 0), products (1), max / min with the lowes
 *finite* value. sbc's lowering reduces max / min with -inf / +inf (a row of all -inf reduces to
 -inf, as NumPy and ONNX say), ReduceMax / ReduceMin with NaN-propagating Selects
 (codegen.lower.common.fmax) and ArgMax / ArgMin with a pair; those failed the whole build
-("No matched reducer", e.g. an unfused softmax's `softmax_max_shared`). Such a kernel is left
-to the Fallback rule, which reduces each row inside one thread.
+("No matched reducer", e.g. ReduceLogSumExp's `lse_max`). Such a kernel is left to the
+Fallback rule, which reduces each row inside one thread. Softmax's max has te.max's identity
+(the lowest finite value: the same softmax, codegen.lower.reduce), so a standalone softmax is
+split like the norms: a block per row, its threads across the row.
 
 (Registering the reducers with TVM from Python works for the build, but the registry keeps
 the Python callbacks until C++ static destruction, which crashed the interpreter at exit.)

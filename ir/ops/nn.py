@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from sbc.ir.assumptions import require
+from sbc.ir.graph import aligned_empty
 from sbc.ir.ops.common import broadcast_shapes, normalize_axis
 from sbc.ir.registry import Attr, OpError, op
 from sbc.ir.types import TensorType, numpy_dtype
@@ -142,28 +143,38 @@ def _(attrs, x, scale):
 # columns per weight panel: one vector of fp32, the CPU kernels' tile (MatMulPacked and the
 # spike kernels share the layout)
 PANEL = 16
+NARROW_FLOATS = ("bf16", "f16")  # storage dtypes of f32 weights, widened where they are read
 
 
 @op("MatMulPacked", inputs=["A", "B_packed"])
 def matmul_packed(node):
     """MatMul with a weight pre-packed in column panels: B_packed[n // P, k, n % P] = B[k, n].
     A [..., K] x B_packed [N/P, K, P] -> [..., N]. Contiguous K x P panels keep the kernel's
-    weight reads on few pages (a [K, N] weight strides N floats between k steps)."""
+    weight reads on few pages (a [K, N] weight strides N floats between k steps). An f32 A may
+    take a bf16 or f16 B (a weight kept in its stored dtype), widened to f32 as it is read."""
     a, bp = node.inputs
     if bp.type.rank != 3 or not require(a.shape[-1], "==", bp.shape[1], "MatMul inner dims"):
         raise OpError(f"MatMulPacked: {a.type} x {bp.type} do not fit [..., K] x [N/P, K, P]")
+    if bp.dtype != a.dtype and not (a.dtype == "f32" and bp.dtype in NARROW_FLOATS):
+        raise OpError(f"MatMulPacked: a {bp.dtype} weight for {a.dtype} input (the weight's "
+                      f"dtype is A's, or {'/'.join(NARROW_FLOATS)} for an f32 A)")
     return [TensorType(a.dtype, a.shape[:-1] + (bp.shape[0] * bp.shape[2],))]
 
 
 @matmul_packed.reference
 def _(attrs, a, bp):
     panels, k, p = bp.shape
-    return np.matmul(a, bp.transpose(1, 0, 2).reshape(k, panels * p)).astype(a.dtype)
+    b = bp.transpose(1, 0, 2).reshape(k, panels * p).astype(a.dtype)
+    return np.matmul(a, b).astype(a.dtype)
 
 
 def pack_weight(b: np.ndarray, panel: int) -> np.ndarray:
+    """B [K, N] in column panels [N/P, K, P], written straight into an aligned array (a graph
+    param's layout: no second copy of a large weight when it becomes one)."""
     k, n = b.shape
-    return np.ascontiguousarray(b.reshape(k, n // panel, panel).transpose(1, 0, 2))
+    out = aligned_empty((n // panel, k, panel), b.dtype)
+    out[...] = b.reshape(k, n // panel, panel).transpose(1, 0, 2)
+    return out
 
 
 def einsum_subscripts(equation: str, ranks: list[int]) -> tuple[list[str], str]:

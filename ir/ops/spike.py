@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from sbc.ir.graph import aligned_empty
 from sbc.ir.dims import Sym
 from sbc.ir.ops.common import normalize_axis
 from sbc.ir.ops.nn import PANEL
@@ -252,8 +253,12 @@ def pack_spike_weight(w: np.ndarray) -> np.ndarray:
     """[K, N] -> SpikeMatMul's layout: [N/P, K, P] for f32, [N/P, K/4, P, 4] for int8."""
     k, n = w.shape
     if w.dtype == np.float32:
-        return np.ascontiguousarray(w.reshape(k, n // PANEL, PANEL).transpose(1, 0, 2))
-    return np.ascontiguousarray(w.reshape(k // 4, 4, n // PANEL, PANEL).transpose(2, 0, 3, 1))
+        panels = w.reshape(k, n // PANEL, PANEL).transpose(1, 0, 2)
+    else:
+        panels = w.reshape(k // 4, 4, n // PANEL, PANEL).transpose(2, 0, 3, 1)
+    out = aligned_empty(panels.shape, w.dtype)  # a param's layout: no copy when it becomes one
+    out[...] = panels
+    return out
 
 
 @spike_matmul.reference

@@ -329,3 +329,54 @@ def test_tiny_model_scheduled_kernels_serially(tiny_w8_graph, target):
             assert close.mean() > 0.99, f"{name} T={seq}: {np.abs(got[name] - want[name]).max()}"
         state = {n: got[n] for n in state}
         position += seq
+
+
+def row_ops_graph():
+    """Standalone (unfused) row kernels over rows of 300: Softmax and LogSoftmax on the last
+    axis and on axis 1, RMSNormalization, LayerNormalization."""
+    import onnx
+    from onnx import TensorProto, helper
+    from sbc.frontend import import_onnx
+    from sbc.passes import run_passes
+    F = TensorProto.FLOAT
+    nodes = [helper.make_node("Softmax", ["x"], ["softmax"], axis=-1),
+             helper.make_node("Softmax", ["x"], ["softmax_1"], axis=1),
+             helper.make_node("LogSoftmax", ["x"], ["log_softmax"], axis=-1),
+             helper.make_node("RMSNormalization", ["x", "scale"], ["rms"], axis=-1),
+             helper.make_node("LayerNormalization", ["x", "scale", "bias"], ["ln"], axis=-1)]
+    outputs = ["softmax", "softmax_1", "log_softmax", "rms", "ln"]
+    rng = np.random.default_rng(1)
+    model = helper.make_model(helper.make_graph(
+        nodes, "rows", [helper.make_tensor_value_info("x", F, ["b", "s", 300])],
+        [helper.make_tensor_value_info(o, F, ["b", "s", 300]) for o in outputs],
+        [onnx.numpy_helper.from_array(rng.uniform(0.5, 2, 300).astype(np.float32), "scale"),
+         onnx.numpy_helper.from_array(rng.standard_normal(300).astype(np.float32), "bias")]),
+        opset_imports=[helper.make_opsetid("", 23)])
+    model.ir_version = 10
+    return run_passes(import_onnx(model))
+
+
+@pytest.mark.parametrize("target", ["cuda", "maca"])
+def test_row_kernels_split_across_threads_serially(target):
+    """Softmax, LogSoftmax and the norms split each row of 300 over the threads of a block
+    (256 threads: a first pass of all of them, a second of 44; the partial results combined
+    across threads); serial on the CPU they compute the reference, rows of -inf included
+    (NaN where the reference has NaN)."""
+    graph = row_ops_graph()
+    run, kinds = gpu_scheduled_on_cpu(graph, target)
+    assert set(kinds.values()) == {"scheduled"}
+    rng = np.random.default_rng(2)
+    for b, s in ((2, 3), (1, 1)):
+        x = (rng.standard_normal((b, s, 300)) * 5).astype(np.float32)
+        x[0, 0, ::3] = -np.inf  # a row with -inf entries
+        if s > 1:
+            x[1, 1] = -np.inf  # a row of -inf only
+        got, want = run({"x": x}), interpret(graph, {"x": x})
+        for name in graph.output_names:
+            finite, nan = np.isfinite(want[name]), np.isnan(want[name])
+            # NaN and +-inf where the reference has them
+            np.testing.assert_array_equal(np.isnan(got[name]), nan, err_msg=name)
+            np.testing.assert_array_equal(got[name][~finite & ~nan], want[name][~finite & ~nan],
+                                          err_msg=name)
+            np.testing.assert_allclose(got[name][finite], want[name][finite], rtol=1e-5, atol=1e-5,
+                                       err_msg=f"{name} {b}x{s}")

@@ -11,7 +11,7 @@ from tvm import relax, te, topi
 
 from sbc.codegen.schedule_cpu import schedule_cpu
 from sbc.codegen.schedule_cpu.common import is_matmul, prepare
-from tests.codegen.test_schedule_cpu import TARGET, build_module, lower, prim_funcs
+from tests.codegen.test_schedule_cpu import TARGET, _accumulator_shape, build_module, lower, prim_funcs
 
 
 def _softmax_ref(x):
@@ -187,7 +187,8 @@ def test_softmax_rows_of_whole_vectors_take_one_pass():
     mod = schedule_cpu(lower(build_module([(None, 4, 64)], _sbc_softmax)), TARGET)
     script = prim_funcs(mod)[0].script()
     assert script.count("T.parallel(") == 1 and script.count("_rf") >= 2, script
-    assert script.count("T.exp(") == 1, script
+    # exp (codegen.fast_math.exp_nonpositive: arithmetic, no T.exp call) in one block only
+    assert script.count('T.sblock("softmax_exp")') == 1 and "T.exp(" not in script, script
     assert script.count("T.vectorized(") >= 4, script  # both lane loops, the exp, the scaling
     vm = relax.VirtualMachine(tvm.compile(mod, target=TARGET, relax_pipeline="default_build"), tvm.cpu())
     x = np.random.default_rng(2).normal(size=(3, 4, 64)).astype(np.float32)
@@ -236,3 +237,146 @@ def test_scan_and_softmax_read_nothing_past_the_input(op, attrs):
                                                        attrs.get("reverse", 0)))
     else:
         np.testing.assert_allclose(got, _softmax_ref(np.array(x)), rtol=2e-5, atol=1e-7)
+
+
+# -- BatchedMatmul (activation x activation) and softmax over a symbolic row (issue 18) --------
+
+def _bmm(transposed):
+    """[2, 4, M, 32] x B: B [2, 4, 32, N] (probs @ v, q @ k^T with k stored transposed) or
+    [2, 4, N, 32] read as B^T (q @ k^T as Einsum writes it)."""
+    def fn(a, b):
+        k = te.reduce_axis((0, 32), name="k")
+        n = b.shape[2] if transposed else b.shape[3]
+        return te.compute((2, 4, a.shape[2], n), lambda p, h, i, j: te.sum(
+            a[p, h, i, k] * (b[p, h, j, k] if transposed else b[p, h, k, j]), axis=k), name="bmm")
+    return fn
+
+
+def _bmm_ref(transposed):
+    return lambda a, b: a @ (b.transpose(0, 1, 3, 2) if transposed else b)
+
+
+# (A shape, B shape with None for the symbolic dim, B transposed); N = the symbolic dim or 96
+# (wider than PACK_ABOVE: B packed into panels), 32 (probs @ v's width, read in place)
+BMMS = {
+    "qk-symbolic": ((2, 4, None, 32), (2, 4, 32, None), False),
+    "qkT-symbolic": ((2, 4, None, 32), (2, 4, None, 32), True),
+    "qk-static-ragged": ((2, 4, 13, 32), (2, 4, 32, 96), False),
+    "av-symbolic-m": ((2, 4, None, 32), (2, 4, 32, 32), False),
+}
+
+
+@pytest.mark.parametrize("name", BMMS)
+def test_batched_matmul_is_register_tiled_without_predicates_and_exact(name):
+    """BatchedMatmul: parallel row tiles, vectorised, an accumulator tile of 6 (or 4) rows x 2
+    vectors (not a padded copy of C: a C-sized tile buffer was allocated per task), no copy of
+    A outside the kernel, no predicate in the k loop, tails split off by LoopPartition; a wide B
+    is packed into panels inside the kernel. Exact at sizes off the tile (1, 13, 37 rows)."""
+    from sbc.codegen.schedule_cpu.common import vector_lanes
+    a_shape, b_shape, transposed = BMMS[name]
+    shapes = [a_shape, b_shape]
+    mod = schedule_cpu(lower(build_module(shapes, _bmm(transposed))), TARGET)
+    (func,) = prim_funcs(mod)
+    script = func.script()
+    assert "T.parallel(" in script and "T.vectorized(" in script, script
+    update = script[script.index('T.sblock("bmm_update")'):]
+    assert "T.where" not in update[:update.index("T.reads")], script
+    assert "x0_pad" not in script, script  # A is read in place (guarded loads in the last tile)
+    symbolic = None in a_shape or None in b_shape
+    assert not symbolic or "pragma_loop_partition_hint" in script, script
+    # the tile: 6 (4) rows x 2 vectors, a small buffer
+    shape = _accumulator_shape(func, "bmm_update")
+    lanes = vector_lanes(TARGET)
+    assert shape in ([6, 2 * lanes], [4, 2 * lanes]) or shape[-2:] in ([6, 2 * lanes], [4, 2 * lanes]) \
+        and all(d == 1 for d in shape[:-2]), (shape, script)
+    n_static = b_shape[2] if transposed else b_shape[3]
+    if n_static is None or n_static > 64:
+        assert "_global" in script and "x1" in script and "T.int64(16)" in script, script  # B packed
+    with tvm.transform.PassContext(config={"s_tir.LoopPartition": {"partition_const_loop": True}}):
+        vm = relax.VirtualMachine(tvm.compile(mod, target=TARGET, relax_pipeline="default_build"), tvm.cpu())
+    rng = np.random.default_rng(0)
+    for rows in (1, 13, 37):
+        inputs = [rng.normal(size=[rows if d is None else d for d in s]).astype(np.float32) for s in shapes]
+        got = vm["main"](*[tvm.runtime.tensor(x) for x in inputs]).numpy()
+        np.testing.assert_allclose(got, _bmm_ref(transposed)(*inputs), rtol=1e-5, atol=1e-5,
+                                   err_msg=f"rows={rows}")
+
+
+def test_batched_matmul_tile_fits_the_vector_registers():
+    """12 accumulators whatever the width: 6 x 16 with AVX2 (6 x 32 would need 24 of the 16
+    ymm registers and spill), 6 x 32 with AVX-512."""
+    from sbc.codegen.schedule_cpu.common import vector_lanes
+    assert vector_lanes(tvm.target.Target({"kind": "llvm", "mcpu": "znver3"})) == 8
+    assert vector_lanes(tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})) == 16
+
+
+@pytest.mark.parametrize("row", [None, 40, 64])
+def test_softmax_reduces_whole_vectors_for_any_row_length(row):
+    """sbc's Softmax: over a symbolic row (T) the exp row is padded to whole vectors of 16
+    with zeros (codegen.lower.reduce) and the max is padded with its identity
+    (vector_rewrites), so both reductions keep vector partial results (rfactor lanes) under
+    the one parallel row loop, as over a static row of whole vectors; exact vs NumPy with
+    masked (-inf) entries, a NaN row, at lengths on and off the vector (1, 13, 16, 37)."""
+    shape = (2, None, row) if row is not None else (2, 3, None)
+    mod = schedule_cpu(lower(build_module([shape], _sbc_softmax)), TARGET)
+    (func,) = prim_funcs(mod)
+    script = func.script()
+    assert script.count("T.parallel(") == 1, script
+    if row != 40:  # 40: a static row off the vector (no lanes, as before)
+        assert script.count("_rf") >= 2 and script.count("T.vectorized(") >= 4, script
+    with tvm.transform.PassContext(config={"s_tir.LoopPartition": {"partition_const_loop": True}}):
+        vm = relax.VirtualMachine(tvm.compile(mod, target=TARGET, relax_pipeline="default_build"), tvm.cpu())
+    rng = np.random.default_rng(3)
+    for n in (1, 13, 16, 37):
+        x = (rng.normal(size=[n if d is None else d for d in shape]) * 4).astype(np.float32)
+        masked = max(1, x.shape[2] // 2)  # a row of -inf alone is NaN (as in NumPy)
+        x[0, 0, masked:] = -np.inf
+        if x.shape[1] > 1:
+            x[1, 1, 0] = np.nan
+        got = vm["main"](tvm.runtime.tensor(x)).numpy()
+        with np.errstate(invalid="ignore"):
+            want = _softmax_ref(x.astype(np.float64))
+        np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-7, err_msg=f"n={n}")
+        assert (got[0, 0, masked:] == 0).all()
+
+
+def test_exp_nonpositive_is_within_2_ulp_and_exact_at_the_ends():
+    """codegen.fast_math.exp_nonpositive (softmax's exp): within 2 ulp of exp over [-87.3, 0],
+    0 below FLT_MIN's log and at -inf, NaN kept."""
+    from sbc.codegen.fast_math import exp_nonpositive
+    x = np.concatenate([-np.geomspace(1e-8, 87.33, 200001), np.linspace(-87.33, 0, 100001),
+                        [0.0, -0.0, -87.4, -100.0, -np.inf, np.nan]]).astype(np.float32)
+    mod = build_module([(None,)], lambda t: te.compute(t.shape, lambda i: exp_nonpositive(t[i]), name="e"))
+    mod = schedule_cpu(lower(mod), TARGET)
+    vm = relax.VirtualMachine(tvm.compile(mod, target=TARGET, relax_pipeline="default_build"), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(x)).numpy()
+    want = np.exp(x.astype(np.float64)).astype(np.float32)
+    normal = (x >= -87.33) & np.isfinite(x)
+    ulp = np.abs(got[normal].view(np.int32) - want[normal].view(np.int32))
+    assert ulp.max() <= 2, (ulp.max(), x[normal][ulp.argmax()])
+    assert (got[(x < -87.34) & ~np.isnan(x)] == 0).all() and np.isnan(got[-1])
+
+
+@pytest.mark.parametrize("equation", ["bhqd,bhkd->bhqk", "bhqk,bhkd->bhqd"])
+def test_attention_einsums_are_exact_at_symbolic_lengths(equation):
+    """Einsum's lowering reaches BatchedMatmul (the q @ k^T form reads B transposed); a
+    symbolic T off the tile (1, 13, 37) and one wide enough to pack B (70) stay exact."""
+    from onnx import TensorProto, helper
+
+    import sbc
+    (first, second), out = equation.split("->")[0].split(","), equation.split("->")[1]
+    dims = {"b": 1, "h": 2, "q": "t", "k": "t", "d": 32}
+    graph = helper.make_graph(
+        [helper.make_node("Einsum", ["x", "y"], ["z"], equation=equation)], "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [dims[c] for c in s])
+         for n, s in (("x", first), ("y", second))],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [dims[c] for c in out])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 10
+    module = sbc.compile(model, target="cpu", cache=False)
+    rng = np.random.default_rng(0)
+    for t in (1, 13, 37, 70):
+        size = {"b": 1, "h": 2, "q": t, "k": t, "d": 32}
+        x, y = (rng.normal(size=[size[c] for c in s]).astype(np.float32) for s in (first, second))
+        got = module.run({"x": x, "y": y})["z"]
+        np.testing.assert_allclose(got, np.einsum(equation, x, y), rtol=1e-5, atol=1e-5, err_msg=f"t={t}")

@@ -15,6 +15,7 @@ import sbc
 from sbc.cli import main
 from sbc.frontend import import_checkpoint
 from sbc.ir.interpreter import run as interpret
+from sbc.ir.types import numpy_dtype
 from tests.frontend.checkpoints import (Margins, Tiny, reference_greedy, reference_logits,
                                         write_checkpoint)
 from tests.test_bad_input import assert_one_line_error
@@ -124,6 +125,34 @@ def test_int8_grid_is_the_checkpoints(w8aspike):
     np.testing.assert_array_equal(params[name + ".weight_quantizer.scales"], s[..., 0].T)
 
 
+def test_bf16_weights_are_never_held_as_f32(plain):
+    """A bf16 checkpoint stays bf16: its weight matrices (the embedding, every projection,
+    packed, and the LM head) are bf16 params, widened inside the kernels that read them; only
+    vectors (norm weights, biases) are f32. So the compiled params take no more bytes than the
+    checkpoint's files, where f32 copies would take twice as many."""
+    folder, module = plain
+    matrices = {n: a for n, a in module.params.items() if a.ndim >= 2 and a.size >= 256}
+    assert matrices and all(a.dtype == numpy_dtype("bf16") for a in matrices.values()), \
+        {n: str(a.dtype) for n, a in matrices.items() if a.dtype != numpy_dtype("bf16")}
+    assert {"model.embeddings.weight", "lm_head:packed"} <= set(matrices)
+    stored = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder)
+                 if f.endswith(".safetensors"))
+    assert sum(a.nbytes for a in module.params.values()) < stored
+
+
+def test_w8aspike_float_parts_keep_the_stored_dtype(tmp_path):
+    """W8ASpike in bf16: the int8 grid for the spiking projections, and the parts the release
+    keeps float (embedding, MLP down projections, LM head) in bf16 behind a Cast."""
+    folder = write_checkpoint(tmp_path / "w8", variant="w8aspike", dtype="bf16")
+    graph = import_checkpoint(folder)
+    dtypes = {p.name: p.dtype for p in graph.params}
+    assert dtypes["model.embeddings.weight"] == dtypes["lm_head"] == "bf16"
+    assert dtypes["model.layers.0.mlp.down_proj.weight"] == "bf16"
+    assert dtypes["model.layers.0.attn.q_proj.weight"] == "i8"
+    assert all(n.inputs[0].dtype == "bf16" for n in graph.nodes if n.op == "Cast"
+               and n.inputs[0].producer is None)
+
+
 @pytest.mark.parametrize("window, keys", [("flash", 5), ("cache", 4)])
 def test_window_conventions(tmp_path, window, keys):
     """sliding_window 4: flash sees itself + 4 earlier keys, cache 4 keys in all (f16 storage,
@@ -208,3 +237,22 @@ def test_window_option_needs_a_checkpoint(tmp_path, capsys):
     path = tmp_path / "mlp.onnx"
     make_mlp_model(path)
     assert "checkpoint folders only" in cli_error(capsys, "compile", path, "--window", "cache")
+
+
+def test_inspect_describes_a_checkpoint_folder(small, capsys, monkeypatch):
+    """`sbc inspect DIR`: the config as read, the variant and the stored dtypes, from the
+    headers alone (no tensor is read); --ir builds the graph; a folder that is not a
+    checkpoint, or a missing tensor, is one line."""
+    from sbc.frontend import safetensors_reader
+    monkeypatch.setattr(safetensors_reader.Tensors, "read", lambda *a, **k: pytest.fail("read"))
+    assert main(["inspect", small, "--json"]) in (0, None)
+    info = json.loads(capsys.readouterr().out)
+    assert info["variant"].startswith("plain") and info["layers"].startswith("2: 1 GLA, 1 SWA")
+    assert list(info["stored"]) == ["BF16"] and info["stored"]["BF16"].endswith(" bytes")
+    assert info["parameters"] > 0 and info["vocab"] == Tiny().vocab
+    monkeypatch.undo()
+    assert main(["inspect", small, "--ir"]) in (0, None)
+    assert "LinearAttention(" in capsys.readouterr().out
+    assert "no config.json" in cli_error(capsys, "inspect", os.path.dirname(small))
+    os.remove(os.path.join(small, "model.safetensors"))
+    assert "no model.safetensors" in cli_error(capsys, "inspect", small)

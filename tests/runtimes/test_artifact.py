@@ -11,7 +11,7 @@ import pytest
 import sbc
 from sbc.errors import ArtifactError
 from sbc.ir.dims import Sym, parse_dim
-from sbc.ir.types import TensorType
+from sbc.ir.types import TensorType, numpy_dtype
 from sbc.runtimes import artifact as art
 
 LIB = b"\x7fELF not really a library" * 10
@@ -34,6 +34,7 @@ PARAMS = {
     "a/b.c::0": np.ones((0, 4), np.float16),              # empty, odd name
     "mask": np.array([True, False, True]),
     "t": np.arange(12, dtype=np.int8).reshape(3, 4).T,    # not C-contiguous
+    "w": (np.arange(10, dtype=np.float32) / 3).astype(numpy_dtype("bf16")),  # a kept checkpoint dtype
 }
 
 
@@ -67,26 +68,31 @@ def test_layout_stored_zip_with_aligned_weights(written):
 
 
 def test_weights_are_safetensors_that_the_safetensors_package_reads(written):
-    """The member is a standard safetensors file (the package reads it back equal), with the
-    data 64-byte aligned: the header padded with spaces, gaps as U8 padding tensors."""
-    from safetensors.numpy import load
+    """The member is a standard safetensors file (the package reads it back equal, bf16
+    included: through torch, as NumPy has no bf16), with the data 64-byte aligned: the header
+    padded with spaces, gaps as U8 padding tensors."""
+    import torch
+    from safetensors.torch import load
     with zipfile.ZipFile(written) as z:
         blob = z.read(art.WEIGHTS)
     header, start = art.safetensors_header(blob)
     assert start % art.ALIGN == 0 and blob[8:start].endswith(b" ")
     loaded = load(blob)
     padding = header["__metadata__"]["padding"].split(",")
-    assert set(loaded) == set(PARAMS) | set(padding) and all(loaded[p].dtype == np.uint8 for p in padding)
+    assert set(loaded) == set(PARAMS) | set(padding) and all(loaded[p].dtype == torch.uint8 for p in padding)
     for name, value in PARAMS.items():
-        assert loaded[name].dtype == value.dtype and loaded[name].shape == value.shape
-        np.testing.assert_array_equal(loaded[name], value)
+        assert str(loaded[name].dtype) == "torch." + value.dtype.name
+        assert tuple(loaded[name].shape) == value.shape
+        np.testing.assert_array_equal(loaded[name].float().numpy(), value.astype(np.float32))
         assert header[name]["data_offsets"][0] % art.ALIGN == 0
 
 
 def test_weights_header_must_match_the_manifest(tmp_path):
     """A member whose header says other than the (checksummed) manifest's table is refused."""
-    blob, table = art.pack_weights(PARAMS, list(PARAMS))
-    other, _ = art.pack_weights(dict(PARAMS, file=PARAMS["file"].reshape(3, 2)), list(PARAMS))
+    pieces, table = art.pack_weights(PARAMS, list(PARAMS))
+    blob = b"".join(pieces)
+    other = b"".join(art.pack_weights(dict(PARAMS, file=PARAMS["file"].reshape(3, 2)),
+                                      list(PARAMS))[0])
     with pytest.raises(ArtifactError, match="parameter 'file' differs from the weights' header"):
         art.unpack_weights(np.frombuffer(other, np.uint8), table)
     with pytest.raises(ArtifactError, match="the artifact's weights are malformed"):

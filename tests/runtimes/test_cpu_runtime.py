@@ -99,3 +99,42 @@ def test_outputs_stay_safe_after_the_first_calls():
         np.testing.assert_array_equal(out["y"], w + i)
         out["z"][...] = -1
     np.testing.assert_array_equal(m.run({"x": x})["z"], w)
+
+
+def test_planned_signatures_keep_every_output_its_own():
+    """A signature seen before runs by its plan: small inputs are copied into buffers the plan
+    owns and reuses, large ones go in as they are. An output that is one of those inputs (an
+    identity) is still a copy, so a later call (the same signature, or one first seen after
+    the program learnt its outputs) never changes what an earlier call returned."""
+    m = sbc.compile(_model([helper.make_node("Identity", ["x"], ["y"]),
+                            helper.make_node("Add", ["x", "big"], ["z"])],
+                           [_vi("x", ["n"]), _vi("big", ["m", "n"])],
+                           [_vi("y", ["n"]), _vi("z", ["m", "n"])]), cache=False)
+    outs = []
+    for i in range(6):
+        n = 4 if i < 4 else 8  # a new signature once the outputs were learnt
+        x = np.full(n, i, np.float32)
+        big = np.full((5000, n), 10 * i, np.float32)  # 80 KB and more: not copied
+        outs.append((i, m.run({"x": x, "big": big})))
+        x[...] = -1  # the caller's arrays are the caller's
+        big[...] = -1
+    for i, out in outs:
+        assert (out["y"] == i).all() and (out["z"] == 11 * i).all()
+
+
+def test_threads_sharing_a_planned_signature_get_their_own_results(add):
+    import threading
+    errors = []
+
+    def work(k):
+        a = np.full((2, 4), k, np.float32)
+        for _ in range(200):
+            if not (add.run({"a": a, "b": a})["y"] == 2 * k).all():
+                errors.append(k)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors

@@ -1,7 +1,7 @@
 """codegen.schedule_gpu's rules on the op families dlight alone left unbound or unbuildable:
-scans (CumSum, forward / exclusive / reverse), scatters with symbolic dims, softmax and
-log-softmax over any axis (their -inf max is not a reducer TVM can split across threads),
-ReduceMax's NaN-propagating max, ArgMax / ArgMin (a pair reduced; the value is thread-local),
+scans (CumSum, forward / exclusive / reverse), scatters with symbolic dims (in parallel over
+the updates), softmax and log-softmax over any axis (a block per row, the row split across its
+threads), ReduceMax's NaN-propagating max, ArgMax / ArgMin (a pair reduced; the value is thread-local),
 integer and boolean ops, odd shapes. Each is compiled for cuda and maca (nvcc; the MACA source
 through the compatibility header), and its scheduled kernels are run serially on the CPU
 against the reference interpreter (tests/codegen/test_gpu_kernels_serial.gpu_scheduled_on_cpu).
@@ -21,7 +21,7 @@ from sbc.ir.interpreter import run as interpret
 from sbc.passes import run_passes
 from tests.codegen.test_gpu_kernels_serial import gpu_scheduled_on_cpu
 from tests.targets.gpu_env import nvcc_or_skip
-from tests.targets.sweep import compile_and_check
+from tests.targets.sweep import CHECKS
 
 F, I64 = TensorProto.FLOAT, TensorProto.INT64
 SHAPES = {"reduce_max": ["b", 1, 5], "argmax": ["b", 5], "argmin": ["b", "s", 1]}
@@ -43,13 +43,15 @@ def ops_model() -> onnx.ModelProto:
         node("ArgMin", ["x"], ["argmin"], axis=2, select_last_index=1),
         node("ScatterND", ["x", "n", "u"], ["scatter_nd"]),
         node("ScatterElements", ["x", "e", "x"], ["scatter_add"], axis=1, reduction="add"),
+        node("ScatterElements", ["x", "e", "x"], ["scatter_elements"], axis=1),
+        node("ScatterND", ["x", "n", "u"], ["scatter_nd_mul"], reduction="mul"),
         node("Cast", ["e"], ["xi"], to=TensorProto.INT32),
         node("Mod", ["xi", "three"], ["mod"]),
         node("Equal", ["mod", "zero"], ["is_zero"]),
         node("Where", ["is_zero", "x", "cumsum"], ["where"]),
     ]
     outputs = ["cumsum", "cumsum_rev", "softmax", "log_softmax", "reduce_max", "argmax",
-               "argmin", "scatter_nd", "scatter_add", "where"]
+               "argmin", "scatter_nd", "scatter_add", "scatter_elements", "scatter_nd_mul", "where"]
     graph = helper.make_graph(
         nodes, "ops",
         [helper.make_tensor_value_info("x", F, ["b", "s", 5]),
@@ -76,10 +78,22 @@ def feeds(b=2, s=37, m=3, seed=0):
             "e": rng.integers(0, s, (b, s, 5)).astype(np.int64)}
 
 
-@pytest.mark.parametrize("target", ["cuda", "maca"])
-def test_op_families_compile_for_gpu(target):
+@pytest.mark.parametrize("target, warp", [("cuda", 32), ("maca", 64)])
+def test_op_families_compile_for_gpu(target, warp):
+    """Compiled (nvcc); the softmaxes reduce each row through warp shuffles of the target's
+    width (MACA: 64 lanes, 64-bit masks) and shared memory (test_softmax_splits_...)."""
+    import re
+    import sbc
+    from sbc.codegen.maca import split_kernels
     nvcc_or_skip()
-    compile_and_check(target, ops_model())
+    module = sbc.compile(ops_model(), target=target, cache=False)
+    CHECKS[target](module)
+    source = dict(split_kernels(module.files[f"{target}/kernels.{'cu' if target == 'cuda' else 'maca'}"].decode()))
+    for name in ("softmax_kernel", "logsoftmax_kernel"):
+        shuffles = re.findall(r"__shfl_down_sync\((\w+)\[0\], \w+\[0\], \d+, (\d+)\)", source[name])
+        assert shuffles and {int(w) for _, w in shuffles} == {warp}, (name, shuffles)
+        assert "__shared__" in source[name] and "__syncthreads()" in source[name]
+        assert ("0xffffffffffffffffULL" in source[name]) == (target == "maca")
 
 
 @pytest.mark.parametrize("target", ["cuda", "maca"])
@@ -99,7 +113,8 @@ def test_op_families_compute_the_reference_when_serial(target):
 def test_scan_keeps_its_axis_in_one_thread():
     """CumSum's block (one per column, codegen.lower.reduce.scan_sum_func) under dlight's
     Fallback: the columns over a grid of thread blocks, the scan along the axis a loop inside
-    each thread (never a host function, never one thread for the whole scan)."""
+    each thread (never a host function, never one thread for the whole scan); the scatters'
+    updates in parallel too."""
     import json
     import sbc
     module = sbc.compile(ops_model(), target="maca", cache=False)
@@ -112,31 +127,71 @@ def test_scan_keeps_its_axis_in_one_thread():
     from sbc.codegen.maca import split_kernels
     body = dict(split_kernels(source))[next(n for n in launches if n.startswith("cumsum"))]
     assert "for (" in body  # the sequential axis
+    # the scatters: the copy and the updates each over a grid of blocks, never one thread
+    # (ScatterND 'none' per update index; reductions per slice position / position off the axis)
+    scatters = [s for name, s in launches.items() if name.startswith("scatter")]
+    assert len(scatters) == 8 and all(s["extents"]["threadIdx.x"] == 256 and
+                                      s["extents"]["blockIdx.x"] != 1 for s in scatters), scatters
+
+
+def softmax_model(axis=-1) -> onnx.ModelProto:
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node("Softmax", ["x"], ["y"], axis=axis, name="attn_softmax")], "sm",
+        [helper.make_tensor_value_info("x", F, ["b", "s", 300])],
+        [helper.make_tensor_value_info("y", F, ["b", "s", 300])]),
+        opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 10
+    return model
+
+
+@pytest.mark.parametrize("target, warp", [("cuda", 32), ("maca", 64)])
+def test_softmax_splits_each_row_across_threads(target, warp):
+    """A standalone softmax (not fused into attention) is one block per row of 300, its
+    threads splitting the row (the max and the sum reduced across the threads: warp shuffles
+    and shared memory, test_op_families_compile_for_gpu), not one thread per row."""
+    import re
+    from sbc.codegen.build import _Lowerer, fuse
+    from sbc.codegen.schedule_gpu import schedule_gpu
+    from sbc.codegen.targets import resolve
+    graph = run_passes(import_onnx(softmax_model()))
+    gpu = resolve(target).tvm()
+    mod = schedule_gpu(fuse(_Lowerer({"main": graph}, where=target).run()), gpu)
+    (func,) = [f for gv, f in mod.functions_items() if gv.name_hint == "softmax"]
+    text = func.script()
+    # the rows over blocks, the 300 columns of a row over the block's threads
+    assert re.search(r'T\.thread_binding\(b \* s, thread="blockIdx\.x"\)', text), text[:2000]
+    bound = re.findall(r'for (\w+) in T\.thread_binding\(T\.int64\((\d+)\), thread="threadIdx\.x"\)', text)
+    threads = {int(n) for _, n in bound}
+    assert threads and all(n >= warp and n % warp == 0 for n in threads), threads
+    for block in ("softmax_max", "softmax_sum"):  # a row's reduction axis: over the threads
+        reduce = re.search(rf'T\.sblock\("{block}"\):(?:\n.*?)*?T\.axis\.reduce\((.*)\)', text).group(1)
+        assert any(re.search(rf"\b{var}\b", reduce) for var, _ in bound), (block, reduce)
 
 
 def test_tvm_failure_is_one_line_and_the_log_has_tvm_error(tmp_path, capsys, monkeypatch):
-    """With the guard off, a softmax's -inf max is split across threads and TVM fails (the
-    bug this issue reported as 'the TVM error is chained below' with nothing below): the
+    """With the guard off, ReduceLogSumExp's -inf max is split across threads and TVM fails
+    (the bug this issue reported as 'the TVM error is chained below' with nothing below): the
     line names the kernel, its node and op and TVM's reason; --tvm-log holds the trace."""
     import sbc.codegen.schedule_gpu as sg
     from sbc.cli import main
     model = helper.make_model(helper.make_graph(
-        [helper.make_node("Softmax", ["x"], ["y"], axis=-1, name="attn_softmax")], "sm",
+        [helper.make_node("ReduceLogSumExp", ["x", "ax"], ["y"], name="attn_lse")], "lse",
         [helper.make_tensor_value_info("x", F, ["b", 300])],
-        [helper.make_tensor_value_info("y", F, ["b", 300])]),
+        [helper.make_tensor_value_info("y", F, ["b", 1])],
+        [helper.make_tensor("ax", I64, [1], [1])]),
         opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 10
-    path = tmp_path / "sm.onnx"
+    path = tmp_path / "lse.onnx"
     onnx.save(model, path)
     monkeypatch.setattr(sg, "reductions_splittable", lambda func: True)
     log = tmp_path / "tvm.log"
     assert main(["compile", str(path), "--target", "maca", "--no-cache", "--tvm-log", str(log),
-                 "-o", str(tmp_path / "sm.sbc")]) == 2
+                 "-o", str(tmp_path / "lse.sbc")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
     line = err[0]
-    assert "kernel 'softmax'" in line and "'attn_softmax' (Softmax)" in line, line
+    assert "kernel 'reducelogsumexp'" in line and "'attn_lse' (ReduceLogSumExp)" in line, line
     assert "No matched reducer" in line and "--tvm-log" in line and "chained below" not in line
     text = log.read_text()
-    assert text.startswith("sbc: error: TVM could not compile kernel 'softmax'")
-    assert "softmax_max" in text and len(text.splitlines()) > 20
+    assert text.startswith("sbc: error: TVM could not compile kernel 'reducelogsumexp'")
+    assert "lse_max" in text and len(text.splitlines()) > 20

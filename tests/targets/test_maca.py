@@ -100,26 +100,6 @@ def test_spike_matmul_compiles_for_maca(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_chunked_linear_attention_compiles_for_maca(tmp_path):
-    """A gated LinearAttention graph for MetaX: the chunked kernel's three launches (no
-    host-side branch: MACA's host program has none), whole 64-lane waves, shared memory
-    within 64 KiB per kernel, MACA dialect, and it compiles through the compat header."""
-    from tests.codegen.test_attention_kernels import linear_attention_graph
-    module = sbc.compile(linear_attention_graph("gated", 2, False), target="maca", passes="dce")
-    source = module.files["maca/kernels.maca"].decode()
-    check_maca(source)
-    kernels = dict(split_kernels(source))
-    assert sorted(kernels) == ["linearattention_kernel"] + [f"linearattention_kernel_{i}" for i in (1, 2)]
-    for body in kernels.values():
-        shared = sum(int(n) for n in re.findall(r"__shared__ alignas\(\d+\) float \w+\[(\d+)\];", body))
-        assert shared * 4 <= 64 * 1024
-    plan = json.loads(module.files["maca/launches.json"])
-    launches = [s for f in plan["functions"].values() for s in f["steps"] if "launch" in s]
-    assert len(launches) == 3 and all(s["extents"]["threadIdx.x"] % 64 == 0 for s in launches)
-    proc = nvcc_compat(source, tmp_path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-
-
 def test_compat_header_rejects_a_32_bit_mask(tmp_path):
     kernel = ('#include <mc_runtime.h>\nextern "C" __global__ void k(float* x) {{\n'
               '  x[threadIdx.x] = __shfl_down_sync({mask}, x[threadIdx.x], 32, 64);\n}}\n')
@@ -175,6 +155,13 @@ def test_host_program_covers_every_call_and_launch(tiny_maca, source):
         assert evaluate(state["extents"]["blockIdx.x"], env) == 3 * 2 * chunks
         assert evaluate(output["extents"]["blockIdx.x"], env) == 3 * 4 * chunks
     assert all(s["extents"]["threadIdx.x"] == 256 for s in (state, carry, output))  # 4 waves
+    # no host-side branch (MACA's host program has none): three launches at every T, each
+    # kernel's shared memory within 64 KiB
+    kernels = dict(split_kernels(source))
+    for s in (state, carry, output):
+        shared = sum(int(n) for n in re.findall(r"__shared__ alignas\(\d+\) float \w+\[(\d+)\];",
+                                                kernels[s["launch"]]))
+        assert shared * 4 <= 64 * 1024
 
 
 def test_package_without_the_sdk(tiny_maca, tmp_path):
@@ -277,3 +264,106 @@ def test_reduction_over_clamped_rows_is_scheduled():
     reduction = [s for s in plan["programs"]["main"]["steps"] if "call" in s][-1]
     rows = reduction["outputs"][0]["shape"][1]
     assert [evaluate(rows, {"seq": n}) for n in (0, 1, 9)] == [0, 1, 1]
+
+
+class HostMemory:
+    """libmcruntime's calls (runtimes.maca._Mc) on host memory, for the host program's logic
+    without a device: buffers are bytearrays, launches are recorded, not run."""
+
+    def __init__(self):
+        import ctypes
+        self.ctypes, self.buffers, self.launches, self.next = ctypes, {}, [], 0x1000
+
+    def malloc(self, nbytes):
+        assert nbytes >= 0
+        self.next += 0x1000 + nbytes
+        self.buffers[self.next] = bytearray(max(nbytes, 1))  # as _Mc: 1 byte for an empty one
+        return self.ctypes.c_void_p(self.next)
+
+    def free(self, ptr):
+        del self.buffers[ptr.value]
+
+    def upload(self, ptr, array):
+        assert array.nbytes, "a copy of 0 bytes"
+        self.buffers[ptr.value][:array.nbytes] = array.tobytes()
+
+    def download(self, ptr, array):
+        assert array.nbytes, "a copy of 0 bytes"
+        array.view(np.uint8).reshape(-1)[:] = np.frombuffer(self.buffers[ptr.value][:array.nbytes], np.uint8)
+
+    def load_module(self, image):
+        return "module"
+
+    def function(self, module, name):
+        return name
+
+    def launch(self, fn, grid, block, shared, packed, name):
+        assert min(grid) > 0 and min(block) > 0, (name, grid, block)
+        self.launches.append(name)
+
+    def synchronize(self):
+        pass
+
+
+# cases with a zero-size tensor: outputs (Split's empty piece, ConstantOfShape of a 0 dim, an
+# out-of-range Slice, Triu of a 0-row matrix, Reshape) or inputs (a sum over an empty axis)
+EMPTY_CASES = ("test_split_zero_size_splits_opset18", "test_constantofshape_int_shape_zero",
+               "test_slice_start_out_of_bounds", "test_triu_zero",
+               "test_reduce_sum_empty_set_non_reduced_axis_zero", "test_reshape_allowzero_reordered")
+
+
+def empty_at_run_time():
+    """x [b, n], fed with n = 0: Relu's output is empty, ReduceSum over the empty axis and a
+    Concat with y [b, 3] are not."""
+    from onnx import TensorProto, helper
+    from sbc.frontend import import_onnx
+    F = TensorProto.FLOAT
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["relu"]),
+         helper.make_node("ReduceSum", ["x", "axes"], ["sum"], keepdims=1),
+         helper.make_node("Concat", ["x", "y"], ["cat"], axis=1)], "empty",
+        [helper.make_tensor_value_info("x", F, ["b", "n"]),
+         helper.make_tensor_value_info("y", F, ["b", 3])],
+        [helper.make_tensor_value_info("relu", F, ["b", "n"]),
+         helper.make_tensor_value_info("sum", F, ["b", 1]),
+         helper.make_tensor_value_info("cat", F, ["b", "m"])],
+        [helper.make_tensor("axes", TensorProto.INT64, [1], [1])]),
+        opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 10
+    feeds = {"x": np.zeros((2, 0), np.float32), "y": np.ones((2, 3), np.float32)}
+    return import_onnx(model), feeds, {"relu": (2, 0), "sum": (2, 1), "cat": (2, 3)}
+
+
+def test_empty_tensors_in_the_host_program():
+    """A tensor with a 0 dim at compile time is an `empty` step of the host program (no kernel
+    computes it); at run time too (a symbolic dim fed 0), the runtime gives it a 1-byte
+    buffer, copies nothing to or from it, and launches no kernel over a zero-sized grid. Run
+    here with host memory in place of the device: every output has the expected shape and
+    dtype, the empty ones are equal; only the kernels with elements to write launch."""
+    from sbc.runtimes.maca import MacaRuntime
+    from tests.conformance.test_onnx_backend import (_feeds_and_expected, _import_case, merge,
+                                                     supported_cases)
+    cases = {c.name: c for group in supported_cases().values() for c in group}
+    imported = [(f"c{i}.", *_import_case(cases[name]), cases[name])
+                for i, name in enumerate(EMPTY_CASES)]
+    graph, feeds, shapes = empty_at_run_time()
+    module = sbc.compile(merge([(p, g) for p, g, _, _ in imported] + [("e.", graph)]),
+                         target="maca", cache=False)
+    plan = json.loads(module.files["maca/launches.json"])
+    empty = [s for s in plan["programs"]["main"]["steps"] if "empty" in s]
+    assert len(empty) >= 4 and all(0 in s["shape"] for s in empty), empty
+    memory = HostMemory()
+    runtime = MacaRuntime({**module.files, "maca/kernels.bin": b"not loaded"}, module.manifest,
+                          mc=memory, **module._signature)
+    feeds = {**{p + n: a for p, _, f, _ in imported for n, a in f.items()},
+             **{"e." + n: a for n, a in feeds.items()}}
+    got = runtime.run(feeds)
+    for prefix, _, _, case in imported:
+        for name, want in _feeds_and_expected(case, prefix)[1].items():
+            assert got[name].shape == want.shape and got[name].dtype == want.dtype, name
+            if want.size == 0:
+                np.testing.assert_array_equal(got[name], want)
+    assert {n: got["e." + n].shape for n in shapes} == shapes
+    # the conformance cases' outputs are all empty: only the run-time example's sum and concat
+    assert sorted(n.split("_")[0] for n in memory.launches) == ["concat", "reducesum"]
+    assert len(memory.buffers) == len(runtime.values)  # the run's buffers are freed
