@@ -48,6 +48,7 @@ import numpy as np
 from sbc import version
 from sbc.errors import ArtifactError, InputError
 from sbc.ir.dims import SymbolicError, parse_dim
+from sbc.ir.graph import ALIGN, aligned_empty
 from sbc.ir.types import DTYPES, TensorType, dtype_of
 from sbc.runtimes.manifest import check_manifest
 
@@ -55,7 +56,7 @@ FORMAT = "sbc-artifact"
 FORMAT_VERSION = 4  # 2: raw weights.bin + table (was weights.npz); 3: manifest_sha256;
 #                    4: weights.safetensors instead of weights.bin
 LIBRARY, WEIGHTS, MANIFEST = "lib.so", "weights.safetensors", "manifest.json"
-ALIGN = 64  # weights start on cache-line boundaries so frombuffer views are well aligned
+# ALIGN (ir.graph): each weight starts on such a boundary, so its view is a kernel's buffer
 CHECKSUM_KEY = "manifest_sha256"  # the manifest's own checksum (see manifest_digest)
 
 
@@ -441,9 +442,7 @@ def _read_aligned(z: zipfile.ZipFile, name: str, size) -> np.ndarray:
     """The member read straight into a 64-byte aligned buffer (one copy of its bytes)."""
     if not isinstance(size, int) or size != z.getinfo(name).file_size:
         return np.frombuffer(z.read(name), np.uint8)  # the size check below reports it
-    raw = np.empty(size + ALIGN, np.uint8)
-    start = -raw.ctypes.data % ALIGN
-    data = raw[start:start + size]
+    data = aligned_empty(size, np.uint8)
     with z.open(name) as f:
         view, done = memoryview(data), 0
         # in chunks: zipfile's readinto reads into a new bytes object of the size asked, which

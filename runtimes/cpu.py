@@ -27,6 +27,7 @@ from tvm import relax
 from tvm.relax.op.base import relax_assert_op as _tvm_assert_op
 
 from sbc.errors import ArtifactError, InputError
+from sbc.ir.graph import ALIGN as _ALIGN, aligned_empty
 from sbc.ir.types import TensorType, bind_symbols, numpy_dtype
 from sbc.runtimes.interop import described, device_tensor, on_device
 from sbc.runtimes.threads import use_threads
@@ -238,7 +239,6 @@ class CpuRuntime:
 
 _CPU = 1  # DLPack's kDLCPU
 _BF16 = numpy_dtype("bf16")
-_ALIGN = 64  # TVM's kernels assume (and its DLPack import requires) 64-byte aligned data
 _CHECKED_MAX = 256
 _STAGE_MAX = 16384  # bytes: inputs up to this size are copied into a plan's buffers
 _Tensor = tvm.runtime.Tensor
@@ -279,9 +279,8 @@ class _Plan:
     def __init__(self, values: list[np.ndarray], params: list):
         small = [i for i, a in enumerate(values) if a.nbytes <= _STAGE_MAX]
         sizes = [-(-values[i].nbytes // _ALIGN) * _ALIGN for i in small]
-        self._buffer = np.empty(sum(sizes) + _ALIGN, np.uint8)
-        offset = -self._buffer.ctypes.data % _ALIGN
-        self.lo = self._buffer.ctypes.data + offset
+        self._buffer, offset = aligned_empty(sum(sizes), np.uint8), 0
+        self.lo = self._buffer.ctypes.data
         self.hi = self.lo + sum(sizes)
         self.tensors, self.copies = [None] * len(values), []
         for i, size in zip(small, sizes):
@@ -329,8 +328,7 @@ def _host_tensors(values) -> list:
         staged.append((i, a))
     if staged:
         sizes = [-(-a.nbytes // _ALIGN) * _ALIGN for _, a in staged]
-        raw = np.empty(sum(sizes) + _ALIGN, np.uint8)
-        offset = -raw.ctypes.data % _ALIGN
+        raw, offset = aligned_empty(sum(sizes), np.uint8), 0
         for (i, a), size in zip(staged, sizes):
             copy = raw[offset:offset + a.nbytes].view(a.dtype).reshape(a.shape)
             copy[...] = a
