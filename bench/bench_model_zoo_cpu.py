@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the corpus lives
 import sbc  # noqa: E402
 from sbc.models.export import GLA_FORMS, export_onnx  # noqa: E402
 from sbc.models.spikingbrain import build_model, forms, get_config  # noqa: E402
+from sbc.passes import DEFAULT_PIPELINE  # noqa: E402
 from tests.foreign.forms import Form, HFLogits, export  # noqa: E402
 from bench_matmul_cpu import median_s  # noqa: E402  (this folder: the same timing rules)
 
@@ -47,8 +48,8 @@ HF = dict(hidden=256, layers=2, heads=4, kv_heads=2, head_dim=64, mlp=688, vocab
           window=256, positions=4096)
 REF_FORMS = [(g, s) for g in GLA_FORMS for s in ("masked", "attention")]
 # by default every GLA form with the masked SWA, and the Attention SWA once: every form
-DEFAULT = ["llama", "mistral", "qwen2", "gpt2", "ref_parallel_masked", "ref_parallel_attention",
-           "ref_chunked_masked", "ref_scan_masked", "ref_la27_masked"]
+DEFAULT = ["llama", "llama_unfused", "mistral", "qwen2", "gpt2", "ref_parallel_masked",
+           "ref_parallel_attention", "ref_chunked_masked", "ref_scan_masked", "ref_la27_masked"]
 REF_CONFIG = "tiny"
 
 
@@ -87,6 +88,7 @@ class Case:
     input_name: str
     vocab: int
     no_ort: str | None = None
+    passes: list[str] | None = None  # sbc's pass pipeline (None: the default one)
 
 
 def hf_case(arch: str) -> Case:
@@ -96,6 +98,16 @@ def hf_case(arch: str) -> Case:
             "qwen2": "full causal", "gpt2": "full causal, MHA"}[arch]
     return Case(arch, f"HF, {what}", lambda tmp: export(form, "dynamo"),
                 lambda: hf_module(arch), form.input_name, HF["vocab"])
+
+
+def unfused_case(arch: str) -> Case:
+    """An HF model with sbc's attention fusions switched off: attention runs as the exported
+    MatMul, Softmax, MatMul (the generic kernels of issue 18), the rest as usual."""
+    case = hf_case(arch)
+    fusions = {"fuse-linear-attention", "fuse-sliding-window-attention", "recognise-mixers"}
+    case.name, case.description = f"{arch}_unfused", f"{case.description}, not fused"
+    case.passes = [p for p in DEFAULT_PIPELINE if p not in fusions]
+    return case
 
 
 def ref_case(gla: str, swa: str) -> Case:
@@ -117,6 +129,7 @@ def ref_case(gla: str, swa: str) -> Case:
 
 CASES: dict[str, Callable[[], Case]] = {
     **{arch: (lambda a=arch: hf_case(a)) for arch in ("llama", "mistral", "qwen2", "gpt2")},
+    "llama_unfused": lambda: unfused_case("llama"),
     **{f"ref_{g}_{s}": (lambda g=g, s=s: ref_case(g, s)) for g, s in REF_FORMS},
 }
 
@@ -125,7 +138,7 @@ def bench_case(case: Case, seqs: list[int], repeats: int, tmp: Path) -> list[dic
     """Compile `case`, check it, time it at each T: one dict per T."""
     data = case.onnx(tmp)
     start = time.perf_counter()
-    module = sbc.compile(onnx.load_from_string(data), target="cpu")
+    module = sbc.compile(onnx.load_from_string(data), target="cpu", passes=case.passes)
     compile_s = time.perf_counter() - start
     fused = ", ".join(f"{op} {n}" for op, n in module.manifest["ops"].items()
                       if op in ("LinearAttention", "SlidingWindowAttention")) or "none"

@@ -12,9 +12,10 @@ speed of sbc relative to onnxruntime (>= 1 means sbc is at least as fast).
     .venv/bin/python bench/bench_ops_cpu.py [--quick] [--repeats 5] [--ops softmax ...]
         [--sizes small large] [--aligned] [--out FILE.md] [--json FILE.json] [--plot FILE.png]
 
---aligned feeds every runtime 64-byte aligned inputs. NumPy's large arrays are 16-byte aligned
-and sbc's runtime copies such an input to an aligned buffer before the kernel runs (a 64 MB
-copy for a [1, 4, 2048, 2048] input): with --aligned the rows show the kernels without it.
+--aligned feeds every runtime 64-byte aligned inputs instead of NumPy's own (large arrays at
+16 bytes). sbc's kernels take either in place (codegen/element_aligned_arguments.py); before
+that, the runtime copied a 16-byte aligned input to an aligned buffer on every call (64 MB for
+a [1, 4, 2048, 2048] input), and --aligned showed the kernels without that copy.
 """
 
 from __future__ import annotations

@@ -89,7 +89,7 @@ def build(graph: Graph, target: Target | str = "cpu", programs: dict[str, Graph]
     with target.device_compiler() as device:
         try:
             with tvm.transform.PassContext(config=target.pass_config()):
-                executable = compile_module(mod, tvm_target)
+                executable = compile_module(mod, tvm_target, target.tir_pipeline())
         except Exception as e:
             own = device.failure()  # sbc's own error in a device-compiler callback, if any
             raise own or CompileError(describe_failure(mod, tvm_target, kernels, target.kind,
@@ -119,13 +119,13 @@ def library_bytes(executable) -> bytes:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def compile_module(mod: tvm.IRModule, tvm_target) -> object:
+def compile_module(mod: tvm.IRModule, tvm_target, tir_pipeline: str = "default") -> object:
     """TVM's build of the scheduled module: "default_build" lowers and generates code only (no
     dlight, sbc's schedules stay as they are), then the shape functions are put in order so
-    that the same model gives the same library bytes."""
+    that the same model gives the same library bytes; `tir_pipeline` lowers the kernels."""
     pipeline = tvm.transform.Sequential([relax.get_pipeline("default_build"),
                                          order_shape_functions])
-    return tvm.compile(mod, target=tvm_target, relax_pipeline=pipeline)
+    return tvm.compile(mod, target=tvm_target, relax_pipeline=pipeline, tir_pipeline=tir_pipeline)
 
 
 @tvm.transform.module_pass(opt_level=0, name="sbc.OrderShapeFunctions")

@@ -6,8 +6,9 @@ relations between dims the kernels were compiled for) and returns NumPy arrays b
 NumPy inputs of a signature (dtype and shape per input) that passed the checks once run by its
 plan (CpuRuntime._plan): small inputs are copied into buffers the plan owns, already wrapped as
 TVM tensors; large ones go to the kernels without a copy (DLPack) where they are dense and
-64-byte aligned, else as one aligned copy. Outputs come back over the VM's own buffers where
-those are fresh ones (see CpuRuntime._host_outputs).
+aligned as the kernels need (to their element: codegen.element_aligned_arguments; artifacts
+from before it, 64 bytes), else as one aligned copy. Outputs come back over the VM's own
+buffers where those are fresh ones (see CpuRuntime._host_outputs).
 An index out of range fails the call with the program's own check (codegen.index_checks).
 Threads may share a runtime: calls are serialised. Inputs are never cast: a wrong dtype is an error naming the
 expected one, since a silent cast would hide a caller's bug (e.g. float ids).
@@ -23,6 +24,7 @@ from collections.abc import Mapping
 
 import numpy as np
 import tvm
+import tvm_ffi
 from tvm import relax
 from tvm.relax.op.base import relax_assert_op as _tvm_assert_op
 
@@ -39,8 +41,10 @@ class CpuRuntime:
     def __init__(self, executable, inputs: list[tuple[str, TensorType]],
                  outputs: list[tuple[str, TensorType]], param_names: list[str],
                  params: dict[str, np.ndarray], device=None, assumptions=(),
-                 device_io: bool | None = None):
+                 device_io: bool | None = None, element_aligned: bool = False):
         self.inputs = inputs
+        # what an argument's address must be a multiple of; 0: its element's size
+        self.alignment = 0 if element_aligned else _ALIGN
         self.assumptions = list(assumptions)  # sizes the kernels rely on (ir.assumptions)
         self.outputs = outputs
         self.device = device or tvm.cpu()  # runtimes.cuda passes tvm.cuda(i)
@@ -57,7 +61,7 @@ class CpuRuntime:
         # runtimes.artifact reads them into one aligned buffer), so they are held once;
         # np.asarray(order="C"), not ascontiguousarray: the latter turns 0-d weights into 1-d
         if on_host:
-            self.params = _host_tensors([params[n] for n in param_names])
+            self.params = _host_tensors([params[n] for n in param_names], self.alignment)
         else:
             self.params = [tvm.runtime.tensor(np.asarray(params[n], order="C"), self.device)
                            for n in param_names]
@@ -118,7 +122,7 @@ class CpuRuntime:
             if on_device(feeds[name]):
                 raise InputError(f"input '{name}' is in device memory; this module runs on the "
                                  f"cpu: give it host arrays")
-        args = _host_tensors([feeds[n] for n in self._names])
+        args = _host_tensors([feeds[n] for n in self._names], self.alignment)
         with self._lock:
             result = self._invoke(program, [*args, *self.params])
             return self._host_outputs(program, result, {a.data_ptr() for a in args})
@@ -148,7 +152,7 @@ class CpuRuntime:
             args, inputs = plan.args, ()
             if args is None:
                 args = list(plan.tensors)
-                large = _host_tensors([values[i] for i in plan.direct])
+                large = _host_tensors([values[i] for i in plan.direct], self.alignment)
                 for i, tensor in zip(plan.direct, large):
                     args[i] = tensor
                 args.extend(self.params)
@@ -307,15 +311,17 @@ def _compact(a: np.ndarray) -> bool:
     return True
 
 
-def _host_tensors(values) -> list:
+def _host_tensors(values, alignment: int = _ALIGN) -> list:
     """CPU inputs as TVM tensors: each caller's array itself (DLPack, no copy) where it is
-    C-contiguous and 64-byte aligned, else a copy into one aligned buffer shared by the call's
-    small inputs. tvm.runtime.tensor (empty + copyfrom) costs ~30 us per tensor however small;
-    the kernels only read their inputs."""
+    C-contiguous and at an address the kernels take (a multiple of `alignment`; 0: any
+    element-aligned one), else a copy into one aligned buffer shared by the call's small
+    inputs. tvm.runtime.tensor (empty + copyfrom) costs ~30 us per tensor however small; the
+    kernels only read their inputs."""
     tensors, staged = [], []
     for i, value in enumerate(values):
         a = value if type(value) is np.ndarray else np.asarray(value)
-        if a.flags.c_contiguous and a.ctypes.data % _ALIGN == 0 and _compact(a):
+        aligned = a.ctypes.data % alignment == 0 if alignment else a.flags.aligned
+        if a.flags.c_contiguous and aligned and _compact(a):
             try:
                 tensors.append(_from_dlpack(a))
                 continue
@@ -338,8 +344,10 @@ def _host_tensors(values) -> list:
 
 
 def _from_dlpack(a: np.ndarray):
-    """A TVM tensor over `a`'s memory. NumPy's DLPack has no bfloat16 (ml_dtypes' dtype): a bf16
+    """A TVM tensor over `a`'s memory, whose alignment the caller checked (tvm.runtime's
+    from_dlpack insists on 64 bytes). NumPy's DLPack has no bfloat16 (ml_dtypes' dtype): a bf16
     array (a weight kept in a checkpoint's dtype) crosses as its uint16 words, then viewed."""
     if a.dtype == _BF16:
-        return tvm.runtime.from_dlpack(a.view(np.uint16))._create_view(a.shape, "bfloat16")
-    return tvm.runtime.from_dlpack(a)
+        return tvm_ffi.from_dlpack(a.view(np.uint16), require_contiguous=True)._create_view(
+            a.shape, "bfloat16")
+    return tvm_ffi.from_dlpack(a, require_contiguous=True)

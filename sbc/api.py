@@ -18,7 +18,7 @@ from sbc.runtimes.threads import check_num_threads
 def compile(model, target: str = "cpu", *, arch=None, cpu=None, cores=None, passes=None, quantize=None, calibrate=None,
             max_context=None, print_after=(), time_passes=False, verify_each=False,
             dump_dir=None, cache=True, progress=None, tokenizer=None, window=None,
-            num_threads=None) -> Module:
+            num_threads=None, tune=None) -> Module:
     """Compile an ONNX file path, onnx.ModelProto or sbc.ir.Graph for `target` (cpu, cuda,
     maca; `arch`: the GPU arch, e.g. sm_90 or xcore1000, default sm_80 / $MACA_ARCH; `cpu`,
     `cores`: the CPU a cpu build is for, by LLVM's name, e.g. "skylake-avx512", and its core
@@ -45,12 +45,17 @@ def compile(model, target: str = "cpu", *, arch=None, cpu=None, cores=None, pass
     generation_config.json) are stored in the artifact: module.tokenizer,
     session.generate_text / chat and `sbc serve` use them.
     num_threads: threads the module's CPU kernels use (None: one per core; see load).
+    tune: cpu target on this machine's CPU only: MetaSchedule trials per kernel (codegen.tune).
+    Each kernel with static shapes that sbc did not write by hand is searched `tune` times and
+    the faster of sbc's schedule and MetaSchedule's best is kept; the choice per kernel is in
+    manifest["tuning"], the log that a later compile reuses in the compile cache's folder
+    (sbc.cache.tune_dir()).
     """
     num_threads = check_num_threads(num_threads)  # before a compile of minutes
     options = Options(target=target, arch=arch, cpu=cpu, cores=cores, passes=passes, quantize=quantize,
                       calibrate=calibrate, max_context=max_context, print_after=print_after,
                       time_passes=time_passes, verify_each=verify_each, dump_dir=dump_dir,
-                      cache=cache, tokenizer=tokenizer, window=window)
+                      cache=cache, tokenizer=tokenizer, window=window, tune=tune)
     module = Driver(options, progress).compile(model)
     module.num_threads = num_threads
     return module

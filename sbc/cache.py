@@ -2,8 +2,8 @@
 artifact the first one wrote instead of compiling again.
 
 Content-addressed: the key is the sha256 of the model's bytes, the options that change the
-result (target, arch, pipeline, quantization, KV cache size, and the sha256 of each tokenizer
-file stored with the model, `tokenizer=`), the machine the code is built for
+result (target, arch, pipeline, quantization, KV cache size, --tune's trials, and the sha256
+of each tokenizer file stored with the model, `tokenizer=`), the machine the code is built for
 (CPU name and features: a cpu artifact is built for this CPU), and the versions of sbc, TVM and
 sbc's own source files (so an edited checkout never reads a stale entry). An entry is an
 ordinary `.sbc` artifact (written atomically, read with its checksums verified); one that does
@@ -14,6 +14,10 @@ debugging switches) always run.
 Where: $SBC_CACHE_DIR, else $XDG_CACHE_HOME/sbc, else ~/.cache/sbc. Off: `sbc compile
 --no-cache`, `sbc.compile(cache=False)` or SBC_NO_CACHE=1. Entries beyond SBC_CACHE_MAX_MB
 (default 2048) are removed least recently used first.
+
+`tune/` beside the entries holds the tuning log of `--tune` (codegen/tune.py: MetaSchedule's
+records and sbc's choice per kernel), so that tuning a kernel once serves every compile; it is
+used with --no-cache too, is not evicted, and may be deleted to tune afresh.
 """
 
 from __future__ import annotations
@@ -36,6 +40,11 @@ def cache_dir() -> pathlib.Path:
         return pathlib.Path(os.environ["SBC_CACHE_DIR"])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return pathlib.Path(base) / "sbc"
+
+
+def tune_dir() -> pathlib.Path:
+    """Where `--tune` keeps its log (the API hands it down to codegen)."""
+    return cache_dir() / "tune"
 
 
 def enabled(requested: bool) -> bool:

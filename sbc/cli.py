@@ -199,6 +199,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="if the build fails, write TVM's full error (its trace and IR) here")
     c.add_argument("--explain", action="store_true",
                    help="list attention-like subgraphs that were not fused, and why")
+    c.add_argument("--tune", type=int, metavar="N",
+                   help="cpu target: search N MetaSchedule schedules per static-shape kernel and "
+                        "keep the faster of sbc's and the best found (a log in the compile cache "
+                        "folder lets later compiles reuse it)")
     c.add_argument("--no-cache", action="store_true",
                    help="compile even if the compile cache ($SBC_CACHE_DIR, ~/.cache/sbc) has it")
     c.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
@@ -365,7 +369,7 @@ def cmd_compile(args) -> None:
                              print_after=[p for a in args.print_after for p in a.split(",") if p],
                              time_passes=args.time_passes,
                              verify_each=args.verify_each, dump_dir=args.dump_dir,
-                             cache=not args.no_cache, progress=progress)
+                             cache=not args.no_cache, progress=progress, tune=args.tune)
     except SbcError as e:
         _write_error_log(args.tvm_log, e)
         raise
@@ -375,6 +379,8 @@ def cmd_compile(args) -> None:
                "parameters": int(sum(p.size for p in module.params.values())),
                "bytes": os.path.getsize(output), "seconds": round(time.perf_counter() - start, 3),
                "stages": stages, "from_cache": module.from_cache, "notes": module.manifest["notes"]}
+    if "tuning" in module.manifest:
+        summary["tuning"] = module.manifest["tuning"]
     if args.json:
         print(json.dumps(summary))
         return
@@ -383,9 +389,25 @@ def cmd_compile(args) -> None:
     if args.explain:
         for note in module.manifest["notes"] or ["every attention-like subgraph was fused"]:
             print(f"explain: {note}")
+    for line in tuning_lines(module.manifest.get("tuning")):
+        print(f"tune: {line}")
     print(f"compiled {args.model} -> {output}: {summary['ops']} ops, "
           f"{summary['parameters']:,} parameters, {summary['bytes'] / 1e6:.2f} MB, "
           f"{summary['seconds']:.1f} s{' (from the compile cache)' if module.from_cache else ''}")
+
+
+def tuning_lines(tuning: dict | None) -> list[str]:
+    """--tune's report: per kernel both times and the schedule kept, or why it was skipped."""
+    lines = []
+    for k in (tuning or {}).get("kernels", []):
+        if "skipped" in k:
+            lines.append(f"{k['kernel']}: skipped ({k['skipped']})")
+            continue
+        source = "from the tuning log" if k["from_log"] else "tuned now"
+        lines.append(f"{k['kernel']}: sbc {k['sbc_ms']:.4f} ms, MetaSchedule "
+                     f"{k['metaschedule_ms']:.4f} ms ({k['trials']} trials, {source}): "
+                     f"kept {k['kept']}")
+    return lines
 
 
 def _check_output_dir(path: str) -> None:

@@ -4,7 +4,8 @@
     optimise  the pass pipeline (passes.manager), --quantize and --max-context as its options
     analyse   with calibration data: the spike statistics, then spike-sparsity's kernel choice
     programs  the prefill program (last-position) of a recurrent model
-    build     codegen for the target (codegen.build)
+    build     codegen for the target (codegen.build); with --tune, MetaSchedule's search
+              beside sbc's schedules (codegen.tune), its log in the compile cache's folder
     package   the manifest, and the Module
 
 Each stage reports its name and wall time to `progress` (the CLI prints a line per stage on a
@@ -44,6 +45,7 @@ class Options:
     cache: bool = True
     tokenizer: str | os.PathLike | None = None  # a Hugging Face folder (see runtimes.tokenizer)
     window: str | None = None  # checkpoint folders: "flash" (default) or "cache" (frontend/checkpoint.py)
+    tune: int | None = None  # cpu: MetaSchedule trials per static-shape kernel (codegen.tune)
 
     @property
     def debugging(self) -> bool:
@@ -88,16 +90,22 @@ class Driver:
         return module
 
     def cpu_options(self) -> dict:
-        """--cpu / --cores, as the cpu target takes them (only when given: a GPU target
-        refuses them by name)."""
+        """--cpu / --cores / --tune, as the cpu target takes them (only when given: a GPU
+        target refuses them by name). They are part of the compile cache's key."""
         o = self.options
-        return {k: v for k, v in (("cpu", o.cpu), ("cores", o.cores)) if v is not None}
+        return {k: v for k, v in (("cpu", o.cpu), ("cores", o.cores), ("tune", o.tune))
+                if v is not None}
 
     @functools.cached_property
     def target(self):
-        """The codegen Target of this compile (resolved once: the CPU's name is LLVM's)."""
+        """The codegen Target of this compile (resolved once: the CPU's name is LLVM's).
+        With --tune, the tuning log's folder goes down to it (codegen imports no sbc.cache)."""
         from sbc.codegen.targets import resolve
-        return resolve(self.options.target, self.options.arch, **self.cpu_options())
+        options = self.cpu_options()
+        if self.options.tune is not None:
+            from sbc.cache import tune_dir
+            options["tune_log"] = str(tune_dir())
+        return resolve(self.options.target, self.options.arch, **options)
 
     def stage(self, name: str, fn, *args):
         start = time.perf_counter()
@@ -191,6 +199,9 @@ class Driver:
                                      "prefill_program": "prefill" in programs}
         if stats is not None:
             manifest["spike_stats"] = stats
+        if self.options.tune is not None:  # per kernel: both times and the one kept, or why not
+            manifest["tuning"] = {"trials": self.options.tune,
+                                  "kernels": self.target.tuning.report}
         manifest["notes"] = fusion_notes(graph)
         return Module(built.library, built.params, manifest, built.files)
 

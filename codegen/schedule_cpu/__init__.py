@@ -10,7 +10,8 @@ RULES that returns a schedule wins:
   row_reduction  norms, softmax, the spike encoder: one parallel loop over rows holds them whole;
                  where nothing rounds, rsqrt becomes 1 / sqrt so the per-element blocks
                  vectorise, and reductions over whole vectors keep VECTOR partial results
-                 (rfactor), each in a parallel pass of its own (softmax: under the row loop);
+                 (rfactor), each in a parallel pass of its own (softmax: under the row loop,
+                 the sum's lanes inside the exp's loop: exp and sum in one pass over a row);
                  a sum / max over a symbolic length is padded to whole vectors with its
                  identity first (vector_rewrites)
   per_block      every block gets the first block rule that applies, in order:

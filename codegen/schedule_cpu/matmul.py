@@ -6,12 +6,14 @@ from __future__ import annotations
 from tvm import tirx
 from tvm.tirx import IndexMap
 
-from sbc.codegen.schedule_cpu.common import VECTOR, is_matmul, static, try_primitive
+from sbc.codegen.schedule_cpu.common import (VECTOR, is_matmul, static, try_primitive,
+                                              vector_lanes)
 from sbc.ir.ops.nn import PANEL  # pre-packed B's panel width
 
-# register tile: 6 x 32 fp32 = 12 zmm accumulators (of 32), 2 B vectors and 6 broadcasts of A
-# per k step: enough independent FMAs to keep both FMA pipes busy. It must stay under
-# STACK_BYTES (see Matmul); 12 x 32 would not fit.
+# register tile: 6 rows x 2 vectors = 12 accumulators, 2 B vectors and 6 broadcasts of A per
+# k step: enough independent FMAs to keep both FMA pipes busy, within the 16 registers of AVX2
+# (6 x 16 fp32) or the 32 of AVX-512 (6 x 32, TILE_J). It must stay under STACK_BYTES (see
+# Matmul); 12 x 32 would not fit. 6 x 32 on AVX2 needs 24 accumulators: LLVM spilled them.
 TILE_I, TILE_J = 6, 32
 STACK_BYTES = 1024  # TVM (LowerTVMBuiltin) puts "global" allocations below this on the stack
 
@@ -38,7 +40,7 @@ class Matmul:
         block = info.block_rv
         packed = _b_operand(sch.get(block)) is None  # B already in panels (MatMulPacked)
         n = static(info.iters[-2].dom)
-        tile_j = _tile_cols(n, packed)
+        tile_j = _tile_cols(n, packed, min(TILE_J, 2 * vector_lanes(target)))
         padded = _pad_to_tiles(sch, block, static(info.iters[-3].dom), n, tile_j)
         panel = None if packed else _b_operand(sch.get(block))
         writeback = _fold_epilogues(sch, sch.cache_write(block, 0, "global"))
@@ -78,12 +80,12 @@ def _parallel_copy(sch, block) -> None:
     sch.vectorize(sch.split(cols, [None, VECTOR])[-1])
 
 
-def _tile_cols(n, packed: bool) -> int:
-    """Columns per register tile: TILE_J, or one panel (PANEL) where a static N is not a
-    multiple of TILE_J but of PANEL (and always for pre-packed B then: padding it would copy
-    the whole weight on every call)."""
-    if n is None or n % TILE_J == 0 or (n % PANEL and not packed):
-        return TILE_J
+def _tile_cols(n, packed: bool, widest: int) -> int:
+    """Columns per register tile: `widest` (two of the target's vectors), or one panel (PANEL)
+    where a static N is not a multiple of it but of PANEL (and always for pre-packed B then:
+    padding it would copy the whole weight on every call)."""
+    if n is None or n % widest == 0 or (n % PANEL and not packed):
+        return widest
     return PANEL
 
 

@@ -137,6 +137,25 @@ def _schedule_rows(sch, blocks, lanes: bool = False) -> None:
         # else the loop stays whole: TVM would vectorise it lane by lane (scalar calls and a
         # scatter store, 2x slower for the encoder's nearbyint); LLVM's loop vectoriser does
         # not
+    _compute_stored_rows_in_their_sums(sch, order)
+
+
+def _compute_stored_rows_in_their_sums(sch, order) -> None:
+    """A vectorised block that stores its row for later blocks (COMPUTED_ONCE: softmax's exp)
+    and is read by a whole-vector lanes reduction (the sum): that reduction moves into the
+    block's loop over vectors, each vector added to the partial sums as soon as it is computed:
+    exp and sum in one pass over the row, as MLAS does, instead of one pass that stores exp
+    and one that reads it back."""
+    for i, (block, kind) in enumerate(order):
+        if kind != "map" or COMPUTED_ONCE not in sch.get(block).annotations:
+            continue
+        written = sch.get(block).writes[0].source
+        consumer = next((b for b, k in order[i + 1:] if k == "lanes" and any(
+            r.source.same_as(written) for r in sch.get(b).reads)), None)
+        if consumer is None or len(sch.get_loops(block)) < 2:
+            continue
+        if try_primitive(sch.reverse_compute_at, consumer, sch.get_loops(block)[-2], True):
+            sch.vectorize(_chunk_and_lane_loops(sch, consumer)[1])
 
 
 def _chunk_and_lane_loops(sch, block):

@@ -56,6 +56,10 @@ class Target:
         """TVM PassContext options for the build."""
         return {}
 
+    def tir_pipeline(self) -> str:
+        """The name of TVM's TIR lowering pipeline for the build."""
+        return "default"
+
     @contextmanager
     def device_compiler(self):
         """The device code compiler for one build (see DeviceCode)."""

@@ -20,6 +20,8 @@ class GpuTarget(Target):
 
     @classmethod
     def check(cls, arch: str | None = None, **options) -> str:
+        if options.get("tune") is not None:  # MetaSchedule's search times kernels on this CPU
+            raise UnsupportedError("--tune applies to the cpu target")
         given = [name for name, value in options.items() if value is not None]
         if given:  # --cpu / --cores name the CPU of a cpu build; a GPU build's host is generic
             raise UnsupportedError(f"{', '.join(given)} applies to the cpu target only (a GPU "

@@ -8,6 +8,7 @@ import tvm
 from tvm import relax, s_tir, te, tirx, topi
 
 from sbc.codegen.schedule_cpu import STACK_BYTES, TILE_I, TILE_J, ScheduleCPU, schedule_cpu
+from sbc.codegen.schedule_cpu.common import vector_lanes
 from sbc.codegen.targets import host_cpu_target
 from sbc.runtimes.machine import host_cpu_features
 
@@ -139,12 +140,13 @@ def _accumulator_shape(func, update="matmul_packed_update"):
 @pytest.mark.parametrize("rows", [None, 1000])
 def test_packed_matmul_accumulates_in_a_register_tile(rows):
     """Symbolic (batch x seq) or ragged rows with pre-packed B: the accumulator is one
-    TILE_I x TILE_J tile small enough for the stack (so LLVM keeps it in registers), not a
-    [batch, seq, N] buffer, and the k loop carries no row predicate."""
-    shapes = [(1, rows, 64), (4, 64, 16)]  # N = 64: two tiles of 32 columns
+    TILE_I x (2 vectors) tile small enough for the stack (so LLVM keeps it in registers), not a
+    [batch, seq, N] buffer, and the k loop carries no row predicate. Two vectors: 12
+    accumulators fit AVX2's 16 registers (6 x 32 floats spilled there) and AVX-512's 32."""
+    shapes = [(1, rows, 64), (4, 64, 16)]  # N = 64: two tiles of 32 columns, or four of 16
     mod = schedule_cpu(lower(build_module(shapes, _matmul_packed)), TARGET)
     (func,) = prim_funcs(mod)
-    assert _accumulator_shape(func) == [1, TILE_I, TILE_J]
+    assert _accumulator_shape(func) == [1, TILE_I, min(TILE_J, 2 * vector_lanes(TARGET))]
     assert TILE_I * TILE_J * 4 < STACK_BYTES
     assert 'scope="local"' not in func.script()  # "local" buffers come from the workspace pool
     update = func.script()[func.script().index('T.sblock("matmul_packed_update")'):]

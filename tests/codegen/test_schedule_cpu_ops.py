@@ -7,7 +7,8 @@ vectors."""
 import numpy as np
 import pytest
 import tvm
-from tvm import relax, te, topi
+import tvm_ffi
+from tvm import relax, s_tir, te, tirx, topi
 
 from sbc.codegen.schedule_cpu import schedule_cpu
 from sbc.codegen.schedule_cpu.common import is_matmul, prepare
@@ -180,6 +181,19 @@ def _sbc_softmax(x):
     return RULES["Softmax"].fn(None, SimpleNamespace(op="Softmax", attrs={"axis": -1}), x)
 
 
+def _in_one_serial_loop(func, *prefixes) -> bool:
+    """Some serial loop holds a block of each name prefix (the row loop is parallel)."""
+    loops = []
+    tvm_ffi.structural_walk(func.body, (tirx.For, loops.append))
+    for loop in loops:
+        names = []
+        tvm_ffi.structural_walk(loop.body, (s_tir.SBlock, lambda b: names.append(b.name_hint)))
+        if loop.kind == tirx.ForKind.SERIAL and all(
+                any(n.startswith(p) for n in names) for p in prefixes):
+            return True
+    return False
+
+
 def test_softmax_rows_of_whole_vectors_take_one_pass():
     """Rows of whole vectors: the rfactor lanes of the max and of the sum sit under the row
     loop with the exp row and the scaling, so each row is read by one task while in cache and
@@ -190,6 +204,9 @@ def test_softmax_rows_of_whole_vectors_take_one_pass():
     # exp (codegen.fast_math.exp_nonpositive: arithmetic, no T.exp call) in one block only
     assert script.count('T.sblock("softmax_exp")') == 1 and "T.exp(" not in script, script
     assert script.count("T.vectorized(") >= 4, script  # both lane loops, the exp, the scaling
+    # exp and sum in one pass over the row: the sum's lanes add each vector of exp as soon as
+    # it is computed, in the exp's own serial loop over the row's vectors
+    assert _in_one_serial_loop(prim_funcs(mod)[0], "softmax_exp", "softmax_sum_rf"), script
     vm = relax.VirtualMachine(tvm.compile(mod, target=TARGET, relax_pipeline="default_build"), tvm.cpu())
     x = np.random.default_rng(2).normal(size=(3, 4, 64)).astype(np.float32)
     np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(x)).numpy(), _softmax_ref(x), rtol=2e-5, atol=1e-7)
