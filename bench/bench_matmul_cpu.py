@@ -34,8 +34,14 @@ TARGET = host_cpu_target()
 
 
 def median_s(fn, repeats) -> float:
-    """Median wall time of `fn` after one warm-up call. The pause first lets other runtimes'
-    worker threads (TVM's spin-wait) go idle, so they do not steal cores from this one."""
+    """Median wall time of `fn` after one warm-up call."""
+    return statistics.median(block_s(fn, repeats))
+
+
+def block_s(fn, repeats) -> list[float]:
+    """Wall times of `repeats` calls of `fn` after one warm-up call. The pause first lets other
+    runtimes' worker threads (TVM's spin-wait) go idle, so they do not steal cores from this
+    one."""
     time.sleep(0.2)
     fn()
     times = []
@@ -43,7 +49,20 @@ def median_s(fn, repeats) -> float:
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return times
+
+
+def alternating_medians_s(fns: dict, repeats: int, rounds: int = 3) -> dict:
+    """Median wall time of each of `fns` (name -> fn) over `repeats` calls taken in `rounds`
+    blocks in turn (a, b, c, a, b, c, ...): the shared machine's speed drifts by up to 2x over
+    seconds, and a slow phase then weighs on every runtime alike, not on whichever was timed
+    in it."""
+    rounds = max(1, min(rounds, repeats))
+    samples = {name: [] for name in fns}
+    for r in range(rounds):
+        for name, fn in fns.items():
+            samples[name] += block_s(fn, repeats // rounds + (r < repeats % rounds))
+    return {name: statistics.median(times) for name, times in samples.items()}
 
 
 def tvm_matmul(rows, k, n, scheduled: bool):

@@ -11,9 +11,10 @@ sbc.models.export (GLA parallel | chunked | scan | la27 x SWA masked | attention
 
 Each model is compiled once by `sbc.compile` (the compile cache makes a second run fast), its
 logits checked against onnxruntime's (PyTorch's for la27) at the first length, then timed on
-[1, T] ids: medians of --repeats calls after a warm-up (a third of them, at least 2, at
-T >= 2048), each runtime in its own block (onnxruntime's threads spin after a call and would
-slow whatever runs next). "vs ORT" and "vs torch" are the other's time over sbc's: sbc's speed
+[1, T] ids: medians of --repeats calls (a third of them, at least 2, at T >= 2048), taken in
+up to three rounds of one block per runtime in turn, each after a pause and a warm-up call
+(onnxruntime's threads spin after a call and would slow whatever runs next; the machine's
+speed drifts, and the rounds spread a slow phase over every runtime). "vs ORT" and "vs torch" are the other's time over sbc's: sbc's speed
 relative to it (> 1: sbc is faster). Every model computes logits at all T positions.
 
     .venv/bin/python bench/bench_model_zoo_cpu.py [--models llama mistral ...]
@@ -42,7 +43,7 @@ from sbc.models.export import GLA_FORMS, export_onnx  # noqa: E402
 from sbc.models.spikingbrain import build_model, forms, get_config  # noqa: E402
 from sbc.passes import DEFAULT_PIPELINE  # noqa: E402
 from tests.foreign.forms import Form, HFLogits, export  # noqa: E402
-from bench_matmul_cpu import median_s  # noqa: E402  (this folder: the same timing rules)
+from bench_matmul_cpu import alternating_medians_s  # noqa: E402  (this folder: the same timing rules)
 
 HF = dict(hidden=256, layers=2, heads=4, kv_heads=2, head_dim=64, mlp=688, vocab=4096,
           window=256, positions=4096)
@@ -164,7 +165,7 @@ def bench_case(case: Case, seqs: list[int], repeats: int, tmp: Path) -> list[dic
                 want = (runs["ort"] if session is not None else lambda: eager(tids).numpy())()
                 err = float(np.abs(runs["sbc"]() - np.asarray(want)).max())
             n = repeats if t < 2048 else max(2, repeats // 3)
-            ms = {k: median_s(fn, n) * 1e3 for k, fn in runs.items()}
+            ms = {k: s * 1e3 for k, s in alternating_medians_s(runs, n).items()}
         rows.append({"model": case.name, "description": case.description, "fused": fused,
                      "T": t, "compile_s": compile_s, "max_abs_diff": err, **ms})
         print(line(rows[-1]), flush=True)

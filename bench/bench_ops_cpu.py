@@ -32,7 +32,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import sbc
-from bench_matmul_cpu import median_s  # noqa: E402  (this folder: the same timing rules)
+from bench_matmul_cpu import alternating_medians_s  # noqa: E402  (this folder: the same timing rules)
 
 F32, I64, BOOL = TensorProto.FLOAT, TensorProto.INT64, TensorProto.BOOL
 NP = {F32: np.float32, I64: np.int64, BOOL: np.bool_}
@@ -189,9 +189,9 @@ def bench_case(op, size, symbolic, repeats, align=False) -> dict:
                                err_msg=f"{op} {size} {'symbolic' if symbolic else 'static'}")
     tfeeds = [torch.from_numpy(v) for v in feeds.values()]
     with torch.inference_mode():
-        times = {"sbc": median_s(lambda: module.run(feeds), repeats),
-                 "onnxruntime": median_s(lambda: session.run(None, feeds), repeats),
-                 "PyTorch": median_s(lambda: torch_fn(*tfeeds), repeats)}
+        times = alternating_medians_s({"sbc": lambda: module.run(feeds),
+                                       "onnxruntime": lambda: session.run(None, feeds),
+                                       "PyTorch": lambda: torch_fn(*tfeeds)}, repeats)
     return {"op": op, "size": size, "T": t, "dims": "symbolic" if symbolic else "static",
             "compile_s": compile_s, **{f"{k}_s": v for k, v in times.items()},
             "ratio": times["onnxruntime"] / times["sbc"]}
@@ -250,7 +250,8 @@ def main() -> None:
             for dims in args.dims:
                 rows.append(bench_case(op, size, dims == "symbolic", args.repeats, args.aligned))
                 print(table(rows[-1:]).splitlines()[-1], flush=True)
-    text = (f"Single-op ONNX models, {os.cpu_count()} cores, B = 1, medians of {args.repeats} runs"
+    text = (f"Single-op ONNX models, {os.cpu_count()} cores, B = 1, medians of {args.repeats} runs "
+            f"(3 rounds of sbc, onnxruntime, PyTorch in turn)"
             f"{', 64-byte aligned inputs' if args.aligned else ''}; "
             f"onnxruntime {ort.__version__}, PyTorch {torch.__version__}.\n\n" + table(rows))
     print("\n" + text)
