@@ -14,8 +14,9 @@ logits checked against onnxruntime's (PyTorch's for la27) at the first length, t
 [1, T] ids: medians of --repeats calls (a third of them, at least 2, at T >= 2048), taken in
 up to three rounds of one block per runtime in turn, each after a pause and a warm-up call
 (onnxruntime's threads spin after a call and would slow whatever runs next; the machine's
-speed drifts, and the rounds spread a slow phase over every runtime). "vs ORT" and "vs torch" are the other's time over sbc's: sbc's speed
-relative to it (> 1: sbc is faster). Every model computes logits at all T positions.
+speed drifts, and the rounds spread a slow phase over every runtime). "vs ORT" and "vs torch"
+are the other's time over sbc's: sbc's speed relative to it (> 1: sbc is faster). Every model
+computes logits at all T positions.
 
     .venv/bin/python bench/bench_model_zoo_cpu.py [--models llama mistral ...]
         [--seq 128 512 2048] [--repeats 5] [--out FILE.md]

@@ -8,8 +8,9 @@ Module.run, 9.6 us on one thread). A kernel compiled for symbolic dims cannot kn
 time whether it will see a decode step's handful of rows or a prefill's thousands, so the
 choice is made when it runs: `work` counts the statements the loop nest executes (each a vector
 operation after VectorizeLoop), as an expression of the extents. Where it is a constant, only
-the loop that wins is kept. A loop nest whose inner extents depend on its own variables (an
-unknown trip count) stays parallel.
+the loop that wins is kept. Names the nest binds with let (CSE's `N // 16`) read as their
+values; a nest whose inner extents depend on its own loop variables or on memory (an unknown
+trip count) stays parallel.
 
 It runs after TVM's TIR lowering in the cpu target's pipeline (codegen.targets.cpu), on the
 outermost loops of each kernel (codegen.tir_spine).
@@ -87,7 +88,8 @@ def _loop_vars(loop, analyzer) -> list:
 def _uses(expr, variables: list) -> bool:
     """`expr` reads memory (a scalar the nest keeps in a buffer) or one of `variables`."""
     found, loads = [], []
-    tvm_ffi.structural_walk(expr, [(tirx.Var, found.append), (tvm.ir.expr.TensorLoad, loads.append)])
+    tvm_ffi.structural_walk(expr, [(tirx.Var, found.append),
+                                   (tvm.ir.expr.TensorLoad, loads.append)])
     return bool(loads) or any(v.same_as(d) for v in found for d in variables)
 
 
