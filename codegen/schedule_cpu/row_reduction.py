@@ -48,13 +48,13 @@ class RowReduction:
                 fast = prepare(vector_rewrites(sch.mod["main"]))
                 if fast is not None and len(fast[1]) == len(blocks):
                     _schedule_rows(fast[0], fast[1], lanes=True)
-                    return hoist_inits(fast[0])
+                    return _rows_stored_in_the_output(hoist_inits(fast[0]))
             except Exception as e:
                 log.debug("row reduction with vector rewrites failed: %s", e)
         scheduled = sch.copy()  # `sch` stays as it is for the next rule, should this fail
         try:
             _schedule_rows(scheduled, blocks)
-            return hoist_inits(scheduled)
+            return _rows_stored_in_the_output(hoist_inits(scheduled))
         except Exception as e:
             log.debug("row reduction failed: %s", e)
             return None
@@ -156,6 +156,98 @@ def _compute_stored_rows_in_their_sums(sch, order) -> None:
             continue
         if try_primitive(sch.reverse_compute_at, consumer, sch.get_loops(block)[-2], True):
             sch.vectorize(_chunk_and_lane_loops(sch, consumer)[1])
+
+
+def _rows_stored_in_the_output(sch):
+    """The schedule with an intermediate that the last block reads only at the element it
+    writes of the output (softmax's exp, which the last block divides by the row's sum)
+    stored in the output itself, as MLAS writes exp into the output and scales it in place.
+    The intermediate's row no longer comes from TVM's workspace pool per row (8 KB at
+    T = 2048), and a row takes two rows of L1, not three: [1, 4, 2048, 2048] 9.1 -> 7.0 ms.
+
+    An intermediate padded past the output's extent with a constant (softmax over a symbolic
+    length pads exp to whole vectors with 0) is stored there too: its writer stores only
+    within the output, and its other readers read the constant past the output's end
+    (LoopPartition takes both conditions out of all but the last vector).
+
+    Safe because of how _schedule_rows places the blocks: the last block runs after every
+    other block of its row (under the row loop, after them, or in a later pass over the
+    rows) and rows are independent (_fits); it is checked here that the last block is the
+    only one that writes the output and that it reads the intermediate only at the element
+    it writes. So every read of the intermediate at an element comes before the last block
+    overwrites it. Returns `sch` where nothing fits."""
+    func = sch.mod["main"]
+    root = func.body.block
+    blocks = []
+    tvm_ffi.structural_walk(func.body, (s_tir.SBlock, blocks.append), order="pre")
+    last = blocks[-1]
+    if len(last.writes) != 1:
+        return sch
+    out = last.writes[0]
+    stored = [r.source for r in last.reads if any(a.same_as(r.source) for a in root.alloc_buffers)
+              and r.source.ty.dtype == out.source.ty.dtype
+              and all(_same_region(o, out) for o in last.reads if o.source.same_as(r.source))]
+    writers = lambda buffer: [b for b in blocks  # noqa: E731
+                              if any(w.source.same_as(buffer) for w in b.writes)]
+    if not stored or len(writers(stored[0])) != 1 or len(writers(out.source)) != 1:
+        return sch
+    row, writer, output = stored[0], writers(stored[0])[0], out.source
+    padding = _padding(row, output, writer)
+    if padding is None:
+        return sch
+    inside = lambda indices: indices[padding[0]] < output.ty.shape[padding[0]]  # noqa: E731
+
+    def guarded(load):  # a read past the output's extent gives the padding
+        if not load.source.same_as(row):
+            return load
+        return tirx.if_then_else(inside(load.indices), load, padding[1])
+
+    def block(b):
+        body = b.body
+        if padding and b.same_as(writer):  # if_then_else(inside, value, fill): value, inside
+            body = tirx.IfThenElse(inside(body.indices),
+                                   tirx.BufferStore(row, body.value.args[1], body.indices), None)
+        elif padding and not b.same_as(last):
+            body = tvm_ffi.structural_map(body, (tvm.ir.TensorLoad, guarded))
+        return s_tir.SBlock(b.iter_vars, b.reads, b.writes, b.name_hint, body, b.init,
+                            [a for a in b.alloc_buffers if not a.same_as(row)],
+                            b.match_buffers, b.annotations)
+
+    func = tvm_ffi.structural_map(func, (s_tir.SBlock, block), order="pre")
+    return s_tir.Schedule(tvm_ffi.structural_map(
+        func, (tirx.Var, lambda v: output if v.same_as(row) else v)))
+
+
+def _padding(row, output, writer):
+    """() where `row` has the output's shape; (dim, fill) where it is longer along one dim
+    and `writer` stores `fill`, a constant, past the output's extent there
+    (if_then_else(index < extent, value, fill)); None otherwise."""
+    if len(row.ty.shape) != len(output.ty.shape):
+        return None
+    analyzer = tvm.sym.Analyzer()
+    longer = [d for d, (r, o) in enumerate(zip(row.ty.shape, output.ty.shape))
+              if not analyzer.can_prove_equal(r, o)]
+    if not longer:
+        return ()
+    store = writer.body
+    if len(longer) != 1 or not isinstance(store, tirx.BufferStore) or \
+            not store.buffer.same_as(row):
+        return None
+    dim, value = longer[0], store.value
+    if not (isinstance(value, tvm.ir.Call) and value.op.same_as(_IF_THEN_ELSE)
+            and isinstance(value.args[2], (tirx.FloatImm, tirx.IntImm))):
+        return None
+    inside = store.indices[dim] < output.ty.shape[dim]
+    return (dim, value.args[2]) if tvm_ffi.structural_equal(value.args[0], inside) else None
+
+
+_IF_THEN_ELSE = tvm.ir.Op.get("prim.if_then_else")
+
+
+def _same_region(a, b) -> bool:
+    return len(a.region) == len(b.region) and all(
+        tvm_ffi.structural_equal(x.min, y.min) and tvm_ffi.structural_equal(x.extent, y.extent)
+        for x, y in zip(a.region, b.region))
 
 
 def _chunk_and_lane_loops(sch, block):

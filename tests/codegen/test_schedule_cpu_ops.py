@@ -397,3 +397,49 @@ def test_attention_einsums_are_exact_at_symbolic_lengths(equation):
         x, y = (rng.normal(size=[size[c] for c in s]).astype(np.float32) for s in (first, second))
         got = module.run({"x": x, "y": y})["z"]
         np.testing.assert_allclose(got, np.einsum(equation, x, y), rtol=1e-5, atol=1e-5, err_msg=f"t={t}")
+
+
+@pytest.mark.parametrize("row", [64, None])
+def test_softmax_stores_exp_in_its_output(row):
+    """RowReduction stores softmax's exp row in the output and scales it there (as MLAS does):
+    no intermediate the size of the output is left, the static row or the symbolic one whose
+    exp is padded to whole vectors with zeros. The kernel's output ends right before an
+    inaccessible page at a length off the vector (37): the padding is never written there."""
+    shape = (2, 8, row)
+    mod = schedule_cpu(lower(build_module([shape], _sbc_softmax)), TARGET)
+    (func,) = prim_funcs(mod)
+    script = func.script()
+    assert "softmax_exp = T.sblock_alloc_buffer" not in script, script
+    assert script.count("T.parallel(") == 1 and script.count("_rf") >= 2, script
+    with tvm.transform.PassContext(config={"s_tir.LoopPartition": {"partition_const_loop": True}}):
+        kernel = tvm.tirx.build(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
+                                target=TARGET)
+    n = row or 37
+    x = (np.random.default_rng(4).normal(size=(2, 8, n)) * 4).astype(np.float32)
+    x[0, 0, n // 2:] = -np.inf
+    out, _keep = _guarded(x.shape)
+    kernel["main"](tvm.runtime.tensor(x), tvm_ffi.from_dlpack(out))
+    np.testing.assert_allclose(out, _softmax_ref(x.astype(np.float64)), rtol=2e-6, atol=1e-7)
+    assert (out[0, 0, n // 2:] == 0).all()
+
+
+def test_softmax_read_elsewhere_keeps_its_exp_row():
+    """Negative case: a last block that reads the exp row at another element than it writes
+    (y[i, j] = e[i, n - 1 - j] / s[i], a reversed softmax) would overwrite exp values it still
+    needs, so the exp keeps its own buffer; exact."""
+    def reversed_softmax(x):
+        n = x.shape[1]
+        r1, r2 = te.reduce_axis((0, n), name="r1"), te.reduce_axis((0, n), name="r2")
+        mx = te.compute((x.shape[0], 1), lambda i, _: te.max(x[i, r1], axis=r1), name="mx")
+        e = te.compute(x.shape, lambda i, j: tirx.exp(x[i, j] - mx[i, 0]), name="e",
+                       attrs={"sbc.computed_once": 1})
+        s = te.compute((x.shape[0], 1), lambda i, _: te.sum(e[i, r2], axis=r2), name="s")
+        return te.compute(x.shape, lambda i, j: e[i, n - 1 - j] / s[i, 0], name="y")
+
+    mod = schedule_cpu(lower(build_module([(None, 64)], reversed_softmax)), TARGET)
+    script = prim_funcs(mod)[0].script()
+    assert "e = T.sblock_alloc_buffer" in script and "T.parallel(" in script, script
+    vm = relax.VirtualMachine(tvm.compile(mod, target=TARGET, relax_pipeline="default_build"), tvm.cpu())
+    x = np.random.default_rng(5).normal(size=(5, 64)).astype(np.float32)
+    np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(x)).numpy(), _softmax_ref(x)[:, ::-1],
+                               rtol=2e-6, atol=1e-7)
