@@ -65,7 +65,9 @@ def register() -> None:
         _registered = True
 
 
-EXP_NORMAL_MIN = -87.33654  # ln(FLT_MIN): below, exp(x) is subnormal or 0
+# exp_nonpositive's arguments are clamped here: round(-88 / ln 2) = -127, the n whose 2^n
+# has exponent bits 0, the float 0.0, so exp is 0 from about -87.68 (where n becomes -127) down
+EXP_CLAMP = -88.0
 ROUNDING_BIAS = 12582912.0  # 1.5 * 2^23: v + this is round(v) in the low mantissa bits
 # exp(r) ~ 1 + r + r^2 (POLY6 in r) on |r| <= ln 2 / 2, one degree below Cephes' (one FMA
 # less): fitted here for the least maximum relative error (3.1e-9, under a float's half ulp
@@ -75,11 +77,15 @@ POLY6 = (1.381459879e-3, 8.368716575e-3, 4.166838899e-2, 1.666652113e-1, 4.99999
 
 def exp_nonpositive(x):
     """exp(x) for x <= 0 (and NaN, -inf) as an expression of vector arithmetic: softmax's
-    exp(x - max), whose argument is never positive. Without the overflow side and with results
-    below FLT_MIN (1.2e-38) flushed to 0 (the subnormal range needs 2^n in two halves), it is
-    about half of `lowered_exp`'s instructions. -inf gives exactly 0
-    (masked scores), NaN stays NaN (the clamp is a select that keeps it). Only float32; other
-    dtypes get tirx.exp.
+    exp(x - max), whose argument is never positive. Without the overflow side, and 0 below
+    about -87.68 (where exp is a subnormal under 0.7 FLT_MIN, and 2^n would need two halves),
+    it is about half of `lowered_exp`'s instructions. -inf gives exactly 0 (masked scores),
+    NaN stays NaN (the clamp is a select that keeps it). Only float32; other dtypes get
+    tirx.exp.
+
+    0 comes out of the arithmetic itself, with no select on the result (which kept x alive
+    across the polynomial, one register spill per vector): x is clamped to EXP_CLAMP, whose
+    n = -127 makes 2^n's bits those of 0.0.
 
     n = round(x / ln 2) the way MLAS computes it: x / ln 2 + 1.5 * 2^23 is rounded (to nearest
     even) by the addition itself, and the float's low mantissa bits then hold n + 2^22, so one
@@ -92,8 +98,7 @@ def exp_nonpositive(x):
     x = x.asobject() if hasattr(x, "asobject") else x
     f = lambda v: tirx.const(v, "float32")  # noqa: E731
     i = lambda v: tirx.const(v, "int32")  # noqa: E731
-    low = x < f(EXP_NORMAL_MIN)
-    clamped = tirx.Select(low, f(EXP_NORMAL_MIN), x)  # NaN < c is false: NaN stays
+    clamped = tirx.Select(x < f(EXP_CLAMP), f(EXP_CLAMP), x)  # NaN < c is false: NaN stays
     bits = tirx.reinterpret("int32", clamped * f(LOG2E) + f(ROUNDING_BIAS))
     n = tirx.reinterpret("float32", bits) - f(ROUNDING_BIAS)
     r = clamped - n * f(LN2_HI) - n * f(LN2_LO)
@@ -101,10 +106,10 @@ def exp_nonpositive(x):
     for c in POLY6[1:]:
         p = p * r + f(c)
     y = (p * r + f(1.0)) * r + f(1.0)
-    # the bits less the bias's are n, in [-126, 0]: n + 127 is the exponent of 2^n, normal
+    # the bits less the bias's are n, in [-127, 0]: n + 127 is the exponent field of 2^n
+    # (0 at n = -127: the float 0.0)
     exponent = bits + i(127 - _BIAS_BITS)
-    scale = tirx.reinterpret("float32", tirx.shift_left(exponent, i(23)))
-    return tirx.Select(low, f(0.0), y * scale)
+    return y * tirx.reinterpret("float32", tirx.shift_left(exponent, i(23)))
 
 
 _BIAS_BITS = 0x4B400000  # ROUNDING_BIAS's bits: the float bits of bias + n are these plus n
