@@ -38,12 +38,18 @@ def median_s(fn, repeats) -> float:
     return statistics.median(block_s(fn, repeats))
 
 
-def block_s(fn, repeats) -> list[float]:
-    """Wall times of `repeats` calls of `fn` after one warm-up call. The pause first lets other
-    runtimes' worker threads (TVM's spin-wait) go idle, so they do not steal cores from this
-    one."""
+def block_s(fn, repeats, warm_s: float = 0.02) -> list[float]:
+    """Wall times of `repeats` calls of `fn` after warm-up calls. The pause first lets other
+    runtimes' worker threads (TVM's spin-wait, PyTorch's OpenMP) go idle, so they do not steal
+    cores from this one. The warm-up then runs for `warm_s` (3 calls at least): after the
+    pause the first calls of every runtime here ran up to 6x slower, falling over about ten
+    calls (the cores coming back to speed), and one warm-up call left that slope in the
+    timed calls."""
     time.sleep(0.2)
-    fn()
+    start, calls = time.perf_counter(), 0
+    while calls < 3 or time.perf_counter() - start < warm_s:
+        fn()
+        calls += 1
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()

@@ -11,9 +11,10 @@ RULES that returns a schedule wins:
                  where nothing rounds, rsqrt becomes 1 / sqrt so the per-element blocks
                  vectorise, and reductions over whole vectors keep VECTOR partial results
                  (rfactor), each in a parallel pass of its own (softmax: under the row loop,
-                 the sum's lanes inside the exp's loop: exp and sum in one pass over a row);
-                 a sum / max over a symbolic length is padded to whole vectors with its
-                 identity first (vector_rewrites)
+                 the sum's lanes inside the exp's loop: exp and sum in one pass over a row;
+                 exp stored in the output and scaled there, as MLAS does); a sum / max
+                 over a symbolic length is padded to whole vectors with its identity first
+                 (vector_rewrites)
   per_block      every block gets the first block rule that applies, in order:
     batched_matmul  activation x activation matmuls (B a plain operand; batched, or a symbolic
                  M, N or K: q @ k^T, probs @ v): a tile of 6 rows x 2 vectors of the target's
