@@ -69,6 +69,7 @@ def register() -> None:
 # has exponent bits 0, the float 0.0, so exp is 0 from about -87.68 (where n becomes -127) down
 EXP_CLAMP = -88.0
 ROUNDING_BIAS = 12582912.0  # 1.5 * 2^23: v + this is round(v) in the low mantissa bits
+_BIAS_BITS = 0x4B400000  # ROUNDING_BIAS's bits: the float bits of bias + n are these plus n
 # exp(r) ~ 1 + r + r^2 (POLY6 in r) on |r| <= ln 2 / 2, one degree below Cephes' (one FMA
 # less): fitted here for the least maximum relative error (3.1e-9, under a float's half ulp
 # of 3e-8) by Lawson's reweighted least squares on 4001 Chebyshev nodes, then rounded to float
@@ -110,6 +111,3 @@ def exp_nonpositive(x):
     # (0 at n = -127: the float 0.0)
     exponent = bits + i(127 - _BIAS_BITS)
     return y * tirx.reinterpret("float32", tirx.shift_left(exponent, i(23)))
-
-
-_BIAS_BITS = 0x4B400000  # ROUNDING_BIAS's bits: the float bits of bias + n are these plus n

@@ -89,7 +89,7 @@ def _uses(expr, variables: list) -> bool:
     """`expr` reads memory (a scalar the nest keeps in a buffer) or one of `variables`."""
     found, loads = [], []
     tvm_ffi.structural_walk(expr, [(tirx.Var, found.append),
-                                   (tvm.ir.expr.TensorLoad, loads.append)])
+                                   (tvm.ir.TensorLoad, loads.append)])
     return bool(loads) or any(v.same_as(d) for v in found for d in variables)
 
 

@@ -186,12 +186,15 @@ def _rows_stored_in_the_output(sch):
     out = last.writes[0]
     stored = [r.source for r in last.reads if any(a.same_as(r.source) for a in root.alloc_buffers)
               and r.source.ty.dtype == out.source.ty.dtype
-              and all(_same_region(o, out) for o in last.reads if o.source.same_as(r.source))]
+              and all(tvm_ffi.structural_equal(o.region, out.region)
+                      for o in last.reads if o.source.same_as(r.source))]
     writers = lambda buffer: [b for b in blocks  # noqa: E731
                               if any(w.source.same_as(buffer) for w in b.writes)]
-    if not stored or len(writers(stored[0])) != 1 or len(writers(out.source)) != 1:
+    row, output = (stored or [None])[0], out.source
+    row_writers = writers(row) if stored else []
+    if len(row_writers) != 1 or len(writers(output)) != 1:
         return sch
-    row, writer, output = stored[0], writers(stored[0])[0], out.source
+    writer = row_writers[0]
     padding = _padding(row, output, writer)
     if padding is None:
         return sch
@@ -242,12 +245,6 @@ def _padding(row, output, writer):
 
 
 _IF_THEN_ELSE = tvm.ir.Op.get("prim.if_then_else")
-
-
-def _same_region(a, b) -> bool:
-    return len(a.region) == len(b.region) and all(
-        tvm_ffi.structural_equal(x.min, y.min) and tvm_ffi.structural_equal(x.extent, y.extent)
-        for x, y in zip(a.region, b.region))
 
 
 def _chunk_and_lane_loops(sch, block):
